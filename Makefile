@@ -1,0 +1,83 @@
+# imaging-proxy: `make run` starts the demo, `make test` runs everything. Both install what they need.
+SHELL := /bin/bash
+PYTHON ?= $(shell command -v python3.11 || command -v python3)
+VENV := .venv
+BIN := $(VENV)/bin
+TOOLS := $(CURDIR)/.tools/bin
+OPA_VERSION := v1.22.2
+GHZ_VERSION := v0.120.0
+GRPCURL_VERSION := v1.9.3
+OPA := $(TOOLS)/opa
+PROTO_SRC := $(shell find protos -name '*.proto')
+PROTO_STAMP := service/_proto/.generated
+export PATH := $(TOOLS):$(CURDIR)/$(BIN):$(PATH)
+
+.PHONY: run test lint typecheck policy-test pytest install protos tools fuzz soak bench clean
+
+run: install $(OPA)
+	$(BIN)/imaging-proxy demo
+
+test: install $(OPA) redis
+	$(MAKE) --no-print-directory lint typecheck policy-test pytest
+
+install: $(VENV)/.installed $(PROTO_STAMP)
+
+$(VENV)/.installed: pyproject.toml
+	@$(PYTHON) -c 'import sys; assert sys.version_info >= (3, 11), "Python >= 3.11 is required"'
+	test -d $(VENV) || $(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+	$(BIN)/pip install --quiet -e '.[dev]'
+	touch $@
+
+# Stubs are generated from the .proto by grpcio-tools, never edited by hand.
+$(PROTO_STAMP): $(PROTO_SRC) $(VENV)/.installed
+	rm -rf service/_proto && mkdir -p service/_proto
+	$(BIN)/python -m grpc_tools.protoc -Iservice/_proto=protos \
+	  --python_out=. --grpc_python_out=. --pyi_out=. \
+	  $(patsubst protos/%,service/_proto/%,$(PROTO_SRC))
+	touch $@
+
+protos: $(PROTO_STAMP)
+
+# The real OPA server, built from source with the Go toolchain and reused when present.
+# Without Go: download the release binary for your platform into .tools/bin/opa (see README).
+$(OPA):
+	mkdir -p $(TOOLS)
+	GOBIN=$(TOOLS) go install github.com/open-policy-agent/opa@$(OPA_VERSION)
+
+$(TOOLS)/ghz:
+	GOBIN=$(TOOLS) go install github.com/bojand/ghz/cmd/ghz@$(GHZ_VERSION)
+
+$(TOOLS)/grpcurl:
+	GOBIN=$(TOOLS) go install github.com/fullstorydev/grpcurl/cmd/grpcurl@$(GRPCURL_VERSION)
+
+tools: $(OPA) $(TOOLS)/ghz $(TOOLS)/grpcurl
+
+# Tests with several replicas need a real redis-server (Debian package).
+redis:
+	@command -v redis-server >/dev/null || { \
+	  if [ "$$(id -u)" = 0 ]; then apt-get update -qq && apt-get install -y -qq redis-server >/dev/null; \
+	  else sudo apt-get update -qq && sudo apt-get install -y -qq redis-server >/dev/null; fi; }
+
+lint: install
+	$(BIN)/ruff check service emulator tests benchmarks
+	$(BIN)/ruff format --check service emulator tests benchmarks
+
+typecheck: install
+	$(BIN)/mypy service emulator
+
+policy-test: $(OPA)
+	$(OPA) fmt --diff --fail policies/
+	$(OPA) check --strict policies/
+	$(OPA) test --coverage --threshold 100 policies/ --format json > /tmp/imaging-proxy-opa-coverage.json || \
+	  { $(OPA) test -v policies/; echo "opa test coverage below 100%"; exit 1; }
+	$(OPA) test policies/
+
+pytest: install $(OPA)
+	$(BIN)/pytest -q -p no:cacheprovider
+
+fuzz: install
+	HYPOTHESIS_PROFILE=fuzz $(BIN)/pytest -q tests -k fuzz
+
+clean:
+	rm -rf $(VENV) service/_proto .tools

@@ -1,0 +1,31 @@
+"""The `imaging-proxy` command: server verbs (serve, emulator, demo) and AWS-CLI-compatible client verbs."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Sequence
+
+from service.cli import client_verbs, server_verbs
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="imaging-proxy",
+        description="A policy-enforcing gRPC front door for AWS HealthImaging metadata updates.",
+    )
+    verbs = parser.add_subparsers(dest="verb", metavar="VERB", required=True)
+    server_verbs.add_server_verbs(verbs)
+    client_verbs.add_client_verbs(verbs)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    args_list = list(sys.argv[1:] if argv is None else argv)
+    parser = build_parser()
+    args = parser.parse_args(args_list)
+    sys.exit(args.run(args))
+
+
+if __name__ == "__main__":
+    main()
