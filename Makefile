@@ -29,11 +29,12 @@ $(VENV)/.installed: pyproject.toml
 	$(BIN)/pip install --quiet -e '.[dev]'
 	touch $@
 
-# Stubs are generated from the .proto by grpcio-tools, never edited by hand.
+# Stubs are generated from the .proto by grpcio-tools (type stubs by mypy-protobuf), never
+# edited by hand.
 $(PROTO_STAMP): $(PROTO_SRC) $(VENV)/.installed
 	rm -rf service/_proto && mkdir -p service/_proto
 	$(BIN)/python -m grpc_tools.protoc -Iservice/_proto=protos \
-	  --python_out=. --grpc_python_out=. --pyi_out=. \
+	  --python_out=. --grpc_python_out=. --mypy_out=. --mypy_grpc_out=. \
 	  $(patsubst protos/%,service/_proto/%,$(PROTO_SRC))
 	touch $@
 

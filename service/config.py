@@ -99,7 +99,7 @@ class BackendSettings:
     region: str = "us-east-1"
     """AWS region."""
     account_id: str = ""
-    """Account whose quotas apply (budgets are per account + region); empty = from STS or 'default'."""
+    """Account whose quotas apply (budgets are per account + region); empty = 'default'."""
     max_pool_connections: int = 100
     """HTTP connections kept to HealthImaging."""
     connect_timeout_seconds: float = 5.0
@@ -153,7 +153,9 @@ def load_settings(
 
 
 def _build(type_name: Any, values: Mapping[str, Any]) -> Any:
-    cls = {c.__name__: c for c in _SECTIONS}[type_name if isinstance(type_name, str) else type_name.__name__]
+    cls = {c.__name__: c for c in _SECTIONS}[
+        type_name if isinstance(type_name, str) else type_name.__name__
+    ]
     known = {f.name: f for f in dataclasses.fields(cls)}
     unknown = set(values) - set(known)
     if unknown:

@@ -1,0 +1,29 @@
+"""botocore's `medical-imaging` service model: the single source of routes, shapes and error statuses."""
+
+from __future__ import annotations
+
+from functools import cache
+from pathlib import Path
+
+from botocore.loaders import Loader
+from botocore.model import OperationModel, ServiceModel
+
+MODELS_DIR = Path(__file__).parent / "aws_models"
+SERVICE_NAME = "medical-imaging"
+
+
+@cache
+def service_model() -> ServiceModel:
+    """The newest model: the vendored copy first (it knows includeStudyImageSets), then botocore's."""
+    loader = Loader(extra_search_paths=[str(MODELS_DIR)])
+    return ServiceModel(loader.load_service_model(SERVICE_NAME, "service-2"), SERVICE_NAME)
+
+
+def operation(name: str) -> OperationModel:
+    return service_model().operation_model(name)
+
+
+def error_status(code: str) -> int:
+    """HTTP status the model gives an error shape."""
+    status: int = service_model().shape_for(code).metadata["error"]["httpStatusCode"]
+    return status

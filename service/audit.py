@@ -1,0 +1,56 @@
+"""Audit trail: one structured line per request: who, which image set, which tags, the verdict.
+
+Tags and levels only, never attribute values: they are patient data.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+import structlog
+
+if TYPE_CHECKING:
+    from service.identity import Caller
+    from service.policy import Decision
+    from service.updates import UpdatePlan
+
+_log = structlog.get_logger("imaging_proxy.audit")
+
+
+def operation_outcome(caller: Caller, plan: UpdatePlan, decision: Decision, outcome: str) -> None:
+    """An allowed update has ended (UPDATED, UPDATE_FAILED or an error reason)."""
+    _emit(caller, plan, decision, outcome)
+
+
+def denied(caller: Caller, plan: UpdatePlan, decision: Decision) -> None:
+    _emit(caller, plan, decision, "DENIED")
+
+
+def refused(method: str, principal: str, auth_method: str, reason: str) -> None:
+    """A request that never reached a decision (unauthenticated, invalid, policy unavailable)."""
+    _log.info(
+        "audit",
+        rpc=method,
+        principal=principal,
+        auth_method=auth_method,
+        allow=False,
+        outcome=reason,
+    )
+
+
+def _emit(caller: Caller, plan: UpdatePlan, decision: Decision, outcome: str) -> None:
+    _log.info(
+        "audit",
+        principal=caller.principal,
+        auth_method=caller.auth_method,
+        datastore_id=plan.datastore_id,
+        image_set_id=plan.image_set_id,
+        kind=plan.kind,
+        force=plan.force,
+        include_study_image_sets=plan.include_study_image_sets,
+        touched=list(plan.touched_tags()),
+        decision_id=decision.decision_id,
+        allow=decision.allow,
+        reasons=list(decision.reasons),
+        outcome=outcome,
+    )

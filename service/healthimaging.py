@@ -1,0 +1,174 @@
+"""Backend stage: one long-lived aioboto3 client; AWS errors become domain errors here."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Iterator, Mapping
+from contextlib import asynccontextmanager, contextmanager
+from dataclasses import dataclass
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+import aioboto3
+import botocore.exceptions
+import grpc
+from aiobotocore.config import AioConfig
+
+from service.config import BackendSettings
+from service.errors import (
+    Aborted,
+    BackendRejected,
+    NotFound,
+    ProxyError,
+    ResourceExhausted,
+    Unavailable,
+)
+from service.updates import UpdatePlan
+
+# botocore data path holding a newer medical-imaging model (it adds includeStudyImageSets) than
+# the botocore release aioboto3 pins; botocore prefers the first search path that has the model.
+AWS_MODELS = Path(__file__).parent / "aws_models"
+
+TERMINAL_WORKFLOW_STATUSES = frozenset({"UPDATED", "UPDATE_FAILED", "DELETED"})
+
+
+@dataclass(frozen=True)
+class ImageSetStatus:
+    """An image set version as HealthImaging reports it."""
+
+    datastore_id: str
+    image_set_id: str
+    version_id: str
+    state: str
+    workflow_status: str
+    created_at: float | None = None
+    updated_at: float | None = None
+    message: str = ""
+
+    @property
+    def terminal(self) -> bool:
+        """The update that produced this version has finished (or the image set is gone)."""
+        return self.state != "LOCKED" and self.workflow_status in TERMINAL_WORKFLOW_STATUSES
+
+
+class HealthImaging:
+    """The calls the proxy makes to HealthImaging."""
+
+    def __init__(self, client: Any) -> None:
+        self._client = client
+
+    @classmethod
+    @asynccontextmanager
+    async def open(cls, settings: BackendSettings) -> AsyncIterator[HealthImaging]:
+        session = aioboto3.Session(region_name=settings.region)
+        session._session.get_component("data_loader").search_paths.insert(0, str(AWS_MODELS))
+        config = AioConfig(
+            # Writes are never retried blindly: a lost response plus a retry is a second update
+            # or a ConflictException. Reads are retried by the poll loop itself.
+            retries={"mode": "standard", "total_max_attempts": 1},
+            max_pool_connections=settings.max_pool_connections,
+            connect_timeout=settings.connect_timeout_seconds,
+            read_timeout=settings.read_timeout_seconds,
+            # Image-set operations carry a `runtime-` host prefix that breaks custom endpoints.
+            inject_host_prefix=not settings.endpoint_url,
+        )
+        endpoint = settings.endpoint_url or None
+        async with session.client(
+            "medical-imaging", endpoint_url=endpoint, config=config
+        ) as client:
+            yield cls(client)
+
+    async def update(self, plan: UpdatePlan) -> ImageSetStatus:
+        """Submit the update exactly as classified; returns the new (LOCKED) version."""
+        params: dict[str, Any] = {
+            "datastoreId": plan.datastore_id,
+            "imageSetId": plan.image_set_id,
+            "latestVersionId": plan.latest_version_id,
+            "updateImageSetMetadataUpdates": _updates_member(plan),
+        }
+        if plan.force:
+            params["force"] = True
+        if plan.include_study_image_sets:
+            params["includeStudyImageSets"] = True
+        with _translate_errors():
+            response = await self._client.update_image_set_metadata(**params)
+        return _status(response, "latestVersionId")
+
+    async def get_image_set(
+        self, datastore_id: str, image_set_id: str, version_id: str = ""
+    ) -> ImageSetStatus:
+        params = {"datastoreId": datastore_id, "imageSetId": image_set_id}
+        if version_id:
+            params["versionId"] = version_id
+        with _translate_errors():
+            response = await self._client.get_image_set(**params)
+        return _status(response, "versionId")
+
+
+def _updates_member(plan: UpdatePlan) -> dict[str, Any]:
+    if plan.kind == "revert":
+        return {"revertToVersionId": plan.revert_to_version_id}
+    blobs = {
+        "updatableAttributes": plan.updatable_attributes,
+        "removableAttributes": plan.removable_attributes,
+    }
+    return {"DICOMUpdates": {k: v for k, v in blobs.items() if v is not None}}
+
+
+def _status(response: Mapping[str, Any], version_key: str) -> ImageSetStatus:
+    return ImageSetStatus(
+        datastore_id=response["datastoreId"],
+        image_set_id=response["imageSetId"],
+        version_id=response[version_key],
+        state=response["imageSetState"],
+        workflow_status=response.get("imageSetWorkflowStatus", ""),
+        created_at=_epoch(response.get("createdAt")),
+        updated_at=_epoch(response.get("updatedAt")),
+        message=response.get("message", ""),
+    )
+
+
+def _epoch(value: datetime | None) -> float | None:
+    return value.timestamp() if value is not None else None
+
+
+_CODE_TO_ERROR: Mapping[str, tuple[type[ProxyError], grpc.StatusCode | None]] = {
+    "ConflictException": (Aborted, None),
+    "ResourceNotFoundException": (NotFound, None),
+    "ValidationException": (BackendRejected, grpc.StatusCode.INVALID_ARGUMENT),
+    "AccessDeniedException": (BackendRejected, grpc.StatusCode.PERMISSION_DENIED),
+    "ThrottlingException": (ResourceExhausted, None),
+    "ServiceQuotaExceededException": (ResourceExhausted, None),
+    "InternalServerException": (Unavailable, None),
+}
+
+THROTTLE_RETRY_SECONDS = 4.0
+
+
+@contextmanager
+def _translate_errors() -> Iterator[None]:
+    """The one place aioboto3/botocore errors become domain errors."""
+    try:
+        yield
+    except botocore.exceptions.ClientError as exc:
+        raise _from_client_error(exc) from exc
+    except (
+        botocore.exceptions.EndpointConnectionError,
+        botocore.exceptions.ConnectionError,
+    ) as exc:
+        raise Unavailable(f"HealthImaging unreachable: {type(exc).__name__}") from exc
+    except (botocore.exceptions.ReadTimeoutError, TimeoutError) as exc:
+        raise Unavailable("HealthImaging did not answer in time") from exc
+
+
+def _from_client_error(exc: botocore.exceptions.ClientError) -> ProxyError:
+    code = exc.response.get("Error", {}).get("Code", "Unknown")
+    message = f"HealthImaging {code}: {exc.response.get('Error', {}).get('Message', '')}".strip()
+    error_class, grpc_code = _CODE_TO_ERROR.get(code, (Unavailable, None))
+    if error_class is ResourceExhausted:
+        return ResourceExhausted(message, THROTTLE_RETRY_SECONDS, reason="BACKEND_THROTTLED")
+    if error_class is BackendRejected:
+        return BackendRejected(message, code, grpc_code)
+    if error_class is Aborted:
+        return Aborted(message, reason="BACKEND_CONFLICT")
+    return error_class(message)

@@ -1,0 +1,129 @@
+"""Policy stage: a caller and an update plan become an OPA input, and OPA's answer a Decision.
+
+Fail closed: OPA unreachable, slower than its timeout, erroring, undefined or malformed all raise
+PolicyUnavailable; only a well-formed `{"allow": true}` lets an update through.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator, Mapping
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from typing import Any
+from urllib.parse import urlsplit
+
+import aiohttp
+from opa_client.opa_async import AsyncOpaClient
+
+from service.config import OpaSettings
+from service.errors import PolicyUnavailable
+from service.identity import Caller
+from service.updates import UpdatePlan
+
+
+@dataclass(frozen=True)
+class Decision:
+    """OPA's verdict on one update."""
+
+    allow: bool
+    reasons: tuple[str, ...]
+    decision_id: str
+
+
+def build_input(caller: Caller, plan: UpdatePlan, send_values: bool = False) -> dict[str, Any]:
+    """The OPA input document: who, what request, which attributes (values only if enabled)."""
+    return {
+        "caller": {
+            "principal": caller.principal,
+            "auth_method": caller.auth_method,
+            "roles": list(caller.roles),
+            "claims": dict(caller.claims),
+        },
+        "request": {
+            "datastore_id": plan.datastore_id,
+            "image_set_id": plan.image_set_id,
+            "latest_version_id": plan.latest_version_id,
+            "force": plan.force,
+            "include_study_image_sets": plan.include_study_image_sets,
+            "kind": plan.kind,
+            "revert_to_version_id": plan.revert_to_version_id,
+        },
+        "changes": [_change_input(change, send_values) for change in plan.changes],
+        "summary": plan.summary(),
+    }
+
+
+def _change_input(change: Any, send_values: bool) -> dict[str, Any]:
+    described = {
+        "action": change.action,
+        "level": change.level,
+        "series_uid": change.series_uid,
+        "instance_uid": change.instance_uid,
+        "tag": change.tag,
+        "keyword": change.keyword,
+        "vr": change.vr,
+        "private": change.private,
+        "requires_force": change.requires_force,
+        "categories": list(change.categories),
+    }
+    if send_values:
+        described["value"] = change.value
+    return described
+
+
+def parse_result(response: Mapping[str, Any]) -> Decision:
+    """OPA's HTTP answer → Decision; anything but a well-formed decision object is unusable."""
+    result = response.get("result")
+    if not isinstance(result, Mapping):
+        raise PolicyUnavailable("policy decision is undefined (no result from OPA)")
+    allow, reasons = result.get("allow"), result.get("reasons", [])
+    if not isinstance(allow, bool):
+        raise PolicyUnavailable("policy decision is malformed: 'allow' is not a boolean")
+    if not isinstance(reasons, list) or not all(isinstance(r, str) for r in reasons):
+        raise PolicyUnavailable("policy decision is malformed: 'reasons' is not a list of strings")
+    decision_id = response.get("decision_id", "")
+    return Decision(allow, tuple(reasons), decision_id if isinstance(decision_id, str) else "")
+
+
+class PolicyClient:
+    """Asks OPA for decisions over one long-lived HTTP session."""
+
+    def __init__(self, client: AsyncOpaClient, settings: OpaSettings) -> None:
+        self._client = client
+        self._settings = settings
+        self._package, _, self._rule = settings.decision_path.rpartition(".")
+
+    @classmethod
+    @asynccontextmanager
+    async def open(cls, settings: OpaSettings) -> AsyncIterator[PolicyClient]:
+        url = urlsplit(settings.url)
+        cert = (settings.client_cert, settings.client_key) if settings.client_cert else None
+        client = AsyncOpaClient(
+            host=url.hostname or "127.0.0.1",
+            port=url.port or (443 if url.scheme == "https" else 8181),
+            ssl=url.scheme == "https",
+            cert=cert,
+            token=settings.token or None,
+            retries=0,  # OPA's 500s are evaluation errors that repeat: never retry them
+            timeout=settings.timeout_seconds,
+        )
+        async with client:
+            yield cls(client, settings)
+
+    async def decide(self, caller: Caller, plan: UpdatePlan) -> Decision:
+        document = build_input(caller, plan, self._settings.send_values)
+        try:
+            async with asyncio.timeout(self._settings.timeout_seconds):
+                response = await self._client.query_rule(document, self._package, self._rule)
+        except TimeoutError as exc:
+            raise PolicyUnavailable("policy decision timed out") from exc
+        except (aiohttp.ClientError, OSError, ValueError) as exc:
+            raise PolicyUnavailable(f"policy engine unavailable: {type(exc).__name__}") from exc
+        if not isinstance(response, Mapping):
+            raise PolicyUnavailable("policy decision is malformed: not a JSON object")
+        return parse_result(response)
+
+    async def healthy(self) -> bool:
+        """True when OPA answers its health endpoint (used for grpc.health)."""
+        return bool(await self._client.check_health())
