@@ -70,9 +70,11 @@ typecheck: install
 policy-test: $(OPA)
 	$(OPA) fmt --diff --fail policies/
 	$(OPA) check --strict policies/
-	$(OPA) test --coverage --threshold 100 policies/ --format json > /tmp/imaging-proxy-opa-coverage.json || \
-	  { $(OPA) test -v policies/; echo "opa test coverage below 100%"; exit 1; }
 	$(OPA) test policies/
+	$(OPA) test --coverage --threshold 100 --format json policies/ > /dev/null || { \
+	  $(OPA) test --coverage --format json policies/ | $(BIN)/python -c 'import json, sys; \
+	  [print(f, r["not_covered"]) for f, r in json.load(sys.stdin)["files"].items() if r.get("not_covered")]'; \
+	  echo "opa test coverage below 100%"; exit 1; }
 
 pytest: install $(OPA)
 	$(BIN)/pytest -q -p no:cacheprovider

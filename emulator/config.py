@@ -49,7 +49,7 @@ class Quotas:
 
     enforce: bool = True
     """False turns every quota below off."""
-    tps: Mapping[str, RateLimit] = DEFAULT_TPS
+    tps: Mapping[str, RateLimit] = field(default_factory=lambda: DEFAULT_TPS)
     """Per-operation token buckets (ThrottlingException when empty)."""
     concurrent_updates_per_datastore: int = 100
     """LOCKED-by-update image sets per data store (ServiceQuotaExceededException above)."""
@@ -88,11 +88,11 @@ class Faults:
 class Progressions:
     """When each kind of asynchronous work completes (the state table's timing)."""
 
-    update: Progression = Progression(Trigger.SECONDS, 0.5)
-    copy: Progression = Progression(Trigger.SECONDS, 0.5)
-    delete: Progression = Progression(Trigger.SECONDS, 0.5)
-    import_job: Progression = Progression(Trigger.SECONDS, 0.5)
-    datastore: Progression = Progression(Trigger.IMMEDIATE, 0)
+    update: Progression = field(default_factory=Progression)
+    copy: Progression = field(default_factory=Progression)
+    delete: Progression = field(default_factory=Progression)
+    import_job: Progression = field(default_factory=Progression)
+    datastore: Progression = field(default_factory=lambda: Progression(Trigger.IMMEDIATE, 0))
 
 
 @dataclass(frozen=True)
@@ -109,6 +109,8 @@ class Settings:
     """Id of the seeded data store (random when None)."""
     seed_primary: bool = True
     """Whether seeded image sets are primary."""
+    import_primary: bool = True
+    """Whether import jobs create primary image sets (unless the study already has one)."""
     ready_file: Path | None = None
     """Written with the URL and ids once the server answers."""
     region: str = "us-east-1"
@@ -126,6 +128,12 @@ class Settings:
     """Seed for the fault dice (reproducible runs)."""
 
 
+_SCALAR_SETTINGS = frozenset(
+    {"host", "port", "datastore_id", "seed_primary", "import_primary", "region", "account_id"}
+    | {"content_checks", "random_seed"}
+)
+
+
 def load_toml(path: Path) -> Settings:
     """A TOML file (top level or an [emulator] table) → Settings."""
     with path.open("rb") as handle:
@@ -134,11 +142,7 @@ def load_toml(path: Path) -> Settings:
 
 
 def from_mapping(raw: Mapping[str, Any]) -> Settings:
-    scalars = {
-        k: v
-        for k, v in raw.items()
-        if k in {"host", "port", "datastore_id", "seed_primary", "region", "account_id", "content_checks", "random_seed"}
-    }
+    scalars = {k: v for k, v in raw.items() if k in _SCALAR_SETTINGS}
     settings = Settings(**scalars)
     if "seeds" in raw:
         settings = dataclasses.replace(settings, seeds=tuple(Path(p) for p in raw["seeds"]))
@@ -155,7 +159,9 @@ def from_mapping(raw: Mapping[str, Any]) -> Settings:
 
 def with_update_delay(settings: Settings, seconds: float) -> Settings:
     """The same delay for updates, copies, deletes and imports (0 = immediate)."""
-    step = Progression(Trigger.SECONDS, seconds) if seconds > 0 else Progression(Trigger.IMMEDIATE, 0)
+    step = (
+        Progression(Trigger.SECONDS, seconds) if seconds > 0 else Progression(Trigger.IMMEDIATE, 0)
+    )
     progressions = dataclasses.replace(
         settings.progressions, update=step, copy=step, delete=step, import_job=step
     )
@@ -175,8 +181,9 @@ def faults_from_mapping(raw: Mapping[str, Any]) -> Faults:
     unknown = sorted(set(raw) - known)
     if unknown:
         raise ValueError(f"unknown fault setting: {unknown[0]}")
-    values = {k: (tuple(v) if k == "operations" else float(v)) for k, v in raw.items()}
-    return Faults(**values)
+    rates: dict[str, Any] = {k: float(v) for k, v in raw.items() if k != "operations"}
+    faults = dataclasses.replace(Faults(), **rates)
+    return dataclasses.replace(faults, operations=tuple(str(o) for o in raw.get("operations", ())))
 
 
 def _quotas(raw: Mapping[str, Any]) -> Quotas:

@@ -64,7 +64,7 @@ def group_by_study(datasets: Iterable[Dataset]) -> dict[str, list[Dataset]]:
 
 
 def build_document(datasets: Sequence[Dataset]) -> Document:
-    """The Patient / Study / Series{uid} / Instances{uid} document HealthImaging writes on import."""
+    """The Patient / Study / Series{uid} / Instances{uid} document HealthImaging writes."""
     doc: Document = {
         "SchemaVersion": SCHEMA_VERSION,
         "Patient": {"DICOM": {}},
@@ -149,7 +149,10 @@ def _image_frames(ds: Dataset) -> list[dict[str, Any]]:
     pixels = bytes(ds.PixelData)
     size = len(pixels) // frames
     rows, cols = int(ds.get("Rows", 0)), int(ds.get("Columns", 0))
-    return [_frame(str(ds.SOPInstanceUID), i, pixels[i * size : (i + 1) * size], rows, cols) for i in range(frames)]
+    return [
+        _frame(str(ds.SOPInstanceUID), i, pixels[i * size : (i + 1) * size], rows, cols)
+        for i in range(frames)
+    ]
 
 
 def _frame(sop_uid: str, index: int, data: bytes, rows: int, cols: int) -> dict[str, Any]:

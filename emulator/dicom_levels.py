@@ -1,4 +1,4 @@
-"""Which DICOM attributes HealthImaging keeps at the Patient, Study and Series level (metadata normalization)."""
+"""Which DICOM attributes HealthImaging keeps at the Patient, Study and Series level."""
 
 from __future__ import annotations
 
@@ -90,7 +90,9 @@ GENERATED_KEYS = frozenset(
 )
 
 # Identifiers whose change needs force (and is refused on primary image sets).
-FORCE_UID_KEYWORDS = frozenset({"StudyInstanceUID", "SeriesInstanceUID", "SOPInstanceUID", "StudyID"})
+FORCE_UID_KEYWORDS = frozenset(
+    {"StudyInstanceUID", "SeriesInstanceUID", "SOPInstanceUID", "StudyID"}
+)
 
 _HEX_KEY = re.compile(r"[0-9A-Fa-f]{8}")
 
@@ -111,7 +113,7 @@ def parse_key(key: str) -> BaseTag | None:
 
 
 def canonical_key(tag: BaseTag) -> str:
-    """How HealthImaging spells a tag: its keyword, or 8 upper-case hex digits when private/unknown."""
+    """How HealthImaging spells a tag: its keyword, else (private/unknown) 8 upper-case hex."""
     if not tag.is_private:
         keyword = keyword_for_tag(tag)
         if keyword:

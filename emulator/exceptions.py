@@ -1,15 +1,15 @@
 """AWS errors as HealthImaging returns them: one class per error code, HTTP status from the model.
 
-    EmulatorError
-    ├── ValidationException            400
-    ├── BadRequestException            400
-    ├── AccessDeniedException          403
-    ├── ResourceNotFoundException      404
-    ├── NotAcceptableException         406
-    ├── ConflictException              409
-    ├── ServiceQuotaExceededException  402
-    ├── ThrottlingException            429
-    └── InternalServerException        500
+EmulatorError
+├── ValidationException            400
+├── BadRequestException            400
+├── AccessDeniedException          403
+├── ResourceNotFoundException      404
+├── NotAcceptableException         406
+├── ConflictException              409
+├── ServiceQuotaExceededException  402
+├── ThrottlingException            429
+└── InternalServerException        500
 """
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""The backend: owns every data store, image set and version, and HealthImaging's rules about them."""
+"""The backend: owns every data store, image set and version, and HealthImaging's rules."""
 
 from __future__ import annotations
 
@@ -67,6 +67,7 @@ class Backend:
         self.rng = rng or random.Random(settings.random_seed)
         self.datastores: dict[str, Datastore] = {}
         self.jobs = JobTable()
+        self.tags: dict[str, dict[str, str]] = {}
 
     # ------------------------------------------------------------ time and lookups
 
@@ -117,11 +118,24 @@ class Backend:
         if new in self.datastores:
             raise ConflictException("a data store with this id already exists")
         datastore = Datastore(
-            new, name or new, self.arn("datastore", new), DatastoreStatus.CREATING, now, now, client_token,
-            kms_key_arn, lambda_authorizer_arn, lossless_storage_format,
+            new,
+            name or new,
+            self.arn("datastore", new),
+            DatastoreStatus.CREATING,
+            now,
+            now,
+            client_token,
+            kms_key_arn,
+            lambda_authorizer_arn,
+            lossless_storage_format,
         )
         self.datastores[new] = datastore
-        self._schedule(datastore.datastore_id, self.settings.progressions.datastore, now, lambda at: _set_status(datastore, DatastoreStatus.ACTIVE, at))
+        self._schedule(
+            datastore.datastore_id,
+            self.settings.progressions.datastore,
+            now,
+            lambda at: _set_status(datastore, DatastoreStatus.ACTIVE, at),
+        )
         return datastore
 
     def get_datastore(self, datastore_id: str) -> Datastore:
@@ -144,7 +158,12 @@ class Backend:
         if datastore.status is not DatastoreStatus.ACTIVE:
             raise ConflictException("the data store is not ACTIVE")
         _set_status(datastore, DatastoreStatus.DELETING, now)
-        self._schedule(datastore_id, self.settings.progressions.delete, now, lambda at: _set_status(datastore, DatastoreStatus.DELETED, at))
+        self._schedule(
+            datastore_id,
+            self.settings.progressions.delete,
+            now,
+            lambda at: _set_status(datastore, DatastoreStatus.DELETED, at),
+        )
         return datastore
 
     def active_datastore(self, datastore_id: str) -> Datastore:
@@ -153,7 +172,9 @@ class Backend:
             raise ConflictException("the data store is not ACTIVE")
         return datastore
 
-    def _schedule(self, key: str, progression: Progression, now: float, finish: Callable[[float], None]) -> None:
+    def _schedule(
+        self, key: str, progression: Progression, now: float, finish: Callable[[float], None]
+    ) -> None:
         self.jobs.add(Job((key,), progression, now, finish))
 
     # ------------------------------------------------------------ image sets
@@ -175,19 +196,27 @@ class Backend:
             raise ConflictException("an image set with this id already exists")
         doc = {**document, "DatastoreID": datastore_id, "ImageSetID": set_id}
         image_set = ImageSet(
-            datastore_id, set_id, self.arn("datastore", datastore_id, "imageset", set_id), is_primary, now
+            datastore_id,
+            set_id,
+            self.arn("datastore", datastore_id, "imageset", set_id),
+            is_primary,
+            now,
         )
         image_set.add_version(Version(1, doc, State.ACTIVE, status, now, now))
         datastore.image_sets[set_id] = image_set
         return image_set
 
-    def get_image_set(self, datastore_id: str, image_set_id: str, version_id: str | None) -> tuple[ImageSet, Version]:
+    def get_image_set(
+        self, datastore_id: str, image_set_id: str, version_id: str | None
+    ) -> tuple[ImageSet, Version]:
         self.tick()
         image_set = self.image_set(datastore_id, image_set_id)
         image_set.last_accessed_at = self.clock()
         return image_set, image_set.version(version_id)
 
-    def get_image_set_metadata(self, datastore_id: str, image_set_id: str, version_id: str | None) -> bytes:
+    def get_image_set_metadata(
+        self, datastore_id: str, image_set_id: str, version_id: str | None
+    ) -> bytes:
         self.tick()
         image_set = self.live_image_set(datastore_id, image_set_id)
         image_set.last_accessed_at = self.clock()
@@ -200,12 +229,16 @@ class Backend:
         self.tick()
         image_set = self.image_set(datastore_id, image_set_id)
         newest_first = list(reversed(image_set.versions))
-        page, token = pagination.page(newest_first, max_results, next_token, f"versions/{image_set_id}")
+        page, token = pagination.page(
+            newest_first, max_results, next_token, f"versions/{image_set_id}"
+        )
         return page, image_set, token
 
     # ------------------------------------------------------------ updates
 
-    def update_image_set_metadata(self, datastore_id: str, image_set_id: str, request: MetadataUpdate) -> tuple[ImageSet, Version]:
+    def update_image_set_metadata(
+        self, datastore_id: str, image_set_id: str, request: MetadataUpdate
+    ) -> tuple[ImageSet, Version]:
         now = self.tick()
         target = self.live_image_set(datastore_id, image_set_id)
         self._check_writable(target, request.latest_version_id)
@@ -227,19 +260,29 @@ class Backend:
             return self._plan_revert(target, request)
         blobs = [b for b in (request.updatable, request.removable) if b is not None]
         if not blobs:
-            raise ValidationException("DICOMUpdates must hold updatableAttributes or removableAttributes")
+            raise ValidationException(
+                "DICOMUpdates must hold updatableAttributes or removableAttributes"
+            )
         limit = self.settings.quotas.max_update_payload_bytes
         if self.settings.quotas.enforce and any(len(b) > limit for b in blobs):
             raise ServiceQuotaExceededException("the update payload exceeds the payload size quota")
-        updatable = decode_blob(request.updatable, "updatableAttributes") if request.updatable else None
-        removable = decode_blob(request.removable, "removableAttributes") if request.removable else None
-        changes = plan_update(updatable, removable, force=request.force, is_primary=target.is_primary)
+        updatable = (
+            decode_blob(request.updatable, "updatableAttributes") if request.updatable else None
+        )
+        removable = (
+            decode_blob(request.removable, "removableAttributes") if request.removable else None
+        )
+        changes = plan_update(
+            updatable, removable, force=request.force, is_primary=target.is_primary
+        )
         siblings = self._study_siblings(target) if request.include_study_image_sets else ()
         if siblings:
             for sibling in siblings:
                 plan_update(updatable, removable, force=request.force, is_primary=True)
                 if sibling.locked:
-                    raise ConflictException("an image set of the study is locked by another operation")
+                    raise ConflictException(
+                        "an image set of the study is locked by another operation"
+                    )
 
         def build(image_set: ImageSet, strict: bool) -> Document:
             # The pending version still carries the previous document until the update lands.
@@ -249,7 +292,9 @@ class Backend:
 
     def _plan_revert(self, target: ImageSet, request: MetadataUpdate) -> _PlannedUpdate:
         if request.include_study_image_sets:
-            raise ValidationException("includeStudyImageSets is not supported with revertToVersionId")
+            raise ValidationException(
+                "includeStudyImageSets is not supported with revertToVersionId"
+            )
         wanted = request.revert_to_version_id or ""
         if not wanted.isdigit() or not 1 <= int(wanted) <= len(target.versions):
             raise ValidationException("revertToVersionId does not name a version of this image set")
@@ -272,7 +317,11 @@ class Backend:
         quotas = self.settings.quotas
         if not quotas.enforce:
             return
-        busy = sum(1 for s in self.datastore(datastore_id).live_image_sets() if s.locked and s.latest.status.startswith("UPDATING"))
+        busy = sum(
+            1
+            for s in self.datastore(datastore_id).live_image_sets()
+            if s.locked and s.latest.status.startswith("UPDATING")
+        )
         if busy + wanted > quotas.concurrent_updates_per_datastore:
             raise ServiceQuotaExceededException("too many concurrent updates in this data store")
 
@@ -288,7 +337,15 @@ class Backend:
             status = "UPDATING" if image_set is planned.target else "UPDATING_FOR_STUDY_CONSISTENCY"
             previous = image_set.latest
             image_set.add_version(
-                Version(previous.version_id + 1, previous.document, State.LOCKED, status, now, now, forced=force)
+                Version(
+                    previous.version_id + 1,
+                    previous.document,
+                    State.LOCKED,
+                    status,
+                    now,
+                    now,
+                    forced=force,
+                )
             )
         outcome = self._dice_for_update()
 
@@ -309,7 +366,11 @@ class Backend:
         return "apply"
 
     def _update_progression(self, outcome: str) -> Progression:
-        return Progression(Trigger.NEVER, 0) if outcome == "stall" else self.settings.progressions.update
+        return (
+            Progression(Trigger.NEVER, 0)
+            if outcome == "stall"
+            else self.settings.progressions.update
+        )
 
     def _finish_update(self, planned: _PlannedUpdate, outcome: str, at: float) -> None:
         """All image sets of one update succeed or fail together (the update is atomic)."""
@@ -326,6 +387,35 @@ class Backend:
             document.update(DatastoreID=image_set.datastore_id, ImageSetID=image_set.image_set_id)
             image_set.latest.document = document
             _settle(image_set.latest, "UPDATED", at, None)
+
+    # ------------------------------------------------------------ tagging
+
+    def tag_resource(self, arn: str, tags: dict[str, str]) -> None:
+        self.tick()
+        self._check_arn(arn)
+        self.tags.setdefault(arn, {}).update(tags)
+
+    def untag_resource(self, arn: str, keys: list[str]) -> None:
+        self.tick()
+        self._check_arn(arn)
+        for key in keys:
+            self.tags.get(arn, {}).pop(key, None)
+
+    def list_tags_for_resource(self, arn: str) -> dict[str, str]:
+        self.tick()
+        self._check_arn(arn)
+        return dict(self.tags.get(arn, {}))
+
+    def _check_arn(self, arn: str) -> None:
+        """The ARN must name a live data store or image set of this account and region."""
+        prefix = self.arn("datastore", "")
+        parts = arn.removeprefix(prefix).split("/") if arn.startswith(prefix) else []
+        if len(parts) == 1:
+            self.datastore(parts[0])
+        elif len(parts) == 3 and parts[1] == "imageset":
+            self.live_image_set(parts[0], parts[2])
+        else:
+            raise ResourceNotFoundException("the resource does not exist")
 
     # ------------------------------------------------------------ fault knobs
 

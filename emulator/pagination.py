@@ -12,7 +12,9 @@ T = TypeVar("T")
 DEFAULT_PAGE = 50
 
 
-def page(items: Sequence[T], max_results: int | None, token: str | None, scope: str) -> tuple[list[T], str | None]:
+def page(
+    items: Sequence[T], max_results: int | None, token: str | None, scope: str
+) -> tuple[list[T], str | None]:
     """One page of `items` and the token for the next one (None on the last page)."""
     start = _decode(token, scope) if token else 0
     size = max_results or DEFAULT_PAGE

@@ -14,7 +14,6 @@ from botocore.model import OperationModel, Shape, StructureShape
 
 from emulator.exceptions import ValidationException
 
-
 # ---------------------------------------------------------------- requests
 
 
@@ -183,20 +182,23 @@ def _check_string(shape: Shape, value: Any, path: str) -> None:
     pattern = shape.metadata.get("pattern")
     if pattern is not None and _compiled(pattern).fullmatch(value) is None:
         raise ValidationException(f"{path} does not match the pattern {pattern}")
-    enum = shape.enum
+    enum: list[str] = shape.metadata.get("enum", [])
     if enum and value not in enum:
         raise ValidationException(f"{path} must be one of {', '.join(enum)}")
 
 
 @cache
 def _compiled(pattern: str) -> re.Pattern[str]:
-    return re.compile(pattern, re.DOTALL)
+    # The model's patterns are Java-flavoured; `\p{ASCII}` is the only construct Python lacks.
+    return re.compile(pattern.replace(r"\p{ASCII}", r"[\x00-\x7f]"), re.DOTALL)
 
 
 # ---------------------------------------------------------------- responses
 
 
-def serialize_response(op: OperationModel, result: Mapping[str, Any]) -> tuple[dict[str, str], bytes]:
+def serialize_response(
+    op: OperationModel, result: Mapping[str, Any]
+) -> tuple[dict[str, str], bytes]:
     """Result keyed by member name → (headers, body) as the model lays them out."""
     shape = op.output_shape
     if shape is None:
@@ -228,4 +230,3 @@ def _to_json(shape: Shape, value: Any) -> Any:
     if kind == "blob":
         return base64.b64encode(value).decode()
     return value
-

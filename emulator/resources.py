@@ -1,4 +1,4 @@
-"""HealthImaging's resources as the emulator keeps them: data stores, image sets, versions, import jobs."""
+"""HealthImaging's resources as the emulator keeps them: data stores, image sets, versions, jobs."""
 
 from __future__ import annotations
 

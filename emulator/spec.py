@@ -1,4 +1,4 @@
-"""botocore's `medical-imaging` service model: the single source of routes, shapes and error statuses."""
+"""botocore's `medical-imaging` service model: the one source of routes, shapes and error codes."""
 
 from __future__ import annotations
 
@@ -14,7 +14,7 @@ SERVICE_NAME = "medical-imaging"
 
 @cache
 def service_model() -> ServiceModel:
-    """The newest model: the vendored copy first (it knows includeStudyImageSets), then botocore's."""
+    """The vendored model first (it knows includeStudyImageSets), then botocore's own."""
     loader = Loader(extra_search_paths=[str(MODELS_DIR)])
     return ServiceModel(loader.load_service_model(SERVICE_NAME, "service-2"), SERVICE_NAME)
 

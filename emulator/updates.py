@@ -30,7 +30,26 @@ from emulator.exceptions import ValidationException
 Document = dict[str, Any]
 _SCHEMA_VERSIONS = (1.1, "1.1")
 _VALID_VRS = frozenset(
-    "AE AS AT CS DA DS DT FD FL IS LO LT OB OD OF OL OV OW PN SH SL SQ SS ST SV TM UC UI UL UN UR US UT UV".split()
+    {"AE", "AS", "AT", "CS", "DA", "DS", "DT", "FD", "FL", "IS", "LO", "LT", "OB", "OD", "OF", "OL"}
+    | {
+        "OV",
+        "OW",
+        "PN",
+        "SH",
+        "SL",
+        "SQ",
+        "SS",
+        "ST",
+        "SV",
+        "TM",
+        "UC",
+        "UI",
+        "UL",
+        "UN",
+        "UR",
+        "US",
+    }
+    | {"UT", "UV"}
 )
 _VR_PATTERNS = {
     "DA": re.compile(r"\d{8}"),
@@ -97,7 +116,10 @@ def plan_update(
     updatable: Document | None, removable: Document | None, *, force: bool, is_primary: bool
 ) -> list[Change]:
     """Both blobs → the list of changes; refuses what no document could make valid."""
-    changes = [*_walk_blob(removable or {}, removing=True), *_walk_blob(updatable or {}, removing=False)]
+    changes = [
+        *_walk_blob(removable or {}, removing=True),
+        *_walk_blob(updatable or {}, removing=False),
+    ]
     for change in changes:
         if change.action in (Action.UPDATE, Action.REMOVE):
             _check_attribute(change, force=force, is_primary=is_primary)
@@ -129,10 +151,14 @@ def _walk_series(series_uid: str, series: Document, *, removing: bool) -> Iterat
     for sop_uid, instance in _object(series.get("Instances", {}), "Instances").items():
         instance = _object(instance, "an instance")
         if removing and not instance:
-            yield Change(Action.REMOVE_INSTANCE, Level.INSTANCE, series_uid=series_uid, instance_uid=sop_uid)
+            yield Change(
+                Action.REMOVE_INSTANCE, Level.INSTANCE, series_uid=series_uid, instance_uid=sop_uid
+            )
             continue
         _only_keys(instance, {"DICOM", "DICOMVRs"}, "an instance")
-        yield from _attributes(instance, action, Level.INSTANCE, series_uid=series_uid, instance_uid=sop_uid)
+        yield from _attributes(
+            instance, action, Level.INSTANCE, series_uid=series_uid, instance_uid=sop_uid
+        )
 
 
 def _attributes(
@@ -190,7 +216,9 @@ def _check_attribute(change: Change, *, force: bool, is_primary: bool) -> None:
 
 def _check_private(change: Change, *, force: bool) -> None:
     if change.level is not Level.INSTANCE:
-        raise ValidationException(f"private attribute {change.key} is only supported on an instance")
+        raise ValidationException(
+            f"private attribute {change.key} is only supported on an instance"
+        )
     if change.vr is not None and change.vr not in _VALID_VRS:
         raise ValidationException(f"DICOMVRs for {change.key} is not a DICOM VR")
     _need_force(force, f"private attribute {change.key} requires force")

@@ -89,8 +89,9 @@ class UpdatePlan:
     kind: Kind
     revert_to_version_id: str  # "" unless kind == "revert"
     changes: tuple[AttributeChange, ...]
-    updatable_attributes: bytes | None  # the very bytes that were classified
-    removable_attributes: bytes | None
+    # The very bytes that were classified, forwarded as they are; patient data, so not in repr.
+    updatable_attributes: bytes | None = field(repr=False)
+    removable_attributes: bytes | None = field(repr=False)
     idempotency_key: str
 
     def summary(self) -> dict[str, object]:

@@ -1,7 +1,8 @@
 """Client-side errors of the AWS-compatible verbs, each carrying the AWS CLI return code it ends in.
 
     CliError                 255  anything else (connection failures, timeouts, surprises)
-    ├── ParamError           252  bad command syntax: an unparsable parameter, shorthand or JSON
+    ├── UsageError           252  bad command syntax: missing or unknown options
+    ├── ParamError           252  an unparsable parameter: shorthand, JSON, YAML, file://
     ├── ParamValidationError 252  parameters that parse but do not fit the operation's shape
     ├── ConfigError          253  bad environment or configuration (files, variables, TLS material)
     └── ServiceError         254  the proxy answered with an error (policy denial, conflict, ...)
@@ -36,6 +37,12 @@ class ParamError(CliError):
     def __init__(self, cli_name: str, message: str) -> None:
         super().__init__(f"Error parsing parameter '{cli_name}': {message}")
         self.cli_name = cli_name
+
+
+class UsageError(CliError):
+    """The command line itself is wrong (missing or unknown options), as argparse reports it."""
+
+    exit_code = PARAM_VALIDATION_ERROR_RC
 
 
 class ParamValidationError(CliError):

@@ -9,10 +9,11 @@ import signal
 import sys
 import tempfile
 import threading
-from collections.abc import Sequence
 from pathlib import Path
 
+from pydicom import dcmread
 from pydicom.data import get_testdata_file
+from pydicom.uid import generate_uid
 
 from service.cli import processes
 
@@ -99,7 +100,7 @@ def _start_all(
     emulator, seeded = processes.start_emulator(
         log_dir,
         emulator_port,
-        _emulator_args(args.image_sets, args.update_delay, args.emulator_arg),
+        _emulator_args(args, log_dir),
     )
     children.append(emulator)
     proxy_args = [
@@ -125,20 +126,28 @@ def _start_all(
     }
 
 
-def _emulator_args(image_sets: int, update_delay: float, extra: Sequence[str]) -> list[str]:
-    seeds = [str(get_testdata_file(name)) for name in DEMO_SAMPLES]
-    args = [
-        "--datastore-id",
-        DEMO_DATASTORE_ID,
-        "--non-primary",
-        "--update-delay",
-        str(update_delay),
-        "--seed",
-        *seeds,
-    ]
-    if image_sets != len(DEMO_SAMPLES):
-        args += ["--image-sets", str(image_sets)]
-    return [*args, *extra]
+def _emulator_args(args: argparse.Namespace, log_dir: Path) -> list[str]:
+    seeds = _seed_files(args.image_sets, log_dir / "seed")
+    options = ["--datastore-id", DEMO_DATASTORE_ID, "--non-primary"]
+    options += ["--update-delay", str(args.update_delay)]
+    return [*options, *(f"--seed={path}" for path in seeds), *args.emulator_arg]
+
+
+def _seed_files(count: int, folder: Path) -> list[Path]:
+    """pydicom's samples, then copies of them with fresh UIDs: one image set each."""
+    samples = [Path(str(get_testdata_file(name))) for name in DEMO_SAMPLES]
+    if count <= len(samples):
+        return samples[:count]
+    folder.mkdir(parents=True, exist_ok=True)
+    copies = []
+    for index in range(count - len(samples)):
+        dataset = dcmread(samples[index % len(samples)])
+        for keyword in ("StudyInstanceUID", "SeriesInstanceUID", "SOPInstanceUID"):
+            setattr(dataset, keyword, generate_uid())
+        dataset.file_meta.MediaStorageSOPInstanceUID = dataset.SOPInstanceUID
+        copies.append(folder / f"copy-{index:05d}.dcm")
+        dataset.save_as(copies[-1])
+    return [*samples, *copies]
 
 
 def _banner(ready: dict[str, object], log_dir: Path) -> str:
@@ -155,22 +164,12 @@ def _banner(ready: dict[str, object], log_dir: Path) -> str:
         }
     )
     example = [
-        ".venv/bin/imaging-proxy",
-        "update-image-set-metadata",
-        "--endpoint-url",
-        str(ready["endpoint"]),
-        "--dev-principal",
-        "demo-admin",
-        "--datastore-id",
-        str(ready["datastoreId"]),
-        "--image-set-id",
-        str(image_sets[0]),
-        "--latest-version-id",
-        "1",
-        "--cli-binary-format",
-        "raw-in-base64-out",
-        "--update-image-set-metadata-updates",
-        updates,
+        [".venv/bin/imaging-proxy", "update-image-set-metadata"],
+        ["--endpoint-url", str(ready["endpoint"]), "--dev-principal", "demo-admin"],
+        ["--datastore-id", str(ready["datastoreId"])],
+        ["--image-set-id", str(image_sets[0]), "--latest-version-id", "1"],
+        ["--cli-binary-format", "raw-in-base64-out"],
+        ["--update-image-set-metadata-updates", updates],
     ]
     lines = [
         "",
@@ -184,7 +183,7 @@ def _banner(ready: dict[str, object], log_dir: Path) -> str:
         f"  logs           {log_dir}",
         "",
         "Try it (demo-admin may do everything; demo-viewer nothing):",
-        "  " + " \\\n      ".join(shlex.quote(part) for part in example),
+        "  " + " \\\n      ".join(shlex.join(line) for line in example),
         "",
         "Ctrl-C stops all three.",
     ]

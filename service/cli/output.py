@@ -114,7 +114,9 @@ class _ListStream:
         self._lines.append(text)
 
 
-def print_response(data: Any, title: str, settings: OutputSettings, stream: IO[str] | None = None) -> None:
+def print_response(
+    data: Any, title: str, settings: OutputSettings, stream: IO[str] | None = None
+) -> None:
     """Print to stdout (through the pager when one is set and stdout is a terminal)."""
     out = sys.stdout if stream is None else stream
     is_tty = out.isatty()
@@ -164,7 +166,15 @@ def _format_list(item: list[Any], identifier: str | None, out: list[str]) -> Non
     if not item:
         return
     if any(isinstance(el, dict) for el in item):
-        all_keys = sorted({k for d in item if isinstance(d, dict) for k, v in d.items() if not isinstance(v, dict | list)})
+        all_keys = sorted(
+            {
+                k
+                for d in item
+                if isinstance(d, dict)
+                for k, v in d.items()
+                if not isinstance(v, dict | list)
+            }
+        )
         for element in item:
             _format_text(element, out, identifier, all_keys)
     elif any(isinstance(el, list) for el in item):
@@ -184,7 +194,9 @@ def _format_scalar_list(elements: list[Any], identifier: str | None, out: list[s
         out.append("\t".join(_text_scalar(item) for item in elements) + "\n")
 
 
-def _format_dict(keys: list[str] | None, item: dict[str, Any], identifier: str | None, out: list[str]) -> None:
+def _format_dict(
+    keys: list[str] | None, item: dict[str, Any], identifier: str | None, out: list[str]
+) -> None:
     scalars, non_scalars = _partition_dict(item, keys)
     if scalars:
         if identifier is not None:
@@ -194,7 +206,9 @@ def _format_dict(keys: list[str] | None, item: dict[str, Any], identifier: str |
         _format_text(non_scalar, out, new_identifier, None)
 
 
-def _partition_dict(item: dict[str, Any], keys: list[str] | None) -> tuple[list[str], list[tuple[str, Any]]]:
+def _partition_dict(
+    item: dict[str, Any], keys: list[str] | None
+) -> tuple[list[str], list[tuple[str, Any]]]:
     scalar: list[str] = []
     non_scalar: list[tuple[str, Any]] = []
     if keys is None:

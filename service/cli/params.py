@@ -126,24 +126,16 @@ IMAGE_SET_STATE_OUTPUT = Shape(
         Shape("message", "string"),
     ),
 )
+_CHANGE_STRINGS = ("action", "level", "seriesInstanceUid", "sopInstanceUid", "tag", "keyword", "vr")
 _CHANGE = Shape(
     "change",
     "structure",
-    members=tuple(
-        Shape(name, "boolean" if name in ("private", "requiresForce") else "string")
-        for name in (
-            "action",
-            "level",
-            "seriesInstanceUid",
-            "sopInstanceUid",
-            "tag",
-            "keyword",
-            "vr",
-            "private",
-            "requiresForce",
-        )
-    )
-    + (Shape("categories", "list", members=(Shape("category", "string"),)),),
+    members=(
+        *(Shape(name, "string") for name in _CHANGE_STRINGS),
+        Shape("private", "boolean"),
+        Shape("requiresForce", "boolean"),
+        Shape("categories", "list", members=(Shape("category", "string"),)),
+    ),
 )
 EVALUATION_OUTPUT = Shape(
     "output",
@@ -202,7 +194,7 @@ def load_paramfile(value: str) -> str | bytes | None:
 def _read_file(value: str, prefix: str, mode: str) -> str | bytes:
     path = os.path.expandvars(os.path.expanduser(value[len(prefix) :]))
     try:
-        with open(path, mode) as handle:  # noqa: ASYNC230 - the CLI reads its inputs before any loop
+        with open(path, mode) as handle:
             contents: str | bytes = handle.read()
     except UnicodeDecodeError:
         raise _ResourceLoadingError(
@@ -312,6 +304,19 @@ def validate(params: Mapping[str, Any], shape: Shape) -> None:
         raise ParamValidationError(problems)
 
 
+def prune(value: Any, shape: Shape) -> Any:
+    """Drop members left unset in a skeleton: nulls, and empty union members (`""`, `{}`)."""
+    if not isinstance(value, dict) or shape.kind not in ("structure", "union"):
+        return value
+    out: dict[str, Any] = {}
+    for key, item in value.items():
+        member = shape.member(key)
+        if item is None or (shape.kind == "union" and item in ("", {})):
+            continue
+        out[key] = item if member is None else prune(item, member)
+    return out
+
+
 def _validate(value: Any, shape: Shape, path: str, problems: list[str]) -> None:
     if shape.kind in ("structure", "union"):
         _validate_structure(value, shape, path, problems)
@@ -337,14 +342,14 @@ def _validate_structure(value: Any, shape: Shape, path: str, problems: list[str]
         if member.required and member.name not in value:
             problems.append(f'Missing required parameter in {path or "input"}: "{member.name}"')
     for key, item in value.items():
-        member = shape.member(key)
-        if member is None:
+        found = shape.member(key)
+        if found is None:
             allowed = ", ".join(names)
             problems.append(
                 f'Unknown parameter in {path or "input"}: "{key}", must be one of: {allowed}'
             )
         else:
-            _validate(item, member, f"{path}.{key}" if path else key, problems)
+            _validate(item, found, f"{path}.{key}" if path else key, problems)
     if shape.kind == "union":
         _validate_union(value, shape, path, problems)
 
@@ -390,6 +395,7 @@ def _invalid_base64(path: str, value: str) -> str:
 
 def update_params(params: Mapping[str, Any], binary_format: BinaryFormat) -> UpdateParams:
     """Validated parameters -> the request, blobs decoded."""
+    params = prune(params, UPDATE_INPUT)
     validate(params, UPDATE_INPUT)
     updates = params["updateImageSetMetadataUpdates"]
     dicom = updates.get("DICOMUpdates")

@@ -12,7 +12,8 @@ import logging
 import random
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass
+from typing import Any
 
 import grpc
 import grpc.aio
@@ -56,7 +57,8 @@ class Tracker:
 
     idempotency_key: str
     operation_id: str = ""
-    acknowledged: bool = field(default=False)
+    acknowledged: bool = False
+    events: int = 0
 
 
 class _Retryable(Exception):
@@ -111,6 +113,8 @@ def translate(err: grpc.aio.AioRpcError, operation: str, endpoint_url: str) -> C
     code = err.code()
     if status is None and code is grpc.StatusCode.UNAVAILABLE:
         return EndpointError(f'Could not connect to the endpoint URL: "{endpoint_url}"')
+    if status is None and code is grpc.StatusCode.DEADLINE_EXCEEDED:
+        return EndpointError(f'Read timeout on endpoint URL: "{endpoint_url}"')
     info, bad_request, retry = _details(status)
     aws_code = (info.metadata.get("aws_error_code") if info else None) or _pascal(code.name)
     message = (err.details() or code.name) + _extras(info, bad_request, retry, err.details() or "")
@@ -157,14 +161,20 @@ def _extras(
         parts.append(f"reason: {info.reason}")
         if info.metadata.get("decision_id"):
             parts.append(f"decision id: {info.metadata['decision_id']}")
-        reasons = [v for k, v in sorted(info.metadata.items(), key=_reason_order) if k.startswith("reason_")]
+        reasons = [
+            v
+            for k, v in sorted(info.metadata.items(), key=_reason_order)
+            if k.startswith("reason_")
+        ]
         if reasons:
             parts.append("policy reasons: " + "; ".join(reasons))
     if retry is not None:
         parts.append(f"retry after {retry.retry_delay.ToTimedelta().total_seconds():g}s")
     extra = f" ({', '.join(parts)})" if parts else ""
     if bad_request is not None:
-        missing = [v for v in bad_request.field_violations if f"{v.field}: {v.description}" not in message]
+        missing = [
+            v for v in bad_request.field_violations if f"{v.field}: {v.description}" not in message
+        ]
         extra += "".join(f"\n  {v.field}: {v.description}" for v in missing)
     return extra
 
@@ -202,7 +212,7 @@ async def follow_update(
     operation = "UpdateImageSetMetadata" if request is not None else "WatchUpdate"
     failures = 0
     while True:
-        seen_before = tracker.operation_id
+        events_before = tracker.events
         try:
             return await _one_attempt(conn, request, tracker, progress, until_submitted)
         except grpc.aio.AioRpcError as err:
@@ -213,12 +223,19 @@ async def follow_update(
             if failures + 1 >= conn.max_attempts:
                 raise retry.error from None
             reason = str(retry.error)
-        failures = 0 if tracker.operation_id != seen_before else failures + 1
+        # A stream that made progress before it broke starts a fresh budget of attempts.
+        failures = 0 if tracker.events != events_before else failures + 1
         await _pause_before_retry(failures, reason, tracker, progress)
 
 
-async def _pause_before_retry(failures: int, reason: str, tracker: Tracker, progress: Progress) -> None:
-    how = f"re-attaching to {tracker.operation_id}" if tracker.operation_id else "re-submitting with the same idempotency key"
+async def _pause_before_retry(
+    failures: int, reason: str, tracker: Tracker, progress: Progress
+) -> None:
+    how = (
+        f"re-attaching to {tracker.operation_id}"
+        if tracker.operation_id
+        else "re-submitting with the same idempotency key"
+    )
     progress.note(f"{reason}; {how}")
     LOG.debug("retrying after failure %d: %s", failures, reason)
     await asyncio.sleep(backoff_seconds(failures))
@@ -233,6 +250,7 @@ async def _one_attempt(
 ) -> metadata_pb2.ImageSetState:
     async with open_channel(conn) as channel:
         stub = metadata_pb2_grpc.MetadataUpdateServiceStub(channel)
+        call: grpc.aio.UnaryStreamCall[Any, metadata_pb2.UpdateEvent]
         if tracker.operation_id or request is None:
             watch = metadata_pb2.WatchUpdateRequest(operation_id=tracker.operation_id)
             call = stub.WatchUpdate(watch, metadata=conn.metadata)
@@ -242,7 +260,7 @@ async def _one_attempt(
 
 
 async def _read_until_done(
-    call: grpc.aio.UnaryStreamCall,  # type: ignore[type-arg]
+    call: grpc.aio.UnaryStreamCall[Any, metadata_pb2.UpdateEvent],
     conn: Connection,
     tracker: Tracker,
     progress: Progress,
@@ -253,9 +271,13 @@ async def _read_until_done(
             event = await asyncio.wait_for(call.read(), conn.read_timeout)
         except TimeoutError:
             call.cancel()
-            raise _Retryable(EndpointError(f'Read timeout on endpoint URL: "{conn.endpoint_url}"')) from None
-        if event is grpc.aio.EOF:
-            raise _Retryable(EndpointError("The proxy closed the stream before the update finished"))
+            raise _Retryable(
+                EndpointError(f'Read timeout on endpoint URL: "{conn.endpoint_url}"')
+            ) from None
+        if not isinstance(event, metadata_pb2.UpdateEvent):  # grpc.aio.EOF
+            raise _Retryable(
+                EndpointError("The proxy closed the stream before the update finished")
+            )
         state = _record(event, tracker, progress, until_submitted)
         if state is not None:
             call.cancel()
@@ -266,6 +288,7 @@ def _record(
     event: metadata_pb2.UpdateEvent, tracker: Tracker, progress: Progress, until_submitted: bool
 ) -> metadata_pb2.ImageSetState | None:
     LOG.debug("event %s for operation %s", event.WhichOneof("event"), event.operation_id)
+    tracker.events += 1
     if event.operation_id:
         tracker.operation_id = event.operation_id
     progress.event(event)

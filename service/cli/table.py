@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import unicodedata
 from collections.abc import Sequence
-from typing import IO, Any
+from typing import Any, Protocol
 
 _BRIGHT_BLUE = "\x1b[1m\x1b[34m"
 _DIM_YELLOW = "\x1b[2m\x1b[33m"
@@ -33,6 +33,12 @@ def align_left(text: str, length: int, left_edge: str, text_len: int) -> str:
     padding = 2 if length - computed >= 0 else 0
     so_far = len(left_edge) + padding + text_len
     return left_edge + " " * padding + text + " " * (length - so_far - 1) + "|"
+
+
+class TextSink(Protocol):
+    """Where rendered lines go (a text stream, or a list collector)."""
+
+    def write(self, text: str, /) -> object: ...
 
 
 class Styler:
@@ -127,7 +133,7 @@ class MultiTable:
     def new_section(self, title: str, indent_level: int = 0) -> None:
         self._sections.append(Section(title, indent_level))
 
-    def render(self, stream: IO[str]) -> None:
+    def render(self, stream: TextSink) -> None:
         max_width = self._max_width()
         if max_width > self._terminal_width:
             self._convert_to_vertical()
@@ -148,7 +154,7 @@ class MultiTable:
                     vertical.add_row([header, element])
                 self._sections[i] = vertical
 
-    def _render_section(self, section: Section, max_width: int, stream: IO[str]) -> None:
+    def _render_section(self, section: Section, max_width: int, stream: TextSink) -> None:
         out = _IndentedStream(stream, section.indent_level, self._styler.indentation_char("|"))
         max_width -= section.indent_level * 2
         if section.title:
@@ -190,7 +196,7 @@ def _line_break(widths: Sequence[int]) -> str:
 
 
 class _IndentedStream:
-    def __init__(self, stream: IO[str], indent_level: int, indent_char: str) -> None:
+    def __init__(self, stream: TextSink, indent_level: int, indent_char: str) -> None:
         self._stream = stream
         self._indent = indent_char * indent_level
 

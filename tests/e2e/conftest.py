@@ -97,6 +97,8 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
             "--update-delay",
             "0.2",
             "--proxy-arg=--log-level=debug",
+            # Quotas are exercised by the concurrency tests; here they would only slow things down.
+            "--emulator-arg=--no-quotas",
         ],
         env={**os.environ, **EMULATOR_ENV},
     )

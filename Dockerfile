@@ -1,0 +1,31 @@
+# imaging-proxy: multi-stage build; the final image has no compilers, no pip cache, a non-root user.
+# OPA runs beside it as a sidecar (see deploy/), loading policies/ as a bundle.
+
+FROM python:3.11-slim-bookworm AS build
+ENV PIP_NO_CACHE_DIR=1 PIP_DISABLE_PIP_VERSION_CHECK=1
+WORKDIR /src
+RUN python -m venv /opt/imaging-proxy
+ENV PATH=/opt/imaging-proxy/bin:$PATH
+COPY pyproject.toml README.md ./
+COPY protos/ protos/
+COPY service/ service/
+COPY emulator/ emulator/
+# The gRPC stubs are generated from the .proto here, exactly as `make protos` does.
+RUN pip install grpcio-tools==1.85.1 \
+ && rm -rf service/_proto && mkdir -p service/_proto \
+ && python -m grpc_tools.protoc -Iservice/_proto=protos --python_out=. --grpc_python_out=. \
+      service/_proto/imaging/metadata/v1/metadata.proto \
+ && pip install . \
+ && pip uninstall --yes pip
+
+FROM python:3.11-slim-bookworm
+ENV PATH=/opt/imaging-proxy/bin:$PATH PYTHONUNBUFFERED=1 PYTHONDONTWRITEBYTECODE=1
+RUN groupadd --system --gid 10001 imaging \
+ && useradd --system --uid 10001 --gid imaging --no-create-home --shell /usr/sbin/nologin imaging \
+ && mkdir -p /var/lib/imaging-proxy && chown imaging:imaging /var/lib/imaging-proxy
+COPY --from=build /opt/imaging-proxy /opt/imaging-proxy
+USER 10001:10001
+WORKDIR /var/lib/imaging-proxy
+EXPOSE 50051 9464
+ENTRYPOINT ["imaging-proxy"]
+CMD ["serve", "--config", "/etc/imaging-proxy/imaging-proxy.toml"]
