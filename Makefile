@@ -60,9 +60,11 @@ redis:
 	  if [ "$$(id -u)" = 0 ]; then apt-get update -qq && apt-get install -y -qq redis-server >/dev/null; \
 	  else sudo apt-get update -qq && sudo apt-get install -y -qq redis-server >/dev/null; fi; }
 
+PY_DIRS = $(wildcard service emulator tests benchmarks)
+
 lint: install
-	$(BIN)/ruff check service emulator tests benchmarks
-	$(BIN)/ruff format --check service emulator tests benchmarks
+	$(BIN)/ruff check $(PY_DIRS)
+	$(BIN)/ruff format --check $(PY_DIRS)
 
 typecheck: install
 	$(BIN)/mypy service emulator

@@ -24,6 +24,7 @@ def add_routes(app: web.Application) -> None:
     app.router.add_put(f"{ADMIN_PREFIX}/faults", _put_faults)
     app.router.add_post(f"{ADMIN_PREFIX}/seed", _seed)
     app.router.add_post(f"{ADMIN_PREFIX}/release-stalled", _release_stalled)
+    app.router.add_post(f"{ADMIN_PREFIX}/reset", _reset)
 
 
 async def _health(request: web.Request) -> web.Response:
@@ -75,6 +76,13 @@ async def _seed(request: web.Request) -> web.Response:
 
 async def _release_stalled(request: web.Request) -> web.Response:
     return web.json_response({"released": request.app[BACKEND].release_stalled()})
+
+
+async def _reset(request: web.Request) -> web.Response:
+    """Drop every data store, image set, job, tag and logged request."""
+    request.app[BACKEND].reset()
+    request.app[REQUEST_LOG].clear()
+    return web.json_response({"reset": True})
 
 
 async def _json_object(request: web.Request) -> dict[str, Any]:

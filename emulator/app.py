@@ -68,6 +68,9 @@ async def _api_middleware(
     except EmulatorError as exc:
         status, error = exc.status, exc.code
         return error_response(exc)
+    except _ConnectionDropped:
+        # The transport is already aborted; aiohttp ignores writes to it (status 0 in the log).
+        return web.Response(status=204)
     finally:
         request.app[REQUEST_LOG].add(_log_entry(request, route_name, status, at, error))
 
@@ -92,11 +95,15 @@ async def _with_faults(
     return await handler(request)
 
 
+class _ConnectionDropped(Exception):
+    """The fault knobs closed the connection instead of answering."""
+
+
 def _drop(request: web.Request) -> None:
     """Close the connection without an answer, as a network failure would."""
     if request.transport is not None:
         request.transport.abort()
-    raise ConnectionResetError("connection dropped (injected)")
+    raise _ConnectionDropped
 
 
 async def _take_token(request: web.Request, name: str) -> None:

@@ -119,6 +119,8 @@ class Settings:
     """Account used in ARNs."""
     content_checks: str = "async"
     """'async': updates that do not fit the current metadata end UPDATE_FAILED; 'sync': 400."""
+    lenient_base64_blobs: bool = True
+    """Accept attribute blobs that are base64 text of the JSON (AWS CLI v1 double encoding)."""
     import_folders: Mapping[str, Path] = field(default_factory=dict)
     """S3 URI prefix → local folder read by StartDICOMImportJob."""
     progressions: Progressions = Progressions()
@@ -130,7 +132,7 @@ class Settings:
 
 _SCALAR_SETTINGS = frozenset(
     {"host", "port", "datastore_id", "seed_primary", "import_primary", "region", "account_id"}
-    | {"content_checks", "random_seed"}
+    | {"content_checks", "random_seed", "lenient_base64_blobs"}
 )
 
 

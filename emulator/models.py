@@ -109,6 +109,7 @@ class Backend:
         kms_key_arn: str | None = None,
         lambda_authorizer_arn: str | None = None,
         lossless_storage_format: str | None = None,
+        tags: dict[str, str] | None = None,
     ) -> Datastore:
         now = self.tick()
         for existing in self.datastores.values():
@@ -130,6 +131,7 @@ class Backend:
             lossless_storage_format,
         )
         self.datastores[new] = datastore
+        self.tags[datastore.arn] = dict(tags or {})
         self._schedule(
             datastore.datastore_id,
             self.settings.progressions.datastore,
@@ -266,29 +268,28 @@ class Backend:
         limit = self.settings.quotas.max_update_payload_bytes
         if self.settings.quotas.enforce and any(len(b) > limit for b in blobs):
             raise ServiceQuotaExceededException("the update payload exceeds the payload size quota")
-        updatable = (
-            decode_blob(request.updatable, "updatableAttributes") if request.updatable else None
-        )
-        removable = (
-            decode_blob(request.removable, "removableAttributes") if request.removable else None
-        )
+        updatable = self._blob(request.updatable, "updatableAttributes")
+        removable = self._blob(request.removable, "removableAttributes")
         changes = plan_update(
             updatable, removable, force=request.force, is_primary=target.is_primary
         )
         siblings = self._study_siblings(target) if request.include_study_image_sets else ()
         if siblings:
-            for sibling in siblings:
-                plan_update(updatable, removable, force=request.force, is_primary=True)
-                if sibling.locked:
-                    raise ConflictException(
-                        "an image set of the study is locked by another operation"
-                    )
+            # Siblings are primary image sets: their restrictions apply to the shared update.
+            plan_update(updatable, removable, force=request.force, is_primary=True)
+            if any(s.locked for s in siblings):
+                raise ConflictException("an image set of the study is locked by another operation")
 
         def build(image_set: ImageSet, strict: bool) -> Document:
             # The pending version still carries the previous document until the update lands.
             return apply_changes(image_set.latest.document, changes, strict=strict)
 
         return _PlannedUpdate(target, siblings, build)
+
+    def _blob(self, blob: bytes | None, name: str) -> Document | None:
+        if blob is None:
+            return None
+        return decode_blob(blob, name, lenient_base64=self.settings.lenient_base64_blobs)
 
     def _plan_revert(self, target: ImageSet, request: MetadataUpdate) -> _PlannedUpdate:
         if request.include_study_image_sets:
@@ -424,6 +425,12 @@ class Backend:
 
     def release_stalled(self) -> int:
         return self.jobs.release_stalled(self.clock())
+
+    def reset(self) -> None:
+        """Forget every resource and pending job (tests start from a clean account)."""
+        self.datastores.clear()
+        self.jobs = JobTable()
+        self.tags.clear()
 
 
 def _set_status(datastore: Datastore, status: DatastoreStatus, at: float) -> None:

@@ -229,4 +229,6 @@ def _to_json(shape: Shape, value: Any) -> Any:
         return {k: _to_json(shape.value, v) for k, v in value.items()}  # type: ignore[attr-defined]
     if kind == "blob":
         return base64.b64encode(value).decode()
+    if kind == "timestamp":
+        return round(value, 3)  # AWS answers with millisecond epoch seconds
     return value

@@ -24,8 +24,8 @@ def create_datastore(backend: Backend, p: Params) -> Result:
         kms_key_arn=p.get("kmsKeyArn"),
         lambda_authorizer_arn=p.get("lambdaAuthorizerArn"),
         lossless_storage_format=p.get("losslessStorageFormat"),
+        tags=p.get("tags"),
     )
-    backend.tag_resource(datastore.arn, p.get("tags") or {})
     return {"datastoreId": datastore.datastore_id, "datastoreStatus": datastore.status}
 
 

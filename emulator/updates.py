@@ -7,6 +7,8 @@ the new document.
 
 from __future__ import annotations
 
+import base64
+import binascii
 import copy
 import json
 import re
@@ -95,14 +97,32 @@ class UpdateFailed(Exception):
 # ---------------------------------------------------------------- planning (request only)
 
 
-def decode_blob(blob: bytes, name: str) -> Document:
+def decode_blob(blob: bytes, name: str, *, lenient_base64: bool = True) -> Document:
+    """The attribute blob's JSON object.
+
+    `lenient_base64` also accepts a blob that is itself base64 text of the JSON: what AWS CLI v1
+    sends for the base64 example of its own documentation page (it encodes the string again).
+    """
     try:
-        doc = json.loads(blob.decode("utf-8"), object_pairs_hook=_no_duplicates)
-    except (ValueError, UnicodeDecodeError):
-        raise ValidationException(f"{name} is not valid JSON") from None
+        doc = _json_object(blob)
+    except ValueError:
+        if not lenient_base64:
+            raise ValidationException(f"{name} is not valid JSON") from None
+        doc = _json_object_in_base64(blob, name)
     if not isinstance(doc, dict):
         raise ValidationException(f"{name} must be a JSON object")
     return doc
+
+
+def _json_object(blob: bytes) -> Any:
+    return json.loads(blob.decode("utf-8"), object_pairs_hook=_no_duplicates)
+
+
+def _json_object_in_base64(blob: bytes, name: str) -> Any:
+    try:
+        return _json_object(base64.b64decode(blob, validate=True))
+    except (ValueError, binascii.Error):
+        raise ValidationException(f"{name} is not valid JSON") from None
 
 
 def _no_duplicates(pairs: list[tuple[str, Any]]) -> dict[str, Any]:

@@ -1,4 +1,4 @@
-"""The `imaging-proxy` command: server verbs (serve, emulator, demo) and AWS-CLI-style client verbs."""
+"""The `imaging-proxy` command: server verbs (serve, emulator, demo) and AWS-CLI-style verbs."""
 
 from __future__ import annotations
 

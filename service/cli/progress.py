@@ -72,7 +72,7 @@ class Progress:
         self._line_open = False
 
     def event(self, event: metadata_pb2.UpdateEvent) -> None:
-        if event.operation_id and not self._operation_id:
+        if event.operation_id and event.operation_id != self._operation_id:
             self._operation_id = event.operation_id
             self.note(f"operation {event.operation_id}")
         words = describe(event, self._wall())

@@ -166,7 +166,7 @@ def _extras(
             for k, v in sorted(info.metadata.items(), key=_reason_order)
             if k.startswith("reason_")
         ]
-        if reasons:
+        if reasons and not all(r in message for r in reasons):
             parts.append("policy reasons: " + "; ".join(reasons))
     if retry is not None:
         parts.append(f"retry after {retry.retry_delay.ToTimedelta().total_seconds():g}s")
@@ -189,8 +189,40 @@ def _pascal(name: str) -> str:
     return "".join(part.capitalize() for part in name.split("_"))
 
 
-def _retryable_status(err: grpc.aio.AioRpcError) -> bool:
-    return err.code() is grpc.StatusCode.UNAVAILABLE
+_RETRY_AFTER_CAP_S = 30.0
+
+
+@dataclass(frozen=True)
+class _RetryPlan:
+    """How to try again after a failed status: after how long, and whether to re-submit."""
+
+    delay: float
+    resubmit: bool
+    """The proxy ended the operation itself (it answered), so a re-attach would replay that."""
+
+
+def retry_plan(err: grpc.aio.AioRpcError, acknowledged: bool, failures: int) -> _RetryPlan | None:
+    """None when the status is final; else when and how to retry.
+
+    UNAVAILABLE without details is a lost connection: re-attach (or re-submit when no event
+    came). Before HealthImaging acknowledged the submit, UNAVAILABLE with details (OPA or
+    HealthImaging unreachable) and RESOURCE_EXHAUSTED (throttled, honouring RetryInfo) ended
+    the operation in the proxy without submitting it, so the request is sent again.
+    """
+    code = err.code()
+    status = _rich_status(err)
+    if code is grpc.StatusCode.UNAVAILABLE and status is None:
+        return _RetryPlan(backoff_seconds(failures), resubmit=False)
+    if acknowledged or code not in (
+        grpc.StatusCode.UNAVAILABLE,
+        grpc.StatusCode.RESOURCE_EXHAUSTED,
+    ):
+        return None
+    _, _, retry = _details(status)
+    delay = backoff_seconds(failures)
+    if retry is not None:
+        delay = min(_RETRY_AFTER_CAP_S, retry.retry_delay.ToTimedelta().total_seconds())
+    return _RetryPlan(delay, resubmit=True)
 
 
 def backoff_seconds(attempt: int) -> float:
@@ -216,29 +248,32 @@ async def follow_update(
         try:
             return await _one_attempt(conn, request, tracker, progress, until_submitted)
         except grpc.aio.AioRpcError as err:
-            if not _retryable_status(err) or failures + 1 >= conn.max_attempts:
+            plan = retry_plan(err, tracker.acknowledged or request is None, failures)
+            if plan is None or failures + 1 >= conn.max_attempts:
                 raise translate(err, operation, conn.endpoint_url) from None
-            reason = f"{err.code().name}: {err.details() or 'connection lost'}"
+            if plan.resubmit:
+                tracker.operation_id = ""
+            reason, delay = f"{err.code().name}: {err.details() or 'connection lost'}", plan.delay
         except _Retryable as retry:
             if failures + 1 >= conn.max_attempts:
                 raise retry.error from None
-            reason = str(retry.error)
+            reason, delay = str(retry.error), backoff_seconds(failures)
         # A stream that made progress before it broke starts a fresh budget of attempts.
         failures = 0 if tracker.events != events_before else failures + 1
-        await _pause_before_retry(failures, reason, tracker, progress)
+        await _pause_before_retry(delay, reason, tracker, progress)
 
 
 async def _pause_before_retry(
-    failures: int, reason: str, tracker: Tracker, progress: Progress
+    delay: float, reason: str, tracker: Tracker, progress: Progress
 ) -> None:
     how = (
-        f"re-attaching to {tracker.operation_id}"
+        f"re-attaching to operation {tracker.operation_id}"
         if tracker.operation_id
         else "re-submitting with the same idempotency key"
     )
-    progress.note(f"{reason}; {how}")
-    LOG.debug("retrying after failure %d: %s", failures, reason)
-    await asyncio.sleep(backoff_seconds(failures))
+    progress.note(f"{reason}; {how} in {delay:.1f}s")
+    LOG.debug("retrying in %.2fs: %s", delay, reason)
+    await asyncio.sleep(delay)
 
 
 async def _one_attempt(
@@ -317,10 +352,13 @@ async def evaluate(
                 )
                 return result
         except grpc.aio.AioRpcError as err:
-            if not _retryable_status(err) or failures + 1 >= conn.max_attempts:
+            plan = retry_plan(err, False, failures)
+            if plan is None or failures + 1 >= conn.max_attempts:
                 raise translate(err, "EvaluateUpdate", conn.endpoint_url) from None
+            delay = plan.delay
         except _Retryable as retry:
             if failures + 1 >= conn.max_attempts:
                 raise retry.error from None
+            delay = backoff_seconds(failures)
         failures += 1
-        await asyncio.sleep(backoff_seconds(failures))
+        await asyncio.sleep(delay)

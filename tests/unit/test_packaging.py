@@ -1,4 +1,4 @@
-"""The Dockerfile and deploy/ cannot be built here (no Docker engine), so check them by construction."""
+"""Dockerfile and deploy/ cannot be built here (no Docker engine): check them by construction."""
 
 from __future__ import annotations
 
