@@ -13,14 +13,9 @@ import urllib.request
 from collections.abc import Sequence
 from pathlib import Path
 
-import aiohttp
-from aiohttp import web
-
-from emulator.app import create_app
-from emulator.appkeys import BACKEND
 from emulator.config import Faults, Settings, load_toml, with_update_delay
 from emulator.dicom_import import ImportProblem, build_document, group_by_study, read_instances
-from emulator.seeding import ensure_datastore, seed
+from emulator.server import running
 
 _FAULT_FLAGS = [f.name for f in dataclasses.fields(Faults) if f.name != "operations"]
 
@@ -106,32 +101,13 @@ def _folder_mapping(spec: str) -> tuple[str, Path]:
 
 async def serve(settings: Settings, stop: asyncio.Event | None = None) -> None:
     """Serve until SIGINT/SIGTERM (or `stop` is set)."""
-    app = create_app(settings)
-    backend = app[BACKEND]
-    datastore_id, image_sets = (
-        seed(backend, settings.seeds, settings.datastore_id, is_primary=settings.seed_primary)
-        if settings.seeds
-        else (ensure_datastore(backend, settings.datastore_id), [])
-    )
-    runner = web.AppRunner(app, access_log=None)
-    await runner.setup()
-    site = web.TCPSite(runner, settings.host, settings.port)
-    await site.start()
-    stop = stop or _stop_on_signals()
-    try:
-        url = _url(runner, settings.host)
-        await _wait_until_answering(url)
-        ready = {
-            "url": url,
-            "datastoreId": datastore_id,
-            "imageSetIds": [s.image_set_id for s in image_sets],
-        }
-        print(json.dumps(ready), flush=True)
+    async with running(settings) as emulator:
+        stop = stop or _stop_on_signals()
+        ready = json.dumps(emulator.ready_document())
+        print(ready, flush=True)
         if settings.ready_file is not None:
-            _write_atomically(settings.ready_file, json.dumps(ready))
+            _write_atomically(settings.ready_file, ready)
         await stop.wait()
-    finally:
-        await runner.cleanup()
 
 
 def _stop_on_signals() -> asyncio.Event:
@@ -140,19 +116,6 @@ def _stop_on_signals() -> asyncio.Event:
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
     return stop
-
-
-def _url(runner: web.AppRunner, host: str) -> str:
-    port = runner.addresses[0][1]
-    return f"http://{host}:{port}"
-
-
-async def _wait_until_answering(url: str) -> None:
-    async with (
-        aiohttp.ClientSession() as session,
-        session.get(f"{url}/_emulator/health") as response,
-    ):
-        response.raise_for_status()
 
 
 def _write_atomically(path: Path, text: str) -> None:

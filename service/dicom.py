@@ -115,6 +115,10 @@ GENERATED_NAMES: Final = frozenset({
     "MinPixelValue", "MaxPixelValue", "FrameSizeInBytes", "ImageFrames", *GENERATED_KEYWORDS,
 })  # fmt: skip
 
+# What HealthImaging gates behind force (API reference, "force"). "multi_valued" depends on the
+# value, so only the normaliser adds it.
+FORCE_CATEGORIES: Final = frozenset({"uid", "private", "sequence", "non_standard", "multi_valued"})
+
 # The two-letter VRs (pydicom's enum also lists ambiguous forms such as "US or SS").
 VRS: Final = frozenset(vr.value for vr in _VR if len(vr.value) == 2)
 
@@ -144,7 +148,7 @@ class Attribute:
     @property
     def force_gated(self) -> bool:
         """HealthImaging refuses a change of this attribute without force, whatever its value."""
-        return bool(self.categories & {"uid", "private", "sequence", "non_standard"})
+        return not FORCE_CATEGORIES.isdisjoint(self.categories)
 
     def vr_options(self) -> frozenset[str]:
         """The VRs the dictionary allows ("US or SS" → {"US", "SS"}); empty when unknown."""

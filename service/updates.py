@@ -28,7 +28,6 @@ MAX_VALUE_DEPTH: Final = 8  # sequences nested inside one attribute value
 MAX_VIOLATIONS: Final = 50  # enough to fix a document; bounds the error response
 
 DICOM_UPDATES: Final = "updates.dicom_updates"
-_FORCE_CATEGORIES: Final = frozenset({"uid", "private", "sequence", "non_standard", "multi_valued"})
 _NESTED_CATEGORIES: Final = frozenset({"private", "patient_identity", "non_standard"})
 _TOP_KEYS: Final = frozenset({"SchemaVersion", "Patient", "Study"})
 _PATIENT_KEYS: Final = frozenset({"DICOM"})
@@ -458,7 +457,7 @@ class _Reader:
                 keyword=attribute.keyword,
                 vr=vr,
                 private=attribute.private,
-                requires_force=not _FORCE_CATEGORIES.isdisjoint(categories),
+                requires_force=not dicom.FORCE_CATEGORIES.isdisjoint(categories),
                 categories=tuple(sorted(categories)),
                 value=entry.value,
             )

@@ -64,9 +64,11 @@ class Tracker:
 class _Retryable(Exception):
     """A failure worth another attempt: the proxy unreachable, silent or gone mid-stream."""
 
-    def __init__(self, error: CliError) -> None:
+    def __init__(self, error: CliError, silence: bool = False) -> None:
         super().__init__(str(error))
         self.error = error
+        # A read timeout counts against the attempts even when events came before it.
+        self.silence = silence
 
 
 @asynccontextmanager
@@ -244,7 +246,7 @@ async def follow_update(
     operation = "UpdateImageSetMetadata" if request is not None else "WatchUpdate"
     failures = 0
     while True:
-        events_before = tracker.events
+        events_before, silence = tracker.events, False
         try:
             return await _one_attempt(conn, request, tracker, progress, until_submitted)
         except grpc.aio.AioRpcError as err:
@@ -257,9 +259,10 @@ async def follow_update(
         except _Retryable as retry:
             if failures + 1 >= conn.max_attempts:
                 raise retry.error from None
-            reason, delay = str(retry.error), backoff_seconds(failures)
+            reason, delay, silence = str(retry.error), backoff_seconds(failures), retry.silence
         # A stream that made progress before it broke starts a fresh budget of attempts.
-        failures = 0 if tracker.events != events_before else failures + 1
+        progressed = tracker.events != events_before and not silence
+        failures = 0 if progressed else failures + 1
         await _pause_before_retry(delay, reason, tracker, progress)
 
 
@@ -307,7 +310,7 @@ async def _read_until_done(
         except TimeoutError:
             call.cancel()
             raise _Retryable(
-                EndpointError(f'Read timeout on endpoint URL: "{conn.endpoint_url}"')
+                EndpointError(f'Read timeout on endpoint URL: "{conn.endpoint_url}"'), silence=True
             ) from None
         if not isinstance(event, metadata_pb2.UpdateEvent):  # grpc.aio.EOF
             raise _Retryable(

@@ -14,12 +14,13 @@ from typing import Any
 
 import jmespath
 import pytest
-from awscli.formatter import JSONFormatter, TableFormatter
-from awscli.text import format_text as aws_format_text
+from awscli.formatter import JSONFormatter, TableFormatter  # type: ignore[import-untyped]
+from awscli.text import format_text as aws_format_text  # type: ignore[import-untyped]
 from google.protobuf import timestamp_pb2
 
 from service._proto.imaging.metadata.v1 import metadata_pb2
 from service.cli import output
+from service.cli.client_errors import ConfigError, ParamError
 from service.cli.output import OutputSettings
 
 GOLDEN = Path(__file__).parent / "golden"
@@ -80,21 +81,23 @@ QUERIES = {
     "projection": "{version: latestVersionId, state: imageSetState}",
     "tags": "changes[].[tag, level, requiresForce]",
 }
-COMBINATIONS = [
-    ("state", "none", fmt) for fmt in ("json", "text", "table", "yaml")
-] + [
-    ("evaluation", "none", fmt) for fmt in ("json", "text", "table", "yaml")
-] + [
-    ("state", "status", "text"),
-    ("state", "status", "json"),
-    ("state", "projection", "table"),
-    ("state", "projection", "yaml"),
-    ("evaluation", "tags", "text"),
-    ("evaluation", "tags", "table"),
-]
+COMBINATIONS = (
+    [("state", "none", fmt) for fmt in ("json", "text", "table", "yaml")]
+    + [("evaluation", "none", fmt) for fmt in ("json", "text", "table", "yaml")]
+    + [
+        ("state", "status", "text"),
+        ("state", "status", "json"),
+        ("state", "projection", "table"),
+        ("state", "projection", "yaml"),
+        ("evaluation", "tags", "text"),
+        ("evaluation", "tags", "table"),
+    ]
+)
 
 
-def settings(fmt: output.OutputFormat, query: str | None, color: output.Color = "off") -> OutputSettings:
+def settings(
+    fmt: output.OutputFormat, query: str | None, color: output.Color = "off"
+) -> OutputSettings:
     return OutputSettings(fmt, output.compile_query(query), color, pager="")
 
 
@@ -124,7 +127,9 @@ def test_message_appears_only_when_present() -> None:
 
 
 def test_json_timestamps_are_epoch_seconds_as_on_the_seeds_pages() -> None:
-    text = output.render(CASES["state"][1], "UpdateImageSetMetadata", settings("json", None), False, 80)
+    text = output.render(
+        CASES["state"][1], "UpdateImageSetMetadata", settings("json", None), False, 80
+    )
     assert '"updatedAt": 1680042257.908' in text
 
 
@@ -168,7 +173,7 @@ def test_table_colours_are_the_aws_cli_colours() -> None:
 
 
 def test_a_bad_query_is_a_syntax_error() -> None:
-    with pytest.raises(output.ParamError) as raised:
+    with pytest.raises(ParamError) as raised:
         output.compile_query("[?")
     assert raised.value.exit_code == 252
 
@@ -176,8 +181,8 @@ def test_a_bad_query_is_a_syntax_error() -> None:
 def test_output_from_the_environment_and_its_errors() -> None:
     assert output.resolve_output(None, {"AWS_DEFAULT_OUTPUT": "table"}) == "table"
     assert output.resolve_output("yaml", {"AWS_DEFAULT_OUTPUT": "table"}) == "yaml"
-    with pytest.raises(output.ConfigError) as raised:
+    with pytest.raises(ConfigError) as raised:
         output.resolve_output(None, {"AWS_DEFAULT_OUTPUT": "xml"})
     assert raised.value.exit_code == 253
-    with pytest.raises(output.ParamError):
+    with pytest.raises(ParamError):
         output.resolve_output("xml", {})

@@ -79,7 +79,9 @@ def test_shorthand_revert() -> None:
 def test_missing_file_is_a_parameter_error() -> None:
     with pytest.raises(ParamError) as raised:
         updates_from("file:///nonexistent/updates.json")
-    assert str(raised.value).startswith(f"Error parsing parameter '{FLAG}': Unable to load paramfile")
+    assert str(raised.value).startswith(
+        f"Error parsing parameter '{FLAG}': Unable to load paramfile"
+    )
 
 
 def test_invalid_json_does_not_echo_the_document() -> None:

@@ -5,7 +5,9 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-from awscli.shorthand import ShorthandParseError as AwsShorthandParseError
+from awscli.shorthand import (  # type: ignore[import-untyped]
+    ShorthandParseError as AwsShorthandParseError,
+)
 from awscli.shorthand import ShorthandParser as AwsShorthandParser
 
 from service.cli.params import load_paramfile
@@ -16,7 +18,7 @@ SAME_AS_AWS = [
     "DICOMUpdates={removableAttributes=eyJhIjoxfQ==,updatableAttributes=eyJiIjoyfQ==}",
     "revertToVersionId=1",
     "revertToVersionId = 3 ",
-    "DICOMUpdates={updatableAttributes='{\"SchemaVersion\":1.1,\"Patient\":{}}'}",
+    'DICOMUpdates={updatableAttributes=\'{"SchemaVersion":1.1,"Patient":{}}\'}',
     'DICOMUpdates={updatableAttributes="{\\"SchemaVersion\\":1.1}"}',
     "a=b,c=d",
     "a=b,c,d",

@@ -191,11 +191,13 @@ LEAVES = st.one_of(
     st.none(), st.booleans(), st.integers(), st.floats(), st.sampled_from(sorted(dicom.VRS)),
     st.text(max_size=4).map(MARKER.__add__),
 )  # fmt: skip
-JSON = st.recursive(
-    LEAVES,
-    lambda children: st.lists(children, max_size=3) | st.dictionaries(KEYS, children, max_size=4),
-    max_leaves=40,
-)
+
+
+def _containers(children: st.SearchStrategy[object]) -> st.SearchStrategy[object]:
+    return st.lists(children, max_size=3) | st.dictionaries(KEYS, children, max_size=4)
+
+
+JSON = st.recursive(LEAVES, _containers, max_leaves=40)
 
 
 def _outcome(req: UpdateRequest) -> UpdatePlan | InvalidArgument:

@@ -1,0 +1,302 @@
+"""Benchmark 1, overhead: the same update lifecycles straight to the emulator and via the proxy.
+
+A lifecycle is: submit UpdateImageSetMetadata, then poll GetImageSet until the new version is
+UPDATED. Directly, this process does both with aioboto3 (configured as the proxy's client, polling
+on the proxy's schedule: at once, then 0.25 s growing ×1.5). Through the proxy, it sends one
+UpdateImageSetMetadata stream and reads events until `finished`; the proxy adds identity, the
+normaliser, a real OPA decision and the gRPC hops. The emulator applies updates at its next call
+(update delay 0), so both paths do exactly one update and one GetImageSet per lifecycle and the
+work is CPU-bound: the ratio shows the proxy's cost, not a sleep.
+
+Each concurrency level runs `--repeats` pairs of cells (direct then proxy, alternating which goes
+first) of `--updates` lifecycles each; ratios are taken within a pair, then the median reported.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import itertools
+import math
+import time
+from collections.abc import Awaitable, Callable, Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import uvloop
+
+from benchmarks import measure, stack, workload
+from benchmarks.measure import CpuUse, ms, percentile
+from service._proto.imaging.metadata.v1 import metadata_pb2_grpc as pb_grpc
+
+POLL_INITIAL, POLL_GROWTH, POLL_MAX = 0.25, 1.5, 3.0
+PRINCIPAL = stack.PRINCIPALS[0]
+
+
+@dataclass(frozen=True)
+class Timing:
+    """Seconds from sending the update to its acceptance, and to seeing it UPDATED."""
+
+    submitted: float
+    finished: float
+
+
+Lifecycle = Callable[[str, str, int], Awaitable[tuple[Timing, str]]]
+"""(image set id, latest version, sequence number) → timing and the new latest version."""
+
+
+@dataclass(frozen=True)
+class Cell:
+    """One measured run: `updates` lifecycles by `concurrency` workers in one mode."""
+
+    mode: str
+    concurrency: int
+    seconds: float
+    timings: tuple[Timing, ...]
+    cpu: dict[str, CpuUse]
+
+    @property
+    def throughput(self) -> float:
+        return len(self.timings) / self.seconds
+
+    def cpu_us_per_update(self, process: str) -> float:
+        return self.cpu[process].cpu_seconds / len(self.timings) * 1e6
+
+
+def direct_lifecycle(client: Any, datastore_id: str) -> Lifecycle:
+    async def run(image_set_id: str, version: str, sequence: int) -> tuple[Timing, str]:
+        start = time.perf_counter()
+        params = workload.aws_params(datastore_id, image_set_id, version, sequence)
+        response = await client.update_image_set_metadata(**params)
+        submitted = time.perf_counter() - start
+        new_version = str(response["latestVersionId"])
+        interval = POLL_INITIAL
+        while True:
+            state = await client.get_image_set(
+                datastoreId=datastore_id, imageSetId=image_set_id, versionId=new_version
+            )
+            if _terminal(state["imageSetState"], state.get("imageSetWorkflowStatus", "")):
+                _require_updated(state.get("imageSetWorkflowStatus", ""))
+                return Timing(submitted, time.perf_counter() - start), new_version
+            await asyncio.sleep(interval)
+            interval = min(interval * POLL_GROWTH, POLL_MAX)
+
+    return run
+
+
+def proxy_lifecycle(stub: pb_grpc.MetadataUpdateServiceStub, datastore_id: str) -> Lifecycle:
+    metadata = workload.caller(PRINCIPAL)
+
+    async def run(image_set_id: str, version: str, sequence: int) -> tuple[Timing, str]:
+        start = time.perf_counter()
+        request = workload.grpc_request(datastore_id, image_set_id, version, sequence)
+        submitted = math.nan
+        async for event in stub.UpdateImageSetMetadata(request, metadata=metadata):
+            kind = workload.event_kind(event)
+            if kind == "submitted":
+                submitted = time.perf_counter() - start
+            elif kind == "finished":
+                state = event.finished.state
+                _require_updated(state.image_set_workflow_status)
+                return Timing(submitted, time.perf_counter() - start), state.latest_version_id
+        raise RuntimeError("the stream ended without a finished event")
+
+    return run
+
+
+def _terminal(state: str, workflow_status: str) -> bool:
+    return state != "LOCKED" and workflow_status in workload.TERMINAL
+
+
+def _require_updated(workflow_status: str) -> None:
+    if workflow_status != "UPDATED":
+        raise RuntimeError(f"an update ended {workflow_status}, not UPDATED")
+
+
+class Versions:
+    """Each worker owns one image set and follows its latest version across cells."""
+
+    def __init__(self, image_set_ids: Sequence[str]) -> None:
+        self.latest = {image_set_id: "1" for image_set_id in image_set_ids}
+        self.sequence = itertools.count()
+
+
+async def run_cell(
+    mode: str,
+    lifecycle: Lifecycle,
+    concurrency: int,
+    updates: int,
+    versions: Versions,
+    meter: measure.CpuMeter,
+) -> Cell:
+    tickets: Iterator[int] = iter(range(updates))
+    timings: list[Timing] = []
+
+    async def worker(image_set_id: str) -> None:
+        for _ in tickets:  # shared: the workers together run exactly `updates` lifecycles
+            sequence = next(versions.sequence)
+            timing, versions.latest[image_set_id] = await lifecycle(
+                image_set_id, versions.latest[image_set_id], sequence
+            )
+            timings.append(timing)
+
+    workers = list(versions.latest)[:concurrency]
+    meter.start()
+    started = time.perf_counter()
+    await asyncio.gather(*(worker(image_set_id) for image_set_id in workers))
+    seconds = time.perf_counter() - started
+    return Cell(mode, concurrency, seconds, tuple(timings), meter.stop())
+
+
+@dataclass(frozen=True)
+class Plan:
+    concurrency: tuple[int, ...]
+    updates: int
+    repeats: int
+
+
+async def measure_all(stack_: stack.Stack, plan: Plan) -> list[Cell]:
+    versions = Versions(stack_.image_set_ids)
+    meter = measure.CpuMeter(stack_.pids())
+    cells: list[Cell] = []
+    async with (
+        workload.direct_client(stack_.emulator_url, max(plan.concurrency)) as client,
+        workload.channel(stack_.endpoint) as channel,
+    ):
+        modes = {
+            "direct": direct_lifecycle(client, stack_.datastore_id),
+            "proxy": proxy_lifecycle(pb_grpc.MetadataUpdateServiceStub(channel), stack_.datastore_id),
+        }
+        for mode, lifecycle in modes.items():  # warm-up: connections, botocore's loaders, OPA
+            await run_cell(mode, lifecycle, max(plan.concurrency), 200, versions, meter)
+        for concurrency in plan.concurrency:
+            for repeat in range(plan.repeats):
+                order = ["direct", "proxy"] if repeat % 2 == 0 else ["proxy", "direct"]
+                for mode in order:
+                    cell = await run_cell(
+                        mode, modes[mode], concurrency, plan.updates, versions, meter
+                    )
+                    cells.append(cell)
+                    print(_progress(cell), flush=True)
+    return cells
+
+
+def _progress(cell: Cell) -> str:
+    p50 = ms(percentile([t.finished for t in cell.timings], 0.5))
+    return (
+        f"  {cell.mode:6} c={cell.concurrency:<3} {cell.throughput:7.0f} lifecycles/s "
+        f"p50 {p50:6.2f} ms  load {measure.load_average()[0]:.2f}"
+    )
+
+
+def summarise(cells: Sequence[Cell], plan: Plan) -> dict[str, Any]:
+    rows = []
+    for concurrency in plan.concurrency:
+        direct = [c for c in cells if c.concurrency == concurrency and c.mode == "direct"]
+        proxy = [c for c in cells if c.concurrency == concurrency and c.mode == "proxy"]
+        rows.append(_summary_row(concurrency, direct, proxy))
+    return {"by_concurrency": rows}
+
+
+def _summary_row(concurrency: int, direct: Sequence[Cell], proxy: Sequence[Cell]) -> dict[str, Any]:
+    ratios = [p.throughput / d.throughput for d, p in zip(direct, proxy, strict=True)]
+    d_done = [t.finished for c in direct for t in c.timings]
+    p_done = [t.finished for c in proxy for t in c.timings]
+    d_sub = [t.submitted for c in direct for t in c.timings]
+    p_sub = [t.submitted for c in proxy for t in c.timings]
+    return {
+        "concurrency": concurrency,
+        "direct_per_s": measure.median([c.throughput for c in direct]),
+        "proxy_per_s": measure.median([c.throughput for c in proxy]),
+        "ratio_median": measure.median(ratios),
+        "ratios": ratios,
+        "direct_ms": {"p50": ms(percentile(d_done, 0.5)), "p99": ms(percentile(d_done, 0.99))},
+        "proxy_ms": {"p50": ms(percentile(p_done, 0.5)), "p99": ms(percentile(p_done, 0.99))},
+        "direct_submit_ms": {"p50": ms(percentile(d_sub, 0.5)), "p99": ms(percentile(d_sub, 0.99))},
+        "proxy_submit_ms": {"p50": ms(percentile(p_sub, 0.5)), "p99": ms(percentile(p_sub, 0.99))},
+        "cpu_us_per_update": {
+            mode: {
+                process: measure.median([c.cpu_us_per_update(process) for c in mode_cells])
+                for process in mode_cells[0].cpu
+            }
+            for mode, mode_cells in (("direct", direct), ("proxy", proxy))
+        },
+    }
+
+
+def report(summary: dict[str, Any]) -> str:
+    rows = summary["by_concurrency"]
+    throughput = measure.table(
+        ["concurrency", "direct /s", "proxy /s", "proxy/direct (median of pairs)", "pair ratios"],
+        [
+            [
+                r["concurrency"],
+                r["direct_per_s"],
+                r["proxy_per_s"],
+                r["ratio_median"],
+                ", ".join(f"{x:.2f}" for x in r["ratios"]),
+            ]
+            for r in rows
+        ],
+    )
+    latency = measure.table(
+        ["concurrency", "lifecycle direct p50/p99 ms", "via proxy p50/p99 ms", "added p50/p99 ms"]
+        + ["submit direct p50/p99", "submit via proxy p50/p99", "added p50/p99 ms"],
+        [_latency_row(r) for r in rows],
+    )
+    cpu = measure.table(
+        ["concurrency", "mode", "client µs", "proxy µs", "OPA µs", "emulator µs"],
+        [
+            [r["concurrency"], mode, *(_cpu(r, mode, p) for p in ("client", "proxy-0"))]
+            + [_cpu(r, mode, "opa"), _cpu(r, mode, "emulator")]
+            for r in rows
+            for mode in ("direct", "proxy")
+        ],
+    )
+    return "\n\n".join([throughput, latency, "CPU per lifecycle, by process:", cpu])
+
+
+def _pair(values: dict[str, float]) -> str:
+    return f"{values['p50']:.2f} / {values['p99']:.2f}"
+
+
+def _latency_row(r: dict[str, Any]) -> list[object]:
+    added = {k: r["proxy_ms"][k] - r["direct_ms"][k] for k in ("p50", "p99")}
+    added_submit = {k: r["proxy_submit_ms"][k] - r["direct_submit_ms"][k] for k in ("p50", "p99")}
+    return [
+        r["concurrency"],
+        _pair(r["direct_ms"]),
+        _pair(r["proxy_ms"]),
+        _pair(added),
+        _pair(r["direct_submit_ms"]),
+        _pair(r["proxy_submit_ms"]),
+        _pair(added_submit),
+    ]
+
+
+def _cpu(row: dict[str, Any], mode: str, process: str) -> float:
+    return float(row["cpu_us_per_update"][mode].get(process, math.nan))
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m benchmarks.overhead", description=__doc__)
+    parser.add_argument("--concurrency", default="1,16,64", help="comma-separated levels")
+    parser.add_argument("--updates", type=int, default=1000, help="lifecycles per cell")
+    parser.add_argument("--repeats", type=int, default=3, help="direct/proxy pairs per level")
+    parser.add_argument("--profile", type=Path, help="run the proxy under pyinstrument")
+    args = parser.parse_args(argv)
+    plan = Plan(tuple(int(c) for c in args.concurrency.split(",")), args.updates, args.repeats)
+    options = stack.StackOptions(image_sets=max(plan.concurrency), profile=args.profile)
+    with stack.running(options, "overhead") as running:
+        cells = uvloop.run(measure_all(running, plan))
+    summary = summarise(cells, plan)
+    name = "overhead-profiled" if args.profile else "overhead"
+    path = measure.write_results(name, {"plan": plan.__dict__, **summary})
+    print(report(summary))
+    print(f"\nresults: {path}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,156 @@
+"""Retry-safety of the client against a scripted proxy on a real socket (failures on demand).
+
+The real stack cannot drop a stream at a chosen moment, so a small servicer plays the proxy's
+contract here: it records what the client sent and fails where each test says.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import io
+from collections.abc import AsyncIterator, Callable
+from typing import Any
+
+import grpc
+import grpc.aio
+import pytest
+
+from service._proto.imaging.metadata.v1 import metadata_pb2 as pb
+from service._proto.imaging.metadata.v1 import metadata_pb2_grpc as pb_grpc
+from service.cli.client_errors import EndpointError
+from service.cli.progress import Progress
+from service.cli.proxy_client import Connection, Tracker, follow_update
+
+Script = Callable[[Any, grpc.aio.ServicerContext[Any, Any]], AsyncIterator[pb.UpdateEvent]]
+
+
+def event(kind: str, status: str = "UPDATING", state: str = "LOCKED") -> pb.UpdateEvent:
+    message = pb.UpdateEvent(operation_id="op-1")
+    if kind == "authorized":
+        message.authorized.decision_id = "dec-1"
+    else:
+        image_set = pb.ImageSetState(
+            latest_version_id="2", image_set_state=state, image_set_workflow_status=status
+        )
+        getattr(message, kind).state.CopyFrom(image_set)
+    return message
+
+
+class ScriptedProxy(pb_grpc.MetadataUpdateServiceServicer):
+    def __init__(self, updates: list[Script], watches: list[Script]) -> None:
+        self.updates, self.watches = updates, watches
+        self.update_requests: list[pb.UpdateImageSetMetadataRequest] = []
+        self.watch_requests: list[pb.WatchUpdateRequest] = []
+
+    async def UpdateImageSetMetadata(
+        self, request: Any, context: Any
+    ) -> AsyncIterator[pb.UpdateEvent]:
+        self.update_requests.append(request)
+        async for item in self.updates.pop(0)(request, context):
+            yield item
+
+    async def EvaluateUpdate(self, request: Any, context: Any) -> pb.Evaluation:
+        raise NotImplementedError
+
+    async def WatchUpdate(self, request: Any, context: Any) -> AsyncIterator[pb.UpdateEvent]:
+        self.watch_requests.append(request)
+        async for item in self.watches.pop(0)(request, context):
+            yield item
+
+
+async def unavailable(_request: Any, context: Any) -> AsyncIterator[pb.UpdateEvent]:
+    await context.abort(grpc.StatusCode.UNAVAILABLE, "connection reset")
+    yield pb.UpdateEvent()  # pragma: no cover - abort raises
+
+
+async def acknowledged_then_gone(_request: Any, _context: Any) -> AsyncIterator[pb.UpdateEvent]:
+    yield event("authorized")
+    yield event("submitted")
+
+
+async def finishes(_request: Any, _context: Any) -> AsyncIterator[pb.UpdateEvent]:
+    yield event("status")
+    yield event("finished", "UPDATED", "ACTIVE")
+
+
+async def silent(_request: Any, _context: Any) -> AsyncIterator[pb.UpdateEvent]:
+    yield event("authorized")
+    await asyncio.Event().wait()  # until the client gives up and cancels
+
+
+async def serve(proxy: ScriptedProxy) -> tuple[grpc.aio.Server, int]:
+    server = grpc.aio.server()
+    pb_grpc.add_MetadataUpdateServiceServicer_to_server(proxy, server)
+    port = server.add_insecure_port("127.0.0.1:0")
+    await server.start()
+    return server, port
+
+
+def connection(port: int, read_timeout: float | None = 10.0, attempts: int = 5) -> Connection:
+    return Connection(
+        endpoint_url=f"http://127.0.0.1:{port}",
+        target=f"127.0.0.1:{port}",
+        credentials=None,
+        channel_options=(),
+        metadata=(("x-dev-principal", "demo-admin"),),
+        connect_timeout=10.0,
+        read_timeout=read_timeout,
+        max_attempts=attempts,
+    )
+
+
+REQUEST = pb.UpdateImageSetMetadataRequest(
+    datastore_id="d" * 32, image_set_id="i" * 32, latest_version_id="1", idempotency_key="key-1"
+)
+
+
+async def test_resubmits_with_the_same_key_then_re_attaches_after_the_acknowledgement() -> None:
+    proxy = ScriptedProxy([unavailable, acknowledged_then_gone], [finishes])
+    server, port = await serve(proxy)
+    tracker = Tracker(idempotency_key="key-1")
+    progress_text = io.StringIO()
+    try:
+        state = await follow_update(
+            connection(port), REQUEST, tracker, Progress(progress_text, live=False), False
+        )
+    finally:
+        await server.stop(None)
+
+    assert state.image_set_workflow_status == "UPDATED"
+    assert [r.idempotency_key for r in proxy.update_requests] == ["key-1", "key-1"]
+    assert [r.operation_id for r in proxy.watch_requests] == ["op-1"]
+    assert "re-attaching to operation op-1" in progress_text.getvalue()
+
+
+async def test_a_silent_stream_is_a_read_timeout_after_the_attempts() -> None:
+    proxy = ScriptedProxy([silent], [silent])
+    server, port = await serve(proxy)
+    tracker = Tracker(idempotency_key="key-1")
+    try:
+        with pytest.raises(EndpointError) as raised:
+            await follow_update(
+                connection(port, read_timeout=0.3, attempts=2),
+                REQUEST,
+                tracker,
+                Progress(io.StringIO(), live=False),
+                False,
+            )
+    finally:
+        await server.stop(None)
+
+    assert str(raised.value) == f'Read timeout on endpoint URL: "http://127.0.0.1:{port}"'
+    assert raised.value.exit_code == 255
+    assert [r.operation_id for r in proxy.watch_requests] == ["op-1"]
+
+
+async def test_no_wait_returns_the_submit_response() -> None:
+    proxy = ScriptedProxy([acknowledged_then_gone], [])
+    server, port = await serve(proxy)
+    try:
+        state = await follow_update(
+            connection(port), REQUEST, Tracker("key-1"), Progress(io.StringIO(), live=False), True
+        )
+    finally:
+        await server.stop(None)
+    assert (state.image_set_state, state.image_set_workflow_status) == ("LOCKED", "UPDATING")
+    assert proxy.watch_requests == []

@@ -1,0 +1,175 @@
+"""The real AWS CLI runs the documented update-image-set-metadata examples against the emulator."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.emulator.conftest import (
+    DEMO_DATASTORE,
+    EXAMPLE_SERIES,
+    EXAMPLE_SERIES_7,
+    EXAMPLE_SOP_7,
+    Emulator,
+    metadata,
+    settled,
+)
+
+AWS = Path(sys.executable).parent / "aws"
+IMAGE_SET_A = "ea92b0d8838c72a3f25d00d13616f87e"
+IMAGE_SET_B = "53d5fdb05ca4d46ac7ca64b06545c66e"
+# The documented output of every example (values differ, the shape must not).
+DOCUMENTED_OUTPUT = {
+    "latestVersionId": "2",
+    "imageSetWorkflowStatus": "UPDATING",
+    "updatedAt": 1680042257.908,
+    "imageSetId": IMAGE_SET_A,
+    "imageSetState": "LOCKED",
+    "createdAt": 1680027126.436,
+    "datastoreId": DEMO_DATASTORE,
+}
+INSTANCE = f'{{\\"Series\\": {{\\"{EXAMPLE_SERIES}\\": {{\\"Instances\\": {{\\"{EXAMPLE_SERIES}\\": '
+
+
+@dataclass(frozen=True)
+class Example:
+    """One example of the v2 reference page: its arguments and metadata-updates.json."""
+
+    number: int
+    image_set_id: str
+    updates_file: str | None
+    updates_arg: str | None = None
+    latest_version: str = "1"
+    force: bool = False
+
+
+V2_EXAMPLES = [
+    Example(1, IMAGE_SET_A, '{"DICOMUpdates": {"updatableAttributes": "{\\"SchemaVersion\\":1.1,\\"Patient\\":{\\"DICOM\\":{\\"PatientName\\":\\"MX^MX\\"}}}"}}'),
+    Example(2, IMAGE_SET_A, '{"DICOMUpdates": {"removableAttributes": "{\\"SchemaVersion\\":1.1,\\"Study\\":{\\"DICOM\\":{\\"StudyDescription\\":\\"CHEST\\"}}}"}}'),
+    Example(3, IMAGE_SET_A, '{"DICOMUpdates": {"removableAttributes": "{\\"SchemaVersion\\": 1.1,\\"Study\\": ' + INSTANCE + '{}}}}}}"}}'),
+    Example(4, IMAGE_SET_B, None, '{"revertToVersionId": "1"}', latest_version="3"),
+    Example(5, IMAGE_SET_B, '{"DICOMUpdates": {"updatableAttributes": "{\\"SchemaVersion\\": 1.1,\\"Study\\": ' + INSTANCE + '{\\"DICOM\\": {\\"001910F9\\": \\"97\\"},\\"DICOMVRs\\": {\\"001910F9\\": \\"DS\\"}}}}}}}"}}', force=True),
+    Example(6, IMAGE_SET_B, '{"DICOMUpdates": {"updatableAttributes": "{\\"SchemaVersion\\": 1.1,\\"Study\\": ' + INSTANCE + '{\\"DICOM\\": {\\"00091001\\": \\"GE_GENESIS_DD\\"}}}}}}}"}}', force=True),
+    Example(7, IMAGE_SET_B, '{"DICOMUpdates": {"updatableAttributes": "{\\"SchemaVersion\\":1.1,\\"Study\\":{\\"Series\\":{\\"' + EXAMPLE_SERIES_7 + '\\":{\\"Instances\\":{\\"' + EXAMPLE_SOP_7 + '\\":{\\"DICOM\\":{\\"SOPInstanceUID\\":\\"' + EXAMPLE_SOP_7[:-1] + '9\\"}}}}}}}"}}', force=True),
+]
+V1_BASE64 = '{"DICOMUpdates": {"updatableAttributes": "eyJTY2hlbWFWZXJzaW9uIjoxLjEsIlBhdGllbnQiOnsiRElDT00iOnsiUGF0aWVudE5hbWUiOiJNWF5NWCJ9fX0="}}'
+
+
+def aws(emulator: Emulator, *args: str) -> subprocess.CompletedProcess[str]:
+    env = {
+        **os.environ,
+        "AWS_ACCESS_KEY_ID": "emulator",
+        "AWS_SECRET_ACCESS_KEY": "emulator",
+        "AWS_DEFAULT_REGION": "us-east-1",
+        "AWS_DISABLE_HOST_PREFIX_INJECTION": "true",
+        "AWS_CONFIG_FILE": os.devnull,
+        "AWS_SHARED_CREDENTIALS_FILE": os.devnull,
+    }
+    command = [str(AWS), "medical-imaging", *args, "--endpoint-url", emulator.url, "--output", "json"]
+    return subprocess.run(command, capture_output=True, text=True, env=env, timeout=60)
+
+
+def update_args(example: Example, updates_path: Path) -> list[str]:
+    args = [
+        "update-image-set-metadata",
+        "--datastore-id", DEMO_DATASTORE,
+        "--image-set-id", example.image_set_id,
+        "--latest-version-id", example.latest_version,
+    ]  # fmt: skip
+    if example.force:
+        args.append("--force")
+    value = example.updates_arg if example.updates_file is None else f"file://{updates_path}"
+    return [*args, "--update-image-set-metadata-updates", str(value)]
+
+
+def assert_documented_shape(output: dict[str, Any], example: Example) -> None:
+    assert set(output) == set(DOCUMENTED_OUTPUT)
+    for key, documented in DOCUMENTED_OUTPUT.items():
+        assert type(output[key]) is type(documented), key
+    expected_version = str(int(example.latest_version) + 1)
+    assert (output["imageSetId"], output["datastoreId"], output["latestVersionId"]) == (
+        example.image_set_id,
+        DEMO_DATASTORE,
+        expected_version,
+    )
+    assert (output["imageSetState"], output["imageSetWorkflowStatus"]) == ("LOCKED", "UPDATING")
+
+
+def test_awscli_v1_has_no_cli_binary_format_option(emulator: Emulator) -> None:
+    """AWS CLI 1.x already sends blob strings raw (what v2 calls raw-in-base64-out)."""
+    result = aws(emulator, "list-datastores", "--cli-binary-format", "raw-in-base64-out")
+    assert result.returncode != 0
+    assert "Unknown options: --cli-binary-format" in result.stderr
+
+
+@pytest.mark.parametrize("example", V2_EXAMPLES, ids=lambda e: f"example{e.number}")
+def test_v2_page_example(emulator: Emulator, client: Any, example_dicom: Path, tmp_path: Path, example: Example) -> None:
+    emulator.reset_and_seed([example_dicom], image_set_id=example.image_set_id)
+    if example.latest_version == "3":
+        _advance_to_version_3(client, example.image_set_id)
+    updates_path = tmp_path / "metadata-updates.json"
+    updates_path.write_text(example.updates_file or "")
+    result = aws(emulator, *update_args(example, updates_path))
+    assert result.returncode == 0, result.stderr
+    assert_documented_shape(json.loads(result.stdout), example)
+    final = settled(client, DEMO_DATASTORE, example.image_set_id)
+    assert final["imageSetWorkflowStatus"] == "UPDATED", final.get("message")
+    _check_effect(example.number, metadata(client, DEMO_DATASTORE, example.image_set_id))
+
+
+def test_v1_page_base64_example(emulator: Emulator, client: Any, example_dicom: Path, tmp_path: Path) -> None:
+    example = Example(0, IMAGE_SET_A, V1_BASE64)
+    emulator.reset_and_seed([example_dicom], image_set_id=IMAGE_SET_A)
+    updates_path = tmp_path / "metadata-updates.json"
+    updates_path.write_text(V1_BASE64)
+    result = aws(emulator, *update_args(example, updates_path))
+    assert result.returncode == 0, result.stderr
+    assert_documented_shape(json.loads(result.stdout), example)
+    settled(client, DEMO_DATASTORE, IMAGE_SET_A)
+    assert metadata(client, DEMO_DATASTORE, IMAGE_SET_A)["Patient"]["DICOM"]["PatientName"] == "MX^MX"
+
+
+def test_cli_reads_back_the_versions(emulator: Emulator, client: Any, example_dicom: Path) -> None:
+    emulator.reset_and_seed([example_dicom], image_set_id=IMAGE_SET_B)
+    _advance_to_version_3(client, IMAGE_SET_B)
+    result = aws(emulator, "list-image-set-versions", "--datastore-id", DEMO_DATASTORE, "--image-set-id", IMAGE_SET_B)
+    assert result.returncode == 0, result.stderr
+    versions = json.loads(result.stdout)["imageSetPropertiesList"]
+    assert [v["versionId"] for v in versions] == ["3", "2", "1"]
+    assert {"ImageSetWorkflowStatus", "imageSetState", "versionId", "imageSetId"} <= set(versions[0])
+    got = aws(emulator, "get-image-set", "--datastore-id", DEMO_DATASTORE, "--image-set-id", IMAGE_SET_B, "--version-id", "1")
+    assert json.loads(got.stdout)["imageSetWorkflowStatus"] == "CREATED"
+
+
+def _advance_to_version_3(client: Any, image_set_id: str) -> None:
+    for version, name in (("1", "FIRST^NAME"), ("2", "SECOND^NAME")):
+        document = {"SchemaVersion": 1.1, "Patient": {"DICOM": {"PatientName": name}}}
+        client.update_image_set_metadata(
+            datastoreId=DEMO_DATASTORE,
+            imageSetId=image_set_id,
+            latestVersionId=version,
+            updateImageSetMetadataUpdates={"DICOMUpdates": {"updatableAttributes": json.dumps(document)}},
+        )
+        settled(client, DEMO_DATASTORE, image_set_id)
+
+
+def _check_effect(number: int, doc: dict[str, Any]) -> None:
+    series = doc["Study"]["Series"]
+    instance = series[EXAMPLE_SERIES]["Instances"].get(EXAMPLE_SERIES, {})
+    checks = {
+        1: lambda: doc["Patient"]["DICOM"]["PatientName"] == "MX^MX",
+        2: lambda: "StudyDescription" not in doc["Study"]["DICOM"],
+        3: lambda: EXAMPLE_SERIES not in series[EXAMPLE_SERIES]["Instances"],
+        4: lambda: doc["Patient"]["DICOM"]["PatientName"] == "CompressedSamples^CT1",
+        5: lambda: (instance["DICOM"]["001910F9"], instance["DICOMVRs"]["001910F9"]) == ("97", "DS"),
+        6: lambda: instance["DICOM"]["00091001"] == "GE_GENESIS_DD",
+        7: lambda: list(series[EXAMPLE_SERIES_7]["Instances"]) == [EXAMPLE_SOP_7[:-1] + "9"],
+    }
+    assert checks[number](), f"example {number} did not change the metadata as documented"
