@@ -11,6 +11,7 @@ from emulator.models import Backend
 from emulator.resources import ImageSet
 
 Criteria = dict[str, Any]
+_RANGES = frozenset({"createdAt", "updatedAt", "DICOMStudyDateAndTime"})
 
 
 def search_image_sets(
@@ -45,8 +46,10 @@ def _matches(image_set: ImageSet, search_filter: dict[str, Any]) -> bool:
         if len(wanted) != 1:
             raise ValidationException("EQUAL takes exactly one value")
         return _equal(image_set, attribute, wanted[0])
-    if len(wanted) != 2:
-        raise ValidationException("BETWEEN takes exactly two values")
+    if len(wanted) != 2 or attribute not in _RANGES:
+        raise ValidationException(
+            "BETWEEN takes two values of createdAt, updatedAt or a study date"
+        )
     current = _attribute(image_set, attribute)
     return current is not None and _comparable(wanted[0]) <= current <= _comparable(wanted[1])
 

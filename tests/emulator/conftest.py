@@ -1,4 +1,4 @@
-"""Shared fixtures: an emulator on a free port (in a thread, so sync boto3 works too) and clients."""
+"""Shared fixtures: an emulator on a free port (in a thread, so sync boto3 works) and clients."""
 
 from __future__ import annotations
 
@@ -16,12 +16,13 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 import aioboto3
-import boto3
+import boto3  # type: ignore[import-untyped]
 import pydicom
 import pytest
 from aiobotocore.config import AioConfig
 from botocore.config import Config
 from pydicom.data import get_testdata_file
+from pydicom.uid import UID
 
 from emulator.config import Quotas, Settings, with_update_delay
 from emulator.models import Backend
@@ -148,7 +149,7 @@ async def aio_client(emulator: Emulator) -> AsyncIterator[Any]:
         yield c
 
 
-def eventually(check: Callable[[], T], timeout: float = 10.0) -> T:
+def eventually(check: Callable[[], T | None], timeout: float = 10.0) -> T:
     """Polls `check` until it returns a truthy value (AssertionError meanwhile)."""
     deadline = time.monotonic() + timeout
     while True:
@@ -191,7 +192,7 @@ def blob(document: dict[str, Any]) -> str:
 
 @pytest.fixture(scope="session")
 def example_dicom(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """One study shaped for the AWS CLI examples: their series/instance UIDs, StudyDescription CHEST."""
+    """One study shaped for the AWS CLI examples: their series/instance UIDs, description CHEST."""
     folder = tmp_path_factory.mktemp("example-dicom")
     uids = [
         (EXAMPLE_SERIES, EXAMPLE_SERIES),
@@ -200,10 +201,10 @@ def example_dicom(tmp_path_factory: pytest.TempPathFactory) -> Path:
     ]
     for index, (series_uid, sop_uid) in enumerate(uids):
         ds = pydicom.dcmread(sample("CT_small.dcm"))
-        ds.StudyInstanceUID = EXAMPLE_STUDY
+        ds.StudyInstanceUID = UID(EXAMPLE_STUDY)
         ds.StudyDescription = "CHEST"
-        ds.SeriesInstanceUID = series_uid
-        ds.SOPInstanceUID = sop_uid
-        ds.file_meta.MediaStorageSOPInstanceUID = sop_uid
+        ds.SeriesInstanceUID = UID(series_uid)
+        ds.SOPInstanceUID = UID(sop_uid)
+        ds.file_meta.MediaStorageSOPInstanceUID = UID(sop_uid)
         ds.save_as(folder / f"instance{index}.dcm")
     return folder

@@ -1,4 +1,4 @@
-"""Checks a raw JSON response body against the model's output shape (botocore's parser is lenient)."""
+"""Checks raw JSON response bodies against the model's output shapes (botocore parses leniently)."""
 
 from __future__ import annotations
 
@@ -75,5 +75,5 @@ def _scalar(shape: Shape, value: Any, path: str) -> list[str]:
     if enum and value not in enum:
         return [f"{path}: {value!r} is not one of the enum values"]
     if shape.type_name == "blob":
-        base64.b64decode(value, validate=True)
+        base64.b64decode(str(value), validate=True)
     return []

@@ -6,6 +6,7 @@ import json
 import os
 import subprocess
 import sys
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -35,31 +36,35 @@ DOCUMENTED_OUTPUT = {
     "createdAt": 1680027126.436,
     "datastoreId": DEMO_DATASTORE,
 }
-INSTANCE = f'{{\\"Series\\": {{\\"{EXAMPLE_SERIES}\\": {{\\"Instances\\": {{\\"{EXAMPLE_SERIES}\\": '
+EXAMPLES_DIR = Path(__file__).parent / "cli_examples"
 
 
 @dataclass(frozen=True)
 class Example:
-    """One example of the v2 reference page: its arguments and metadata-updates.json."""
+    """One example of the v2 reference page; `updates` is its metadata-updates.json, verbatim."""
 
     number: int
     image_set_id: str
-    updates_file: str | None
-    updates_arg: str | None = None
+    updates: str
     latest_version: str = "1"
     force: bool = False
 
+    def updates_argument(self) -> str:
+        if self.updates.startswith("{"):
+            return self.updates  # example 4 passes its JSON inline
+        return f"file://{EXAMPLES_DIR / self.updates}"
+
 
 V2_EXAMPLES = [
-    Example(1, IMAGE_SET_A, '{"DICOMUpdates": {"updatableAttributes": "{\\"SchemaVersion\\":1.1,\\"Patient\\":{\\"DICOM\\":{\\"PatientName\\":\\"MX^MX\\"}}}"}}'),
-    Example(2, IMAGE_SET_A, '{"DICOMUpdates": {"removableAttributes": "{\\"SchemaVersion\\":1.1,\\"Study\\":{\\"DICOM\\":{\\"StudyDescription\\":\\"CHEST\\"}}}"}}'),
-    Example(3, IMAGE_SET_A, '{"DICOMUpdates": {"removableAttributes": "{\\"SchemaVersion\\": 1.1,\\"Study\\": ' + INSTANCE + '{}}}}}}"}}'),
-    Example(4, IMAGE_SET_B, None, '{"revertToVersionId": "1"}', latest_version="3"),
-    Example(5, IMAGE_SET_B, '{"DICOMUpdates": {"updatableAttributes": "{\\"SchemaVersion\\": 1.1,\\"Study\\": ' + INSTANCE + '{\\"DICOM\\": {\\"001910F9\\": \\"97\\"},\\"DICOMVRs\\": {\\"001910F9\\": \\"DS\\"}}}}}}}"}}', force=True),
-    Example(6, IMAGE_SET_B, '{"DICOMUpdates": {"updatableAttributes": "{\\"SchemaVersion\\": 1.1,\\"Study\\": ' + INSTANCE + '{\\"DICOM\\": {\\"00091001\\": \\"GE_GENESIS_DD\\"}}}}}}}"}}', force=True),
-    Example(7, IMAGE_SET_B, '{"DICOMUpdates": {"updatableAttributes": "{\\"SchemaVersion\\":1.1,\\"Study\\":{\\"Series\\":{\\"' + EXAMPLE_SERIES_7 + '\\":{\\"Instances\\":{\\"' + EXAMPLE_SOP_7 + '\\":{\\"DICOM\\":{\\"SOPInstanceUID\\":\\"' + EXAMPLE_SOP_7[:-1] + '9\\"}}}}}}}"}}', force=True),
+    Example(1, IMAGE_SET_A, "example1.json"),
+    Example(2, IMAGE_SET_A, "example2.json"),
+    Example(3, IMAGE_SET_A, "example3.json"),
+    Example(4, IMAGE_SET_B, '{"revertToVersionId": "1"}', latest_version="3"),
+    Example(5, IMAGE_SET_B, "example5.json", force=True),
+    Example(6, IMAGE_SET_B, "example6.json", force=True),
+    Example(7, IMAGE_SET_B, "example7.json", force=True),
 ]
-V1_BASE64 = '{"DICOMUpdates": {"updatableAttributes": "eyJTY2hlbWFWZXJzaW9uIjoxLjEsIlBhdGllbnQiOnsiRElDT00iOnsiUGF0aWVudE5hbWUiOiJNWF5NWCJ9fX0="}}'
+V1_BASE64 = Example(0, IMAGE_SET_A, "v1-base64.json")
 
 
 def aws(emulator: Emulator, *args: str) -> subprocess.CompletedProcess[str]:
@@ -72,11 +77,19 @@ def aws(emulator: Emulator, *args: str) -> subprocess.CompletedProcess[str]:
         "AWS_CONFIG_FILE": os.devnull,
         "AWS_SHARED_CREDENTIALS_FILE": os.devnull,
     }
-    command = [str(AWS), "medical-imaging", *args, "--endpoint-url", emulator.url, "--output", "json"]
+    command = [
+        str(AWS),
+        "medical-imaging",
+        *args,
+        "--endpoint-url",
+        emulator.url,
+        "--output",
+        "json",
+    ]
     return subprocess.run(command, capture_output=True, text=True, env=env, timeout=60)
 
 
-def update_args(example: Example, updates_path: Path) -> list[str]:
+def update_args(example: Example) -> list[str]:
     args = [
         "update-image-set-metadata",
         "--datastore-id", DEMO_DATASTORE,
@@ -85,8 +98,7 @@ def update_args(example: Example, updates_path: Path) -> list[str]:
     ]  # fmt: skip
     if example.force:
         args.append("--force")
-    value = example.updates_arg if example.updates_file is None else f"file://{updates_path}"
-    return [*args, "--update-image-set-metadata-updates", str(value)]
+    return [*args, "--update-image-set-metadata-updates", example.updates_argument()]
 
 
 def assert_documented_shape(output: dict[str, Any], example: Example) -> None:
@@ -110,13 +122,13 @@ def test_awscli_v1_has_no_cli_binary_format_option(emulator: Emulator) -> None:
 
 
 @pytest.mark.parametrize("example", V2_EXAMPLES, ids=lambda e: f"example{e.number}")
-def test_v2_page_example(emulator: Emulator, client: Any, example_dicom: Path, tmp_path: Path, example: Example) -> None:
+def test_v2_page_example(
+    emulator: Emulator, client: Any, example_dicom: Path, example: Example
+) -> None:
     emulator.reset_and_seed([example_dicom], image_set_id=example.image_set_id)
     if example.latest_version == "3":
         _advance_to_version_3(client, example.image_set_id)
-    updates_path = tmp_path / "metadata-updates.json"
-    updates_path.write_text(example.updates_file or "")
-    result = aws(emulator, *update_args(example, updates_path))
+    result = aws(emulator, *update_args(example))
     assert result.returncode == 0, result.stderr
     assert_documented_shape(json.loads(result.stdout), example)
     final = settled(client, DEMO_DATASTORE, example.image_set_id)
@@ -124,27 +136,46 @@ def test_v2_page_example(emulator: Emulator, client: Any, example_dicom: Path, t
     _check_effect(example.number, metadata(client, DEMO_DATASTORE, example.image_set_id))
 
 
-def test_v1_page_base64_example(emulator: Emulator, client: Any, example_dicom: Path, tmp_path: Path) -> None:
-    example = Example(0, IMAGE_SET_A, V1_BASE64)
+def test_v1_page_base64_example(emulator: Emulator, client: Any, example_dicom: Path) -> None:
+    """AWS CLI 1.x base64-encodes the already-base64 string again; the emulator accepts that."""
+    example = V1_BASE64
     emulator.reset_and_seed([example_dicom], image_set_id=IMAGE_SET_A)
-    updates_path = tmp_path / "metadata-updates.json"
-    updates_path.write_text(V1_BASE64)
-    result = aws(emulator, *update_args(example, updates_path))
+    result = aws(emulator, *update_args(example))
     assert result.returncode == 0, result.stderr
     assert_documented_shape(json.loads(result.stdout), example)
     settled(client, DEMO_DATASTORE, IMAGE_SET_A)
-    assert metadata(client, DEMO_DATASTORE, IMAGE_SET_A)["Patient"]["DICOM"]["PatientName"] == "MX^MX"
+    assert (
+        metadata(client, DEMO_DATASTORE, IMAGE_SET_A)["Patient"]["DICOM"]["PatientName"] == "MX^MX"
+    )
 
 
 def test_cli_reads_back_the_versions(emulator: Emulator, client: Any, example_dicom: Path) -> None:
     emulator.reset_and_seed([example_dicom], image_set_id=IMAGE_SET_B)
     _advance_to_version_3(client, IMAGE_SET_B)
-    result = aws(emulator, "list-image-set-versions", "--datastore-id", DEMO_DATASTORE, "--image-set-id", IMAGE_SET_B)
+    result = aws(
+        emulator,
+        "list-image-set-versions",
+        "--datastore-id",
+        DEMO_DATASTORE,
+        "--image-set-id",
+        IMAGE_SET_B,
+    )
     assert result.returncode == 0, result.stderr
     versions = json.loads(result.stdout)["imageSetPropertiesList"]
     assert [v["versionId"] for v in versions] == ["3", "2", "1"]
-    assert {"ImageSetWorkflowStatus", "imageSetState", "versionId", "imageSetId"} <= set(versions[0])
-    got = aws(emulator, "get-image-set", "--datastore-id", DEMO_DATASTORE, "--image-set-id", IMAGE_SET_B, "--version-id", "1")
+    assert {"ImageSetWorkflowStatus", "imageSetState", "versionId", "imageSetId"} <= set(
+        versions[0]
+    )
+    got = aws(
+        emulator,
+        "get-image-set",
+        "--datastore-id",
+        DEMO_DATASTORE,
+        "--image-set-id",
+        IMAGE_SET_B,
+        "--version-id",
+        "1",
+    )
     assert json.loads(got.stdout)["imageSetWorkflowStatus"] == "CREATED"
 
 
@@ -155,7 +186,9 @@ def _advance_to_version_3(client: Any, image_set_id: str) -> None:
             datastoreId=DEMO_DATASTORE,
             imageSetId=image_set_id,
             latestVersionId=version,
-            updateImageSetMetadataUpdates={"DICOMUpdates": {"updatableAttributes": json.dumps(document)}},
+            updateImageSetMetadataUpdates={
+                "DICOMUpdates": {"updatableAttributes": json.dumps(document)}
+            },
         )
         settled(client, DEMO_DATASTORE, image_set_id)
 
@@ -163,12 +196,14 @@ def _advance_to_version_3(client: Any, image_set_id: str) -> None:
 def _check_effect(number: int, doc: dict[str, Any]) -> None:
     series = doc["Study"]["Series"]
     instance = series[EXAMPLE_SERIES]["Instances"].get(EXAMPLE_SERIES, {})
-    checks = {
+    checks: dict[int, Callable[[], bool]] = {
         1: lambda: doc["Patient"]["DICOM"]["PatientName"] == "MX^MX",
         2: lambda: "StudyDescription" not in doc["Study"]["DICOM"],
         3: lambda: EXAMPLE_SERIES not in series[EXAMPLE_SERIES]["Instances"],
         4: lambda: doc["Patient"]["DICOM"]["PatientName"] == "CompressedSamples^CT1",
-        5: lambda: (instance["DICOM"]["001910F9"], instance["DICOMVRs"]["001910F9"]) == ("97", "DS"),
+        5: lambda: (
+            (instance["DICOM"]["001910F9"], instance["DICOMVRs"]["001910F9"]) == ("97", "DS")
+        ),
         6: lambda: instance["DICOM"]["00091001"] == "GE_GENESIS_DD",
         7: lambda: list(series[EXAMPLE_SERIES_7]["Instances"]) == [EXAMPLE_SOP_7[:-1] + "9"],
     }

@@ -48,15 +48,21 @@ def test_document_levels_and_values(ct_document: dict[str, Any]) -> None:
 
 
 def test_updates_apply_and_refuse(ct_document: dict[str, Any]) -> None:
-    changes = plan_update({"Study": {"DICOM": {"StudyDescription": "NEW"}}}, None, force=False, is_primary=True)
+    changes = plan_update(
+        {"Study": {"DICOM": {"StudyDescription": "NEW"}}}, None, force=False, is_primary=True
+    )
     assert [(c.action, c.key) for c in changes] == [(Action.UPDATE, "StudyDescription")]
     updated = apply_changes(ct_document, changes)
     assert updated["Study"]["DICOM"]["StudyDescription"] == "NEW"
     assert ct_document["Study"]["DICOM"]["StudyDescription"] == "e+1", "the input is never mutated"
-    removal = plan_update(None, {"Study": {"DICOM": {"StudyDescription": "other"}}}, force=False, is_primary=False)
+    removal = plan_update(
+        None, {"Study": {"DICOM": {"StudyDescription": "other"}}}, force=False, is_primary=False
+    )
     with pytest.raises(UpdateFailed):
         apply_changes(ct_document, removal)
-    last_instance = plan_update(None, {"Study": {"Series": {CT_SERIES: {}}}}, force=False, is_primary=False)
+    last_instance = plan_update(
+        None, {"Study": {"Series": {CT_SERIES: {}}}}, force=False, is_primary=False
+    )
     with pytest.raises(UpdateFailed):
         apply_changes(ct_document, last_instance)
 

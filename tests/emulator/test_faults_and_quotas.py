@@ -24,12 +24,21 @@ from tests.emulator.conftest import (
 )
 
 DS = DEMO_DATASTORE
-NAME = {"DICOMUpdates": {"updatableAttributes": blob({"SchemaVersion": 1.1, "Patient": {"DICOM": {"PatientName": "Q^Q"}}})}}
+NAME = {
+    "DICOMUpdates": {
+        "updatableAttributes": blob(
+            {"SchemaVersion": 1.1, "Patient": {"DICOM": {"PatientName": "Q^Q"}}}
+        )
+    }
+}
 
 
 def update(client: Any, image_set_id: str, version: str = "1") -> dict[str, Any]:
     result: dict[str, Any] = client.update_image_set_metadata(
-        datastoreId=DS, imageSetId=image_set_id, latestVersionId=version, updateImageSetMetadataUpdates=NAME
+        datastoreId=DS,
+        imageSetId=image_set_id,
+        latestVersionId=version,
+        updateImageSetMetadataUpdates=NAME,
     )
     return result
 
@@ -45,7 +54,9 @@ def test_throttle_rate(client: Any, faulty: Emulator, seeded: list[str]) -> None
     with pytest.raises(client.exceptions.ThrottlingException) as raised:
         client.get_image_set(datastoreId=DS, imageSetId=seeded[0])
     assert raised.value.response["ResponseMetadata"]["HTTPStatusCode"] == 429
-    client.list_image_set_versions(datastoreId=DS, imageSetId=seeded[0])  # other operations unaffected
+    client.list_image_set_versions(
+        datastoreId=DS, imageSetId=seeded[0]
+    )  # other operations unaffected
 
 
 def test_internal_error_rate(client: Any, faulty: Emulator, seeded: list[str]) -> None:
@@ -55,7 +66,9 @@ def test_internal_error_rate(client: Any, faulty: Emulator, seeded: list[str]) -
     assert raised.value.response["ResponseMetadata"]["HTTPStatusCode"] == 500
 
 
-def test_dropped_connections_are_logged_without_status(client: Any, faulty: Emulator, seeded: list[str]) -> None:
+def test_dropped_connections_are_logged_without_status(
+    client: Any, faulty: Emulator, seeded: list[str]
+) -> None:
     faulty.admin("DELETE", "requests")
     faulty.set_faults(drop_rate=1.0)
     with pytest.raises(ConnectionClosedError):
@@ -64,7 +77,9 @@ def test_dropped_connections_are_logged_without_status(client: Any, faulty: Emul
     assert statuses and set(statuses) == {0}  # the HTTP stack may resend once on a dropped socket
 
 
-def test_added_latency_is_at_least_the_fixed_part(client: Any, faulty: Emulator, seeded: list[str]) -> None:
+def test_added_latency_is_at_least_the_fixed_part(
+    client: Any, faulty: Emulator, seeded: list[str]
+) -> None:
     faulty.set_faults(latency_ms=150, jitter_ms=10)
     started = time.monotonic()
     client.get_image_set(datastoreId=DS, imageSetId=seeded[0])
@@ -82,13 +97,18 @@ def test_updates_that_fail(client: Any, faulty: Emulator, seeded: list[str]) -> 
     assert settled(client, DS, seeded[0])["imageSetWorkflowStatus"] == "UPDATED"
 
 
-def test_updates_that_stall_until_released(client: Any, faulty: Emulator, seeded: list[str]) -> None:
+def test_updates_that_stall_until_released(
+    client: Any, faulty: Emulator, seeded: list[str]
+) -> None:
     faulty.set_faults(update_stall_rate=1.0)
     update(client, seeded[0])
     faulty.set_faults()
     update(client, seeded[1])
     settled(client, DS, seeded[1])  # a later update has landed: the delay has passed
-    assert client.get_image_set(datastoreId=DS, imageSetId=seeded[0])["imageSetWorkflowStatus"] == "UPDATING"
+    assert (
+        client.get_image_set(datastoreId=DS, imageSetId=seeded[0])["imageSetWorkflowStatus"]
+        == "UPDATING"
+    )
     assert faulty.admin("POST", "release-stalled") == {"released": 1}
     assert settled(client, DS, seeded[0])["imageSetWorkflowStatus"] == "UPDATED"
 
@@ -96,10 +116,16 @@ def test_updates_that_stall_until_released(client: Any, faulty: Emulator, seeded
 def test_faults_endpoint_round_trip(faulty: Emulator) -> None:
     faulty.set_faults(throttle_rate=0.5, operations=["UpdateImageSetMetadata"])
     got = faulty.admin("GET", "faults")
-    assert (got["throttle_rate"], got["operations"], got["error_rate"]) == (0.5, ["UpdateImageSetMetadata"], 0.0)
+    assert (got["throttle_rate"], got["operations"], got["error_rate"]) == (
+        0.5,
+        ["UpdateImageSetMetadata"],
+        0.0,
+    )
 
 
-def test_request_log_counts_exactly_what_arrived(client: Any, emulator: Emulator, seeded: list[str]) -> None:
+def test_request_log_counts_exactly_what_arrived(
+    client: Any, emulator: Emulator, seeded: list[str]
+) -> None:
     emulator.admin("DELETE", "requests")
     client.get_image_set(datastoreId=DS, imageSetId=seeded[0])
     with pytest.raises(client.exceptions.ResourceNotFoundException):
@@ -137,6 +163,21 @@ def test_concurrent_update_quota_per_datastore() -> None:
         assert raised.value.response["ResponseMetadata"]["HTTPStatusCode"] == 402
 
 
+def test_sync_content_checks_refuse_at_call_time() -> None:
+    with emulator_thread(fast_settings(content_checks="sync")) as emulator:
+        image_set = emulator.reset_and_seed([sample("CT_small.dcm")])[0]
+        client = boto3_client(emulator.url)
+        wrong = blob({"SchemaVersion": 1.1, "Study": {"DICOM": {"StudyDescription": "other"}}})
+        with pytest.raises(client.exceptions.ValidationException):
+            client.update_image_set_metadata(
+                datastoreId=DS,
+                imageSetId=image_set,
+                latestVersionId="1",
+                updateImageSetMetadataUpdates={"DICOMUpdates": {"removableAttributes": wrong}},
+            )
+        assert client.get_image_set(datastoreId=DS, imageSetId=image_set)["versionId"] == "1"
+
+
 def test_config_file_sets_faults_quotas_and_timing(tmp_path: Path) -> None:
     config = tmp_path / "emulator.toml"
     config.write_text(
@@ -159,7 +200,11 @@ value = 3
     )
     settings = load_toml(config)
     assert isinstance(settings, Settings)
-    assert (settings.port, settings.content_checks, settings.faults.throttle_rate) == (9999, "sync", 0.25)
+    assert (settings.port, settings.content_checks, settings.faults.throttle_rate) == (
+        9999,
+        "sync",
+        0.25,
+    )
     assert settings.quotas.concurrent_updates_per_datastore == 500
     assert settings.quotas.tps["UpdateImageSetMetadata"] == RateLimit(10, 20)
     assert settings.progressions.update.trigger == "immediate"

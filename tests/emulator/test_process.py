@@ -1,4 +1,4 @@
-"""`python -m emulator` as a real process: ready file, seeding, `seed` verb, clean stop on SIGTERM."""
+"""`python -m emulator` as a real process: ready file, seeding, `seed` verb, clean stop."""
 
 from __future__ import annotations
 
@@ -31,8 +31,10 @@ def _wait_for_json(path: Path, process: subprocess.Popen[str], timeout: float = 
 
 
 @pytest.fixture(scope="module")
-def demo_process(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[subprocess.Popen[str], Any]]:
-    """The lead's demo seeding: CT_small and MR_small, non-primary, in the CLI examples' data store."""
+def demo_process(
+    tmp_path_factory: pytest.TempPathFactory,
+) -> Iterator[tuple[subprocess.Popen[str], Any]]:
+    """The demo's seeding: CT_small and MR_small, non-primary, in the CLI examples' data store."""
     ready_file = tmp_path_factory.mktemp("process") / "ready.json"
     argv = [
         *EMULATOR,
@@ -68,10 +70,20 @@ def test_ready_file_names_url_datastore_and_one_image_set_per_study(
         assert (got["isPrimary"], got["imageSetState"]) == (False, "ACTIVE")
 
 
-def test_seed_verb_imports_into_the_running_emulator(demo_process: tuple[subprocess.Popen[str], Any]) -> None:
+def test_seed_verb_imports_into_the_running_emulator(
+    demo_process: tuple[subprocess.Popen[str], Any],
+) -> None:
     _, ready = demo_process
     result = subprocess.run(
-        [*EMULATOR, "seed", "--url", ready["url"], "--datastore-id", DEMO_DATASTORE, str(sample("CT_small.dcm"))],
+        [
+            *EMULATOR,
+            "seed",
+            "--url",
+            ready["url"],
+            "--datastore-id",
+            DEMO_DATASTORE,
+            str(sample("CT_small.dcm")),
+        ],
         capture_output=True,
         text=True,
         timeout=60,
@@ -79,13 +91,18 @@ def test_seed_verb_imports_into_the_running_emulator(demo_process: tuple[subproc
     assert result.returncode == 0, result.stderr
     created = json.loads(result.stdout)
     assert created["datastoreId"] == DEMO_DATASTORE and len(created["imageSetIds"]) == 1
-    got = boto3_client(ready["url"]).get_image_set(datastoreId=DEMO_DATASTORE, imageSetId=created["imageSetIds"][0])
+    got = boto3_client(ready["url"]).get_image_set(
+        datastoreId=DEMO_DATASTORE, imageSetId=created["imageSetIds"][0]
+    )
     assert got["isPrimary"] is True
 
 
 def test_seed_verb_prints_documents_without_a_server() -> None:
     result = subprocess.run(
-        [*EMULATOR, "seed", "--print", str(sample("MR_small.dcm"))], capture_output=True, text=True, timeout=60
+        [*EMULATOR, "seed", "--print", str(sample("MR_small.dcm"))],
+        capture_output=True,
+        text=True,
+        timeout=60,
     )
     assert result.returncode == 0, result.stderr
     (document,) = json.loads(result.stdout).values()

@@ -1,4 +1,4 @@
-"""Property-based tests of the version/lock state machine (hypothesis drives the backend directly)."""
+"""Property-based tests of the version/lock state machine: hypothesis drives the backend."""
 
 from __future__ import annotations
 
@@ -13,9 +13,9 @@ from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, rule
 
 from emulator.config import Progressions, Quotas, Settings
+from emulator.dicom_import import build_document, read_instances
 from emulator.exceptions import ConflictException
 from emulator.models import Backend, MetadataUpdate
-from emulator.dicom_import import build_document, read_instances
 from emulator.seeding import ensure_datastore
 from emulator.state import Progression, Trigger
 from tests.emulator.conftest import DEMO_DATASTORE, sample
@@ -47,7 +47,9 @@ class VersionMachine(RuleBasedStateMachine):
 
     def __init__(self) -> None:
         super().__init__()
-        self.backend, self.image_set_id, self.now = _fresh_backend(Progression(Trigger.SECONDS, 1.0))
+        self.backend, self.image_set_id, self.now = _fresh_backend(
+            Progression(Trigger.SECONDS, 1.0)
+        )
         self.names: dict[int, str] = {1: "CompressedSamples^CT1"}
         self.pending: tuple[int, str, float] | None = None
         self.seen_ids: list[int] = [1]
@@ -60,7 +62,9 @@ class VersionMachine(RuleBasedStateMachine):
         return str(json.loads(gzip.decompress(blob))["Patient"]["DICOM"]["PatientName"])
 
     def _submit(self, request: MetadataUpdate, new_name: str) -> None:
-        _, version = self.backend.update_image_set_metadata(DEMO_DATASTORE, self.image_set_id, request)
+        _, version = self.backend.update_image_set_metadata(
+            DEMO_DATASTORE, self.image_set_id, request
+        )
         assert version.version_id not in self.seen_ids, "a version id was reused"
         self.seen_ids.append(version.version_id)
         self.pending = (version.version_id, new_name, self.now[0])
@@ -74,14 +78,18 @@ class VersionMachine(RuleBasedStateMachine):
     @rule(data=st.data())
     def revert(self, data: st.DataObject) -> None:
         target = data.draw(st.sampled_from(sorted(self.names)))
-        request = MetadataUpdate(latest_version_id=str(self._latest()), revert_to_version_id=str(target))
+        request = MetadataUpdate(
+            latest_version_id=str(self._latest()), revert_to_version_id=str(target)
+        )
         self._submit(request, self.names[target])
 
     @rule(name=NAMES, stale_by=st.integers(min_value=1, max_value=3))
     def stale_update_is_refused(self, name: str, stale_by: int) -> None:
         stale = max(self._latest() - stale_by, 0)
         with pytest.raises(ConflictException):
-            self.backend.update_image_set_metadata(DEMO_DATASTORE, self.image_set_id, _name_update(name, str(stale)))
+            self.backend.update_image_set_metadata(
+                DEMO_DATASTORE, self.image_set_id, _name_update(name, str(stale))
+            )
 
     @precondition(lambda self: self.pending is not None)
     @rule(name=NAMES)

@@ -45,7 +45,11 @@ def test_every_operation_but_image_frames_is_served() -> None:
 
 @pytest.mark.parametrize(
     "cls",
-    [c for c in vars(exceptions).values() if isinstance(c, type) and c.__bases__ == (exceptions.EmulatorError,)],
+    [
+        c
+        for c in vars(exceptions).values()
+        if isinstance(c, type) and c.__bases__ == (exceptions.EmulatorError,)
+    ],
 )
 def test_error_classes_carry_the_models_status(cls: type[exceptions.EmulatorError]) -> None:
     shape = service_model().shape_for(cls.__name__)
@@ -66,28 +70,49 @@ def _capture_bodies(client: Any) -> list[tuple[str, bytes]]:
     return bodies
 
 
-def _exercise_every_operation(client: Any, emulator: Emulator, image_set_id: str, folder: Path) -> set[str]:
+def _exercise_every_operation(
+    client: Any, emulator: Emulator, image_set_id: str, folder: Path
+) -> set[str]:
     """One call of each operation through a boto3 client; returns the operations answered 200."""
     ds = DEMO_DATASTORE
     client.get_datastore(datastoreId=ds)
     client.list_datastores(maxResults=1)
     client.get_image_set(datastoreId=ds, imageSetId=image_set_id)
-    client.get_image_set_metadata(datastoreId=ds, imageSetId=image_set_id)["imageSetMetadataBlob"].read()
-    update = {"DICOMUpdates": {"updatableAttributes": blob({"SchemaVersion": 1.1, "Study": {"DICOM": {"StudyDescription": "X"}}})}}
+    client.get_image_set_metadata(datastoreId=ds, imageSetId=image_set_id)[
+        "imageSetMetadataBlob"
+    ].read()
+    update = {
+        "DICOMUpdates": {
+            "updatableAttributes": blob(
+                {"SchemaVersion": 1.1, "Study": {"DICOM": {"StudyDescription": "X"}}}
+            )
+        }
+    }
     client.update_image_set_metadata(
-        datastoreId=ds, imageSetId=image_set_id, latestVersionId="1", updateImageSetMetadataUpdates=update, force=True
+        datastoreId=ds,
+        imageSetId=image_set_id,
+        latestVersionId="1",
+        updateImageSetMetadataUpdates=update,
+        force=True,
     )
     settled(client, ds, image_set_id)
     client.list_image_set_versions(datastoreId=ds, imageSetId=image_set_id)
     client.search_image_sets(
         datastoreId=ds,
         searchCriteria={
-            "filters": [{"values": [{"updatedAt": 0}, {"updatedAt": time.time() + 60}], "operator": "BETWEEN"}],
+            "filters": [
+                {
+                    "values": [{"updatedAt": 0}, {"updatedAt": time.time() + 60}],
+                    "operator": "BETWEEN",
+                }
+            ],
             "sort": {"sortField": "createdAt", "sortOrder": "ASC"},
         },
     )
     copy = client.copy_image_set(
-        datastoreId=ds, sourceImageSetId=image_set_id, copyImageSetInformation={"sourceImageSet": {"latestVersionId": "2"}}
+        datastoreId=ds,
+        sourceImageSetId=image_set_id,
+        copyImageSetInformation={"sourceImageSet": {"latestVersionId": "2"}},
     )
     copy_id = copy["destinationImageSetProperties"]["imageSetId"]
     settled(client, ds, copy_id)
@@ -97,12 +122,29 @@ def _exercise_every_operation(client: Any, emulator: Emulator, image_set_id: str
     client.untag_resource(resourceArn=arn, tagKeys=["team"])
     client.list_tags_for_resource(resourceArn=arn)
     job = client.start_dicom_import_job(
-        datastoreId=ds, dataAccessRoleArn=ROLE, inputS3Uri=IMPORT_URI, outputS3Uri="s3://bucket/out/"
+        datastoreId=ds,
+        dataAccessRoleArn=ROLE,
+        inputS3Uri=IMPORT_URI,
+        outputS3Uri="s3://bucket/out/",
     )
-    eventually(lambda: client.get_dicom_import_job(datastoreId=ds, jobId=job["jobId"])["jobProperties"]["jobStatus"] == "COMPLETED")
+    eventually(
+        lambda: (
+            client.get_dicom_import_job(datastoreId=ds, jobId=job["jobId"])["jobProperties"][
+                "jobStatus"
+            ]
+            == "COMPLETED"
+        )
+    )
     client.list_dicom_import_jobs(datastoreId=ds)
     created = client.create_datastore(datastoreName="scratch", tags={"a": "b"})
-    eventually(lambda: client.get_datastore(datastoreId=created["datastoreId"])["datastoreProperties"]["datastoreStatus"] == "ACTIVE")
+    eventually(
+        lambda: (
+            client.get_datastore(datastoreId=created["datastoreId"])["datastoreProperties"][
+                "datastoreStatus"
+            ]
+            == "ACTIVE"
+        )
+    )
     client.delete_datastore(datastoreId=created["datastoreId"])
     return {r["operation"] for r in emulator.requests() if r["status"] == 200}
 
@@ -132,13 +174,22 @@ async def test_responses_parse_with_aioboto3(aio_client: Any, seeded: list[str])
         imageSetId=image_set_id,
         latestVersionId="1",
         includeStudyImageSets=False,
-        updateImageSetMetadataUpdates={"DICOMUpdates": {"updatableAttributes": b'{"SchemaVersion": 1.1, "Patient": {"DICOM": {"PatientName": "A^B"}}}'}},
+        updateImageSetMetadataUpdates={
+            "DICOMUpdates": {
+                "updatableAttributes": b'{"Patient": {"DICOM": {"PatientName": "A^B"}}}'
+            }
+        },
     )
-    assert (updated["latestVersionId"], updated["imageSetState"], updated["imageSetWorkflowStatus"]) == ("2", "LOCKED", "UPDATING")
+    assert (
+        updated["latestVersionId"],
+        updated["imageSetState"],
+        updated["imageSetWorkflowStatus"],
+    ) == ("2", "LOCKED", "UPDATING")
     versions = await aio_client.list_image_set_versions(datastoreId=ds, imageSetId=image_set_id)
     assert [v["versionId"] for v in versions["imageSetPropertiesList"]] == ["2", "1"]
     found = await aio_client.search_image_sets(
-        datastoreId=ds, searchCriteria={"filters": [{"values": [{"DICOMPatientId": "4MR1"}], "operator": "EQUAL"}]}
+        datastoreId=ds,
+        searchCriteria={"filters": [{"values": [{"DICOMPatientId": "4MR1"}], "operator": "EQUAL"}]},
     )
     assert [s["imageSetId"] for s in found["imageSetsMetadataSummaries"]] == [image_set_id]
     model = service_model()
@@ -147,14 +198,31 @@ async def test_responses_parse_with_aioboto3(aio_client: Any, seeded: list[str])
 
 
 ERROR_CASES = [
-    ("ValidationException", 400, lambda c, ids: c.get_image_set(datastoreId=DEMO_DATASTORE, imageSetId="NOT-AN-ID")),
-    ("ResourceNotFoundException", 404, lambda c, ids: c.get_image_set(datastoreId=DEMO_DATASTORE, imageSetId="0" * 32)),
-    ("ResourceNotFoundException", 404, lambda c, ids: c.get_image_set(datastoreId=DEMO_DATASTORE, imageSetId=ids[0], versionId="9")),
+    (
+        "ValidationException",
+        400,
+        lambda c, ids: c.get_image_set(datastoreId=DEMO_DATASTORE, imageSetId="NOT-AN-ID"),
+    ),
+    (
+        "ResourceNotFoundException",
+        404,
+        lambda c, ids: c.get_image_set(datastoreId=DEMO_DATASTORE, imageSetId="0" * 32),
+    ),
+    (
+        "ResourceNotFoundException",
+        404,
+        lambda c, ids: c.get_image_set(
+            datastoreId=DEMO_DATASTORE, imageSetId=ids[0], versionId="9"
+        ),
+    ),
     (
         "ConflictException",
         409,
         lambda c, ids: c.update_image_set_metadata(
-            datastoreId=DEMO_DATASTORE, imageSetId=ids[0], latestVersionId="7", updateImageSetMetadataUpdates={"revertToVersionId": "1"}
+            datastoreId=DEMO_DATASTORE,
+            imageSetId=ids[0],
+            latestVersionId="7",
+            updateImageSetMetadataUpdates={"revertToVersionId": "1"},
         ),
     ),
     ("ConflictException", 409, lambda c, ids: c.delete_datastore(datastoreId=DEMO_DATASTORE)),
@@ -190,12 +258,16 @@ def test_both_union_members_are_a_validation_error(emulator: Emulator, seeded: l
     import urllib.error
     import urllib.request
 
-    url = f"{emulator.url}/datastore/{DEMO_DATASTORE}/imageSet/{seeded[0]}/updateImageSetMetadata?latestVersion=1"
+    image_set = f"{emulator.url}/datastore/{DEMO_DATASTORE}/imageSet/{seeded[0]}"
+    url = f"{image_set}/updateImageSetMetadata?latestVersion=1"
     body = {"DICOMUpdates": {"updatableAttributes": "e30="}, "revertToVersionId": "1"}
     request = urllib.request.Request(url, data=json.dumps(body).encode(), method="POST")
     with pytest.raises(urllib.error.HTTPError) as raised:
         urllib.request.urlopen(request, timeout=5)
-    assert (raised.value.code, raised.value.headers["x-amzn-ErrorType"]) == (400, "ValidationException")
+    assert (raised.value.code, raised.value.headers["x-amzn-ErrorType"]) == (
+        400,
+        "ValidationException",
+    )
 
 
 def test_unknown_data_store_is_a_client_error(client: Any, seeded: list[str]) -> None:
