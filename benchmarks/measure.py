@@ -51,6 +51,14 @@ def sample(pid: int) -> ProcessSample:
     return ProcessSample(pid, time.monotonic(), cpu, rss)
 
 
+def peak_rss_bytes(pid: int) -> int:
+    """The process's high-water mark of resident memory (VmHWM)."""
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) * 1024
+    return 0
+
+
 def own_cpu_seconds() -> float:
     """CPU time of this process, all threads (gRPC's and the event loop's)."""
     usage = resource.getrusage(resource.RUSAGE_SELF)
@@ -127,7 +135,7 @@ def table(headers: Sequence[str], rows: Sequence[Sequence[object]]) -> str:
 def _cell(value: object) -> str:
     if isinstance(value, float):
         if math.isnan(value):
-            return "–"
+            return "-"
         return f"{value:,.0f}" if abs(value) >= 100 else f"{value:.2f}"
     if isinstance(value, int):
         return f"{value:,}"

@@ -2,7 +2,7 @@
 
 A lifecycle is: submit UpdateImageSetMetadata, then poll GetImageSet until the new version is
 UPDATED. Directly, this process does both with aioboto3 (configured as the proxy's client, polling
-on the proxy's schedule: at once, then 0.25 s growing ×1.5). Through the proxy, it sends one
+on the proxy's schedule: at once, then 0.25 s growing by 1.5 times). Through the proxy, it sends one
 UpdateImageSetMetadata stream and reads events until `finished`; the proxy adds identity, the
 normaliser, a real OPA decision and the gRPC hops. The emulator applies updates at its next call
 (update delay 0), so both paths do exactly one update and one GetImageSet per lifecycle and the
@@ -24,14 +24,23 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import aiohttp
 import uvloop
 
 from benchmarks import measure, stack, workload
 from benchmarks.measure import CpuUse, ms, percentile
 from service._proto.imaging.metadata.v1 import metadata_pb2_grpc as pb_grpc
+from service.config import OpaSettings
+from service.identity import Caller
+from service.policy import build_input
+from service.server import to_update_request
+from service.updates import normalise
 
 POLL_INITIAL, POLL_GROWTH, POLL_MAX = 0.25, 1.5, 3.0
 PRINCIPAL = stack.PRINCIPALS[0]
+WARM_UP = 32
+COMPONENT_CALLS = 1000
+"""Workers (and twice as many lifecycles) of the untimed warm-up cell of each mode."""
 
 
 @dataclass(frozen=True)
@@ -40,6 +49,8 @@ class Timing:
 
     submitted: float
     finished: float
+    authorized: float = math.nan
+    """Via the proxy: until the `authorized` event (identity, normaliser, OPA, gRPC)."""
 
 
 Lifecycle = Callable[[str, str, int], Awaitable[tuple[Timing, str]]]
@@ -85,21 +96,24 @@ def direct_lifecycle(client: Any, datastore_id: str) -> Lifecycle:
     return run
 
 
-def proxy_lifecycle(stub: pb_grpc.MetadataUpdateServiceStub, datastore_id: str) -> Lifecycle:
+def proxy_lifecycle(stub: pb_grpc.MetadataUpdateServiceAsyncStub, datastore_id: str) -> Lifecycle:
     metadata = workload.caller(PRINCIPAL)
 
     async def run(image_set_id: str, version: str, sequence: int) -> tuple[Timing, str]:
         start = time.perf_counter()
         request = workload.grpc_request(datastore_id, image_set_id, version, sequence)
-        submitted = math.nan
+        authorized = submitted = math.nan
         async for event in stub.UpdateImageSetMetadata(request, metadata=metadata):
             kind = workload.event_kind(event)
-            if kind == "submitted":
+            if kind == "authorized":
+                authorized = time.perf_counter() - start
+            elif kind == "submitted":
                 submitted = time.perf_counter() - start
             elif kind == "finished":
                 state = event.finished.state
                 _require_updated(state.image_set_workflow_status)
-                return Timing(submitted, time.perf_counter() - start), state.latest_version_id
+                finished = time.perf_counter() - start
+                return Timing(submitted, finished, authorized), state.latest_version_id
         raise RuntimeError("the stream ended without a finished event")
 
     return run
@@ -114,12 +128,29 @@ def _require_updated(workflow_status: str) -> None:
         raise RuntimeError(f"an update ended {workflow_status}, not UPDATED")
 
 
-class Versions:
-    """Each worker owns one image set and follows its latest version across cells."""
+class ImageSets:
+    """Fresh image sets for each cell, so every cell starts from the same emulator state.
+
+    The emulator's cost per call grows with an image set's version count; giving each cell its
+    own image sets (at most `MAX_UPDATES_PER_IMAGE_SET` updates each) keeps cells comparable.
+    """
 
     def __init__(self, image_set_ids: Sequence[str]) -> None:
-        self.latest = {image_set_id: "1" for image_set_id in image_set_ids}
+        self._unused = list(image_set_ids)
         self.sequence = itertools.count()
+
+    def take(self, count: int) -> list[str]:
+        if count > len(self._unused):
+            raise RuntimeError("not enough seeded image sets; raise the seed count")
+        taken, self._unused = self._unused[:count], self._unused[count:]
+        return taken
+
+
+MAX_UPDATES_PER_IMAGE_SET = 20
+
+
+def image_sets_per_worker(concurrency: int, updates: int) -> int:
+    return max(1, math.ceil(updates / concurrency / MAX_UPDATES_PER_IMAGE_SET))
 
 
 async def run_cell(
@@ -127,26 +158,58 @@ async def run_cell(
     lifecycle: Lifecycle,
     concurrency: int,
     updates: int,
-    versions: Versions,
+    image_sets: ImageSets,
     meter: measure.CpuMeter,
 ) -> Cell:
     tickets: Iterator[int] = iter(range(updates))
     timings: list[Timing] = []
 
-    async def worker(image_set_id: str) -> None:
-        for _ in tickets:  # shared: the workers together run exactly `updates` lifecycles
-            sequence = next(versions.sequence)
-            timing, versions.latest[image_set_id] = await lifecycle(
-                image_set_id, versions.latest[image_set_id], sequence
+    async def worker(owned: list[str]) -> None:
+        latest = dict.fromkeys(owned, "1")
+        for ticket in tickets:  # shared: the workers together run exactly `updates` lifecycles
+            image_set_id = owned[ticket % len(owned)]
+            timing, latest[image_set_id] = await lifecycle(
+                image_set_id, latest[image_set_id], next(image_sets.sequence)
             )
             timings.append(timing)
 
-    workers = list(versions.latest)[:concurrency]
+    per_worker = image_sets_per_worker(concurrency, updates)
+    owned = [image_sets.take(per_worker) for _ in range(concurrency)]
     meter.start()
     started = time.perf_counter()
-    await asyncio.gather(*(worker(image_set_id) for image_set_id in workers))
+    await asyncio.gather(*(worker(image_set_ids) for image_set_ids in owned))
     seconds = time.perf_counter() - started
     return Cell(mode, concurrency, seconds, tuple(timings), meter.stop())
+
+
+async def components(
+    running: stack.Stack, stub: pb_grpc.MetadataUpdateServiceAsyncStub, calls: int
+) -> dict[str, dict[str, float]]:
+    """Latency of the proxy's own steps, one at a time: an OPA decision and EvaluateUpdate."""
+    image_set_id = running.image_set_ids[-1]
+    request = workload.grpc_request(running.datastore_id, image_set_id, "1", 0)
+    plan = normalise(to_update_request(request))
+    document = {"input": build_input(Caller(PRINCIPAL, "dev"), plan)}
+    url = f"{running.opa_url}/v1/data/{OpaSettings().decision_path.replace('.', '/')}"
+    metadata = workload.caller(PRINCIPAL)
+    opa, evaluate = [], []
+    async with aiohttp.ClientSession() as session:
+        for _ in range(calls):
+            start = time.perf_counter()
+            async with session.post(url, json=document) as response:
+                await response.read()
+            opa.append(time.perf_counter() - start)
+    for _ in range(calls):
+        start = time.perf_counter()
+        await stub.EvaluateUpdate(request, metadata=metadata)
+        evaluate.append(time.perf_counter() - start)
+    return {
+        "opa_decision_ms": {"p50": ms(percentile(opa, 0.5)), "p99": ms(percentile(opa, 0.99))},
+        "evaluate_update_ms": {
+            "p50": ms(percentile(evaluate, 0.5)),
+            "p99": ms(percentile(evaluate, 0.99)),
+        },
+    }
 
 
 @dataclass(frozen=True)
@@ -155,9 +218,13 @@ class Plan:
     updates: int
     repeats: int
 
+    def image_sets_needed(self) -> int:
+        cells = sum(c * image_sets_per_worker(c, self.updates) for c in self.concurrency)
+        return 2 * (WARM_UP + self.repeats * cells)
 
-async def measure_all(stack_: stack.Stack, plan: Plan) -> list[Cell]:
-    versions = Versions(stack_.image_set_ids)
+
+async def measure_all(stack_: stack.Stack, plan: Plan) -> tuple[list[Cell], dict[str, Any]]:
+    image_sets = ImageSets(stack_.image_set_ids)
     meter = measure.CpuMeter(stack_.pids())
     cells: list[Cell] = []
     async with (
@@ -166,20 +233,25 @@ async def measure_all(stack_: stack.Stack, plan: Plan) -> list[Cell]:
     ):
         modes = {
             "direct": direct_lifecycle(client, stack_.datastore_id),
-            "proxy": proxy_lifecycle(pb_grpc.MetadataUpdateServiceStub(channel), stack_.datastore_id),
+            "proxy": proxy_lifecycle(
+                pb_grpc.MetadataUpdateServiceStub(channel), stack_.datastore_id
+            ),
         }
         for mode, lifecycle in modes.items():  # warm-up: connections, botocore's loaders, OPA
-            await run_cell(mode, lifecycle, max(plan.concurrency), 200, versions, meter)
+            await run_cell(mode, lifecycle, WARM_UP, WARM_UP * 2, image_sets, meter)
         for concurrency in plan.concurrency:
             for repeat in range(plan.repeats):
                 order = ["direct", "proxy"] if repeat % 2 == 0 else ["proxy", "direct"]
                 for mode in order:
                     cell = await run_cell(
-                        mode, modes[mode], concurrency, plan.updates, versions, meter
+                        mode, modes[mode], concurrency, plan.updates, image_sets, meter
                     )
                     cells.append(cell)
                     print(_progress(cell), flush=True)
-    return cells
+        steps = await components(
+            stack_, pb_grpc.MetadataUpdateServiceStub(channel), COMPONENT_CALLS
+        )
+    return cells, steps
 
 
 def _progress(cell: Cell) -> str:
@@ -205,6 +277,7 @@ def _summary_row(concurrency: int, direct: Sequence[Cell], proxy: Sequence[Cell]
     p_done = [t.finished for c in proxy for t in c.timings]
     d_sub = [t.submitted for c in direct for t in c.timings]
     p_sub = [t.submitted for c in proxy for t in c.timings]
+    p_auth = [t.authorized for c in proxy for t in c.timings]
     return {
         "concurrency": concurrency,
         "direct_per_s": measure.median([c.throughput for c in direct]),
@@ -215,6 +288,10 @@ def _summary_row(concurrency: int, direct: Sequence[Cell], proxy: Sequence[Cell]
         "proxy_ms": {"p50": ms(percentile(p_done, 0.5)), "p99": ms(percentile(p_done, 0.99))},
         "direct_submit_ms": {"p50": ms(percentile(d_sub, 0.5)), "p99": ms(percentile(d_sub, 0.99))},
         "proxy_submit_ms": {"p50": ms(percentile(p_sub, 0.5)), "p99": ms(percentile(p_sub, 0.99))},
+        "proxy_authorized_ms": {
+            "p50": ms(percentile(p_auth, 0.5)),
+            "p99": ms(percentile(p_auth, 0.99)),
+        },
         "cpu_us_per_update": {
             mode: {
                 process: measure.median([c.cpu_us_per_update(process) for c in mode_cells])
@@ -240,21 +317,44 @@ def report(summary: dict[str, Any]) -> str:
             for r in rows
         ],
     )
-    latency = measure.table(
-        ["concurrency", "lifecycle direct p50/p99 ms", "via proxy p50/p99 ms", "added p50/p99 ms"]
-        + ["submit direct p50/p99", "submit via proxy p50/p99", "added p50/p99 ms"],
-        [_latency_row(r) for r in rows],
-    )
+    latency = measure.table(LATENCY_COLUMNS, [_latency_row(r) for r in rows])
     cpu = measure.table(
-        ["concurrency", "mode", "client µs", "proxy µs", "OPA µs", "emulator µs"],
+        ["concurrency", "mode", *CPU_PROCESSES.values()],
         [
-            [r["concurrency"], mode, *(_cpu(r, mode, p) for p in ("client", "proxy-0"))]
-            + [_cpu(r, mode, "opa"), _cpu(r, mode, "emulator")]
+            [r["concurrency"], mode, *(_cpu(r, mode, p) for p in CPU_PROCESSES)]
             for r in rows
             for mode in ("direct", "proxy")
         ],
     )
-    return "\n\n".join([throughput, latency, "CPU per lifecycle, by process:", cpu])
+    steps = measure.table(
+        ["step, one call at a time", "p50 / p99 ms"],
+        [[label, _pair(summary["components_c1"][key])] for key, label in COMPONENTS.items()],
+    )
+    return "\n\n".join([throughput, latency, "CPU per lifecycle, by process:", cpu, steps])
+
+
+LATENCY_COLUMNS = (
+    "concurrency",
+    "lifecycle direct p50/p99 ms",
+    "via proxy p50/p99 ms",
+    "added p50/p99 ms",
+    "submit direct p50/p99 ms",
+    "submit via proxy p50/p99 ms",
+    "added p50/p99 ms",
+    "`authorized` event p50/p99 ms",
+)
+CPU_PROCESSES = {
+    "client": "client µs",
+    "proxy-0": "proxy µs",
+    "opa": "OPA µs",
+    "emulator": "emulator µs",
+}
+
+
+COMPONENTS = {
+    "opa_decision_ms": "OPA decision (HTTP POST from Python, the proxy's input)",
+    "evaluate_update_ms": "EvaluateUpdate (gRPC unary: identity, normaliser, OPA)",
+}
 
 
 def _pair(values: dict[str, float]) -> str:
@@ -272,6 +372,7 @@ def _latency_row(r: dict[str, Any]) -> list[object]:
         _pair(r["direct_submit_ms"]),
         _pair(r["proxy_submit_ms"]),
         _pair(added_submit),
+        _pair(r["proxy_authorized_ms"]),
     ]
 
 
@@ -287,10 +388,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--profile", type=Path, help="run the proxy under pyinstrument")
     args = parser.parse_args(argv)
     plan = Plan(tuple(int(c) for c in args.concurrency.split(",")), args.updates, args.repeats)
-    options = stack.StackOptions(image_sets=max(plan.concurrency), profile=args.profile)
+    options = stack.StackOptions(image_sets=plan.image_sets_needed(), profile=args.profile)
     with stack.running(options, "overhead") as running:
-        cells = uvloop.run(measure_all(running, plan))
-    summary = summarise(cells, plan)
+        cells, steps = uvloop.run(measure_all(running, plan))
+    summary = {**summarise(cells, plan), "components_c1": steps}
     name = "overhead-profiled" if args.profile else "overhead"
     path = measure.write_results(name, {"plan": plan.__dict__, **summary})
     print(report(summary))

@@ -9,6 +9,7 @@ replicas, Redis, and a proxy run under pyinstrument. Everything listens on 127.0
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import json
 import shutil
 import socket
@@ -27,6 +28,7 @@ from pydicom.uid import generate_uid
 
 from service.cli import processes
 from service.cli.demo import DEMO_DATASTORE_ID, DEMO_SAMPLES, EMULATOR_AWS_ENV
+from service.config import Settings
 
 DATASTORE_ID = DEMO_DATASTORE_ID
 PRINCIPALS = tuple(f"bench-{index:02d}" for index in range(10))
@@ -46,13 +48,17 @@ class StackOptions:
     """'off' (no emulator quotas), 'default' (HealthImaging's), or a TOML snippet of [quotas]."""
     proxy_args: tuple[str, ...] = ()
     """Extra `imaging-proxy serve` options."""
-    proxy_config: str = ""
-    """TOML settings for the proxy (written to a file and passed as --config)."""
+    proxy_config: Mapping[str, Mapping[str, object]] = field(default_factory=dict)
+    """Proxy settings by section (written as TOML, passed as --config); see `proxy_toml`."""
+    proxy_env: Mapping[str, str] = field(default_factory=dict)
+    """Extra environment of the proxy processes (e.g. MALLOC_ARENA_MAX)."""
     replicas: int = 1
     redis: bool = False
     """Start a redis-server; its URL is in `Stack.redis_url`."""
     profile: Path | None = None
-    """Run the (first) proxy under pyinstrument, writing its text report here on exit."""
+    """Run the (first) proxy under pyinstrument, writing its session here on exit."""
+    trace_memory: Path | None = None
+    """Run the (first) proxy with tracemalloc; SIGUSR1 writes its heap report here."""
 
 
 @dataclass
@@ -104,14 +110,23 @@ class Stack:
 
 @contextlib.contextmanager
 def running(options: StackOptions, name: str) -> Iterator[Stack]:
-    """Start everything, yield it, stop it (proxies first, then the emulator, OPA, Redis)."""
+    """Start everything, yield it, stop it (proxies first, then the emulator, OPA, Redis).
+
+    The processes' logs are deleted after a clean run and kept (path printed) after a failure.
+    """
     log_dir = Path(tempfile.mkdtemp(prefix=f"imaging-proxy-bench-{name}-"))
     children: list[processes.Child] = []
+    failed = True
     try:
         yield _start(options, log_dir, children)
+        failed = False
     finally:
         for child in reversed(children):
             child.stop(timeout=60)
+        if failed:
+            print(f"benchmark failed; process logs kept in {log_dir}", file=sys.stderr)
+        else:
+            shutil.rmtree(log_dir, ignore_errors=True)
 
 
 def _start(options: StackOptions, log_dir: Path, children: list[processes.Child]) -> Stack:
@@ -127,7 +142,8 @@ def _start(options: StackOptions, log_dir: Path, children: list[processes.Child]
     children.append(emulator)
     endpoints = []
     for index in range(options.replicas):
-        args = _proxy_args(options, log_dir, f"http://127.0.0.1:{opa_port}", seeded["url"])
+        opa_url = f"http://127.0.0.1:{opa_port}"
+        args = _proxy_args(options, log_dir, opa_url, seeded["url"], redis_url)
         child, port = _start_proxy(options, log_dir, index, args)
         children.append(child)
         endpoints.append(f"127.0.0.1:{port}")
@@ -181,14 +197,33 @@ def seed_folder(count: int, folder: Path) -> Path:
     return folder
 
 
-def _proxy_args(options: StackOptions, log_dir: Path, opa_url: str, emulator_url: str) -> list[str]:
+def _proxy_args(
+    options: StackOptions, log_dir: Path, opa_url: str, emulator_url: str, redis_url: str
+) -> list[str]:
     args = ["--port", "0", "--insecure-dev-identity", "--opa-url", opa_url]
     args += ["--endpoint-url", emulator_url]
-    if options.proxy_config:
-        config = log_dir / "proxy.toml"
-        config.write_text(options.proxy_config)
-        args += ["--config", str(config)]
-    return [*args, *options.proxy_args]
+    sections = {name: dict(values) for name, values in options.proxy_config.items()}
+    if options.quotas == "off":  # no emulator quotas: the proxy's own budgets would only throttle
+        sections.setdefault("budget", {}).setdefault("enabled", False)
+    if redis_url:  # replicas share the journal and the quota budget
+        sections.setdefault("journal", {}).setdefault("url", redis_url)
+        sections.setdefault("budget", {}).setdefault("url", redis_url)
+    config = log_dir / "proxy.toml"
+    config.write_text(proxy_toml(sections))
+    return [*args, "--config", str(config), *options.proxy_args]
+
+
+def proxy_toml(sections: Mapping[str, Mapping[str, object]]) -> str:
+    """Settings as TOML, leaving out sections this checkout's proxy does not have (yet)."""
+    known = {f.name for f in dataclasses.fields(Settings)}
+    lines = []
+    for name, values in sections.items():
+        if name not in known:
+            print(f"note: the proxy has no [{name}] settings; left out", file=sys.stderr)
+            continue
+        lines.append(f"[{name}]")
+        lines += [f"{key} = {json.dumps(value)}" for key, value in values.items()]
+    return "\n".join(lines) + "\n"
 
 
 def _start_proxy(
@@ -196,22 +231,27 @@ def _start_proxy(
 ) -> tuple[processes.Child, int]:
     replica_dir = log_dir / f"proxy-{index}"
     replica_dir.mkdir()
-    if options.profile is None or index > 0:
-        child, port = processes.start_proxy(replica_dir, args, AWS_ENV)
-        child.name = f"proxy-{index}"
-        return child, port
-    return _start_profiled_proxy(replica_dir, args, options.profile)
+    if index == 0 and options.profile is not None:
+        # pyinstrument samples the event loop's thread every 1 ms; the session is saved on exit.
+        wrapper = ["-m", "pyinstrument", "--renderer=pyisession", "--outfile", str(options.profile)]
+        return _start_wrapped_proxy(
+            replica_dir, [*wrapper, "-m", "service.cli.main"], args, options.proxy_env
+        )
+    if index == 0 and options.trace_memory is not None:
+        wrapper = ["-m", "benchmarks.traced_proxy", str(options.trace_memory)]
+        return _start_wrapped_proxy(replica_dir, wrapper, args, options.proxy_env)
+    child, port = processes.start_proxy(replica_dir, args, {**AWS_ENV, **options.proxy_env})
+    child.name = f"proxy-{index}"
+    return child, port
 
 
-def _start_profiled_proxy(
-    log_dir: Path, args: Sequence[str], report: Path
+def _start_wrapped_proxy(
+    log_dir: Path, wrapper: Sequence[str], args: Sequence[str], env: Mapping[str, str]
 ) -> tuple[processes.Child, int]:
-    """The proxy under pyinstrument (statistical, 1 ms): the report is written when it stops."""
+    """`python <wrapper> serve <args>`: the proxy under a profiler."""
     ready_file = log_dir / "proxy-ready.json"
-    argv = [sys.executable, "-m", "pyinstrument", "--renderer=text", "--show-all"]
-    argv += ["--outfile", str(report), "-m", "service.cli.main", "serve"]
-    argv += ["--ready-file", str(ready_file), *args]
-    child = processes.spawn("proxy-0", argv, log_dir, AWS_ENV)
+    argv = [sys.executable, *wrapper, "serve", "--ready-file", str(ready_file), *args]
+    child = processes.spawn("proxy-0", argv, log_dir, {**AWS_ENV, **env})
     processes.wait_until(lambda: bool(processes.read_json(ready_file)), child)
     return child, int(processes.read_json(ready_file)["port"])
 

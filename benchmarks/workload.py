@@ -20,6 +20,8 @@ from service._proto.imaging.metadata.v1 import metadata_pb2 as pb
 from service.healthimaging import AWS_MODELS, TERMINAL_WORKFLOW_STATUSES
 
 TERMINAL = TERMINAL_WORKFLOW_STATUSES
+UPDATE = "UpdateImageSetMetadata"
+GET_IMAGE_SET = "GetImageSet"
 CHANNEL_OPTIONS = (
     ("grpc.keepalive_time_ms", 60_000),
     # Each channel its own connection, so several channels spread streams over connections.

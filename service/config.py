@@ -112,8 +112,10 @@ class BackendSettings:
 class WatchSettings:
     """Following an update until it finishes."""
 
+    first_poll_seconds: float = 1.0
+    """First GetImageSet poll after a submit, until the typical update duration is known."""
     initial_interval_seconds: float = 0.25
-    """First GetImageSet poll interval after a submit."""
+    """Poll interval after a poll that saw a change (it grows while nothing changes)."""
     max_interval_seconds: float = 3.0
     """Longest poll interval (the interval grows while nothing changes)."""
     jitter: float = 0.2
@@ -125,6 +127,70 @@ class WatchSettings:
 
 
 @dataclass(frozen=True)
+class AdmissionSettings:
+    """The fair queue allowed updates wait in for their turn to be submitted."""
+
+    max_queued: int = 10_000
+    """Updates waiting across all callers; beyond it RESOURCE_EXHAUSTED with RetryInfo."""
+    max_queued_per_principal: int = 1_000
+    """Updates waiting for one caller, so one noisy service cannot fill the whole queue."""
+    max_in_flight_per_datastore: int = 100
+    """Submitted, unfinished updates per data store (HealthImaging's concurrent-update quota)."""
+    deadline_margin_seconds: float = 1.0
+    """Time a submit needs before the caller's deadline; a later start is refused, not made."""
+    position_interval_seconds: float = 1.0
+    """Shortest time between two `queued` events of one stream (positions and estimates)."""
+
+
+@dataclass(frozen=True)
+class BudgetSettings:
+    """Token buckets keeping HealthImaging calls under the account's quotas (per account+region)."""
+
+    enabled: bool = True
+    """False: no budgets; only for a backend without quotas (the emulator with --no-quotas)."""
+    url: str = ""
+    """Redis URL of a budget shared by replicas; empty = the journal's Redis, else in-process."""
+    update_rate: float = 0.25
+    """UpdateImageSetMetadata calls per second (the documented default quota)."""
+    update_burst: float = 1.0
+    """UpdateImageSetMetadata burst."""
+    get_image_set_rate: float = 25.0
+    """GetImageSet calls per second."""
+    get_image_set_burst: float = 50.0
+    """GetImageSet burst."""
+    headroom: float = 0.9
+    """Fraction of each quota the proxy uses, so network jitter never pushes a call over it."""
+    decrease_factor: float = 0.5
+    """On a ThrottlingException the rate is multiplied by this (AIMD's decrease)."""
+    increase_step: float = 0.05
+    """Each successful call gives back this fraction of the quota (AIMD's additive increase)."""
+    min_fraction: float = 0.05
+    """The rate never shrinks below this fraction of the quota."""
+    backoff_seconds: float = 1.0
+    """Pause after a first throttle; doubles with each further one, jittered."""
+    max_backoff_seconds: float = 30.0
+    """Longest pause after throttles."""
+
+
+@dataclass(frozen=True)
+class JournalSettings:
+    """Where operations and idempotency keys are recorded before they are acknowledged."""
+
+    url: str = ""
+    """Empty: SQLite in `data_dir`; `redis://host:port/db`: shared by every replica."""
+    data_dir: str = ""
+    """Directory of the SQLite journal; empty = in memory (nothing survives a restart)."""
+    idempotency_ttl_seconds: float = 86_400.0
+    """How long an idempotency key maps to its operation."""
+    retention_seconds: float = 7 * 86_400.0
+    """How long a finished operation stays re-attachable."""
+    lease_seconds: float = 10.0
+    """Redis: a replica silent this long is gone; its unfinished operations are taken over."""
+    key_prefix: str = "imaging-proxy"
+    """Redis: prefix of every key and channel."""
+
+
+@dataclass(frozen=True)
 class Settings:
     """Everything the service needs, passed down explicitly."""
 
@@ -133,6 +199,9 @@ class Settings:
     opa: OpaSettings = field(default_factory=OpaSettings)
     backend: BackendSettings = field(default_factory=BackendSettings)
     watch: WatchSettings = field(default_factory=WatchSettings)
+    admission: AdmissionSettings = field(default_factory=AdmissionSettings)
+    budget: BudgetSettings = field(default_factory=BudgetSettings)
+    journal: JournalSettings = field(default_factory=JournalSettings)
 
 
 def load_settings(
@@ -169,4 +238,7 @@ _SECTIONS: tuple[type, ...] = (
     OpaSettings,
     BackendSettings,
     WatchSettings,
+    AdmissionSettings,
+    BudgetSettings,
+    JournalSettings,
 )

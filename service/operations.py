@@ -1,8 +1,11 @@
-"""Operations: an authorized update runs as its own task (submit, then watch); streams fan out.
+"""Operations: an authorized update's life (queued → submitted → finished), journaled and streamed.
 
-An operation outlives the stream that started it: a client that goes away does not cancel its
-update, and WatchUpdate re-attaches to it by id. Each subscriber gets the operation's events so
-far, then live ones, with heartbeats during silences.
+An operation runs as its own task and outlives the stream that started it: a client that goes
+away does not cancel its update, and WatchUpdate re-attaches to it by id, on any replica. Every
+step is journaled before anyone is told: the record exists before `authorized` is sent, a submit
+is marked before it is made, a result is saved before it is streamed. After a restart (or when
+another replica's lease lapses) unfinished operations resume where their record left them:
+queued ones queue again, submitted ones are watched again.
 """
 
 from __future__ import annotations
@@ -12,98 +15,100 @@ import contextlib
 import time
 import uuid
 from collections.abc import AsyncIterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
+from typing import Any, cast
 
 import structlog
+from redis.exceptions import RedisError
 
 from service import audit
+from service.admission import Admission, Draining, Ticket
+from service.budget import GET_IMAGE_SET, UPDATE, Budget
 from service.config import WatchSettings
-from service.errors import DeadlineExceeded, Internal, NotFound, PermissionDenied, ProxyError
+from service.errors import (
+    DeadlineExceeded,
+    FieldViolation,
+    Internal,
+    InvalidArgument,
+    NotFound,
+    ProxyError,
+    Unavailable,
+)
+from service.events import (
+    Authorized,
+    Event,
+    Finished,
+    Heartbeat,
+    Item,
+    Queued,
+    StatusChanged,
+    Submitted,
+    from_payload,
+    record_error,
+    replay,
+    to_payload,
+)
 from service.healthimaging import HealthImaging, ImageSetStatus
-from service.identity import Caller
+from service.identity import AuthMethod, Caller
+from service.journal import Journal, OperationRecord, fingerprint
+from service.metrics import Metrics
 from service.policy import Decision
-from service.updates import UpdatePlan
+from service.updates import UpdatePlan, UpdateRequest, normalise
 from service.watch import Watcher
 
 log = structlog.get_logger(__name__)
 
-ADMIN_ROLE = "metadata-admin"
+__all__ = [
+    "Authorized",
+    "Event",
+    "Finished",
+    "Heartbeat",
+    "Operation",
+    "Operations",
+    "Queued",
+    "StatusChanged",
+    "Submitted",
+]
 
 
-@dataclass(frozen=True)
-class Authorized:
-    operation_id: str
-    at: float
-    decision: Decision
+class _Lost(Exception):
+    """Another replica has taken this operation over; this process lets go of it."""
 
 
-@dataclass(frozen=True)
-class Queued:
-    operation_id: str
-    at: float
-    position: int
-    estimated_start: float
+class _Unwatched(Exception):
+    """Watching ran out of time: streams are told, the next WatchUpdate watches again."""
 
-
-@dataclass(frozen=True)
-class Submitted:
-    operation_id: str
-    at: float
-    status: ImageSetStatus
-
-
-@dataclass(frozen=True)
-class StatusChanged:
-    operation_id: str
-    at: float
-    status: ImageSetStatus
-
-
-@dataclass(frozen=True)
-class Finished:
-    operation_id: str
-    at: float
-    status: ImageSetStatus
-
-
-@dataclass(frozen=True)
-class Heartbeat:
-    operation_id: str
-    at: float
-    status: ImageSetStatus | None
-
-
-Event = Authorized | Queued | Submitted | StatusChanged | Finished | Heartbeat
-_Item = Event | ProxyError
+    def __init__(self, error: DeadlineExceeded) -> None:
+        super().__init__(error.message)
+        self.error = error
 
 
 @dataclass(eq=False)
 class Operation:
-    """One authorized update and everything observed of it."""
+    """One update this process runs, and everything observed of it."""
 
-    id: str
+    record: OperationRecord
     caller: Caller
     plan: UpdatePlan
-    decision: Decision
     events: list[Event] = field(default_factory=list)
     error: ProxyError | None = None
-    subscribers: set[asyncio.Queue[_Item]] = field(default_factory=set)
+    subscribers: set[asyncio.Queue[Item]] = field(default_factory=set)
     task: asyncio.Task[None] | None = None
+    seq: int = 0
 
     @property
-    def done(self) -> bool:
-        return self.error is not None or any(isinstance(e, Finished) for e in self.events)
+    def id(self) -> str:
+        return self.record.id
 
     @property
     def last_status(self) -> ImageSetStatus | None:
-        for event in reversed(self.events):
-            if isinstance(event, Submitted | StatusChanged | Finished):
-                return event.status
-        return None
+        return self.record.last_status
 
-    def publish(self, item: _Item) -> None:
+    def publish(self, item: Item) -> None:
         if isinstance(item, ProxyError):
             self.error = item
+        elif isinstance(item, Queued) and self.events and isinstance(self.events[-1], Queued):
+            self.events[-1] = item  # a replay needs only the latest position
         else:
             self.events.append(item)
         for queue in self.subscribers:
@@ -111,80 +116,296 @@ class Operation:
 
 
 class Operations:
-    """Starts, runs and serves the operations of this process."""
+    """Starts, runs, resumes and streams operations; the journal is the source of truth."""
 
-    def __init__(self, backend: HealthImaging, watcher: Watcher, settings: WatchSettings) -> None:
+    def __init__(
+        self,
+        backend: HealthImaging,
+        watcher: Watcher,
+        admission: Admission,
+        budget: Budget,
+        journal: Journal,
+        settings: WatchSettings,
+        metrics: Metrics,
+    ) -> None:
         self._backend = backend
         self._watcher = watcher
+        self._admission = admission
+        self._budget = budget
+        self._journal = journal
         self._settings = settings
         self._operations: dict[str, Operation] = {}
+        metrics.running_operations.set_function(lambda: self.running)
 
     @property
     def running(self) -> int:
-        return sum(1 for op in self._operations.values() if op.task and not op.task.done())
+        return len(self._operations)
 
-    def start(self, caller: Caller, plan: UpdatePlan, decision: Decision) -> Operation:
-        operation = Operation(str(uuid.uuid4()), caller, plan, decision)
-        operation.publish(Authorized(operation.id, time.time(), decision))
+    # --- finding and starting ----------------------------------------------------------------
+
+    async def lookup(self, operation_id: str) -> OperationRecord:
+        local = self._operations.get(operation_id)
+        record = local.record if local else await self._journal.get(operation_id)
+        if record is None:
+            raise NotFound(f"no operation {operation_id!r}")
+        return record
+
+    async def existing(self, principal: str, request: UpdateRequest) -> OperationRecord | None:
+        """The operation this caller's idempotency key already names, if the request matches."""
+        if not request.idempotency_key:
+            return None
+        record = await self._journal.by_key(principal, request.idempotency_key)
+        if record is not None:
+            _same_request(record, request)
+        return record
+
+    async def start(
+        self,
+        caller: Caller,
+        request: UpdateRequest,
+        plan: UpdatePlan,
+        decision: Decision,
+        deadline: float | None,
+    ) -> OperationRecord:
+        """Admit, journal, acknowledge and run an allowed update (or find its twin by key)."""
+        await self._admission.admit(caller.principal, deadline)
+        fresh = OperationRecord(
+            id=str(uuid.uuid4()),
+            principal=caller.principal,
+            auth_method=caller.auth_method,
+            roles=caller.roles,
+            request=request,
+            decision=decision,
+            fingerprint=fingerprint(request),
+            created_at=time.time(),
+            deadline=deadline,
+            seq=1,
+        )
+        record = await self._journal.create(fresh)
+        if record.id != fresh.id:  # the same key won a race with us
+            _same_request(record, request)
+            return record
+        operation = Operation(record, caller, plan)
+        self._emit(operation, Authorized(record.id, record.created_at, decision))
+        self._launch(operation)
+        return record
+
+    async def resume(self) -> int:
+        """Run the unfinished operations nobody else runs (after a restart or a takeover)."""
+        records = await self._journal.take_over()
+        for record in records:
+            if record.id not in self._operations:
+                await self._resume(record)
+        return len(records)
+
+    async def _adopt(self, operation_id: str) -> Operation | None:
+        """Watch again an operation whose watch had timed out (None: someone else does)."""
+        record = await self._journal.adopt(operation_id)
+        if operation_id in self._operations:
+            return self._operations[operation_id]
+        if record is None:
+            return None
+        return await self._resume(record)
+
+    async def take_over_forever(self, interval: float) -> None:
+        """Several replicas: keep adopting the operations of replicas that went away."""
+        while True:
+            await asyncio.sleep(interval)
+            try:
+                await self.resume()
+            except (ProxyError, OSError, RedisError) as exc:
+                log.warning("takeover_failed", error=type(exc).__name__)
+
+    async def _resume(self, record: OperationRecord) -> Operation | None:
+        log.info("operation_resumed", operation_id=record.id, state=record.state)
+        caller = Caller(record.principal, cast(AuthMethod, record.auth_method), record.roles)
+        try:
+            plan = normalise(record.request)
+        except InvalidArgument as error:  # the update rules changed since it was accepted
+            failed = replace(record, seq=record.seq + 1, state="failed", error=record_error(error))
+            await self._journal.save(failed)
+            return None
+        operation = Operation(record, caller, plan, seq=record.seq)
+        operation.events = [item for item in replay(record) if not isinstance(item, ProxyError)]
+        self._launch(operation)
+        return operation
+
+    def _launch(self, operation: Operation) -> None:
         self._operations[operation.id] = operation
         operation.task = asyncio.create_task(self._run(operation), name=f"op-{operation.id}")
-        return operation
 
-    def get(self, operation_id: str, caller: Caller) -> Operation:
-        """The operation, if this caller may see it (its owner or an admin)."""
-        operation = self._operations.get(operation_id)
-        if operation is None:
-            raise NotFound(f"no operation {operation_id!r}")
-        owner = operation.caller.principal == caller.principal
-        if not owner and ADMIN_ROLE not in caller.roles:
-            raise PermissionDenied("only the caller who started an operation may watch it")
-        return operation
+    # --- the life of an operation ------------------------------------------------------------
 
     async def _run(self, operation: Operation) -> None:
         try:
-            submitted = await self._backend.update(operation.plan)
-            operation.publish(Submitted(operation.id, time.time(), submitted))
-            await self._follow(operation, submitted.version_id)
+            await self._advance(operation)
+        except Draining as error:
+            operation.publish(error)  # it stays recorded as it was, for whoever resumes it
+        except _Lost:
+            log.info("operation_taken_over", operation_id=operation.id)
+        except _Unwatched as stop:
+            await self._unwatch(operation, stop.error)
         except ProxyError as error:
-            operation.publish(error)
+            await self._fail(operation, error)
         except Exception as exc:
             log.exception("operation_crashed", operation_id=operation.id)
-            operation.publish(Internal(f"operation failed unexpectedly: {type(exc).__name__}"))
+            await self._fail(operation, Internal(f"operation failed: {type(exc).__name__}"))
         finally:
-            audit.operation_outcome(
-                operation.caller, operation.plan, operation.decision, _outcome(operation)
-            )
+            self._operations.pop(operation.id, None)
+            if operation.record.finished:
+                await self._finished(operation)
 
-    async def _follow(self, operation: Operation, version_id: str) -> None:
+    async def _advance(self, operation: Operation) -> None:
+        interrupted = operation.record.state == "submitting"
+        if interrupted:
+            await self._recover_submit(operation)
+        if operation.record.state == "queued":
+            await self._take_turn(operation, again=interrupted)
+            await self._submit(operation)
+            await self._follow(operation, operation.record.submitted)
+        else:  # submitted before this process took it on: watch it again, at once
+            await self._admission.hold(_key(operation), operation.id)
+            await self._follow(operation, None)
+
+    async def _take_turn(self, operation: Operation, *, again: bool) -> None:
+        record = operation.record
+        ticket = Ticket(
+            record.id,
+            record.principal,
+            record.request.datastore_id,
+            record.request.image_set_id,
+            record.created_at,
+            record.deadline,
+        )
+
+        def notify(position: int, start: float) -> None:
+            self._emit(operation, Queued(record.id, time.time(), position, start))
+
+        queue = self._admission.requeue if again else self._admission.enqueue
+        try:
+            await queue(ticket, notify)
+        except asyncio.CancelledError:
+            self._admission.withdraw(record.id)
+            raise
+        await self._save(operation, state="submitting")
+
+    async def _submit(self, operation: Operation) -> None:
         plan = operation.plan
         try:
+            status = await self._budget.call(
+                UPDATE,
+                lambda: self._backend.update(plan),
+                acquired=True,
+                deadline=operation.record.deadline,
+            )
+        except Unavailable as error:  # never retried blindly: say whether it happened
+            raise Unavailable(f"{error.message}; {await self._write_outcome(plan)}") from error
+        await self._save(operation, state="submitted", submitted=status, last_status=status)
+        self._emit(operation, Submitted(operation.id, time.time(), status))
+
+    async def _write_outcome(self, plan: UpdatePlan) -> str:
+        """After a submit without an answer: did the write reach HealthImaging?"""
+        try:
+            latest = await self._get(plan.datastore_id, plan.image_set_id)
+        except ProxyError:
+            return "the update may or may not have been applied: check the image set's version"
+        if latest.version_id == plan.latest_version_id and latest.state != "LOCKED":
+            return "the update was not applied (the image set is unchanged): resubmit it"
+        return "the update may have been applied: check the image set's version before retrying"
+
+    async def _recover_submit(self, operation: Operation) -> None:
+        """Interrupted while submitting: did the write reach HealthImaging before the restart?"""
+        request = operation.record.request
+        latest = await self._get(request.datastore_id, request.image_set_id)
+        if latest.version_id == request.latest_version_id and latest.state != "LOCKED":
+            await self._save(operation, state="queued")  # it did not: submit it again
+            return
+        version = str(int(request.latest_version_id) + 1)
+        status = latest
+        if latest.version_id != version:
+            status = await self._get(request.datastore_id, request.image_set_id, version)
+        await self._save(operation, state="submitted", submitted=status, last_status=status)
+        self._emit(operation, Submitted(operation.id, time.time(), status))
+
+    async def _get(self, datastore_id: str, image_set_id: str, version: str = "") -> ImageSetStatus:
+        return await self._budget.call(
+            GET_IMAGE_SET, lambda: self._backend.get_image_set(datastore_id, image_set_id, version)
+        )
+
+    async def _follow(self, operation: Operation, submitted: ImageSetStatus | None) -> None:
+        record = operation.record
+        assert record.submitted is not None
+        request = record.request
+        updates = self._watcher.follow(
+            request.datastore_id, request.image_set_id, record.submitted.version_id, submitted
+        )
+        try:
             async with asyncio.timeout(self._settings.timeout_seconds):
-                async for status in self._watcher.follow(
-                    plan.datastore_id, plan.image_set_id, version_id
-                ):
-                    event_type = Finished if status.terminal else StatusChanged
-                    operation.publish(event_type(operation.id, time.time(), status))
+                async for status in updates:
+                    state = "finished" if status.terminal else "submitted"
+                    await self._save(operation, state=state, last_status=status)
+                    event = Finished if status.terminal else StatusChanged
+                    self._emit(operation, event(operation.id, time.time(), status))
         except TimeoutError:
-            operation.publish(
+            raise _Unwatched(
                 DeadlineExceeded(
                     f"update still {_describe(operation.last_status)} after "
                     f"{self._settings.timeout_seconds:g} s; "
                     f"re-attach with WatchUpdate({operation.id})"
                 )
-            )
+            ) from None
 
-    async def stream(self, operation: Operation) -> AsyncIterator[Event]:
+    async def _unwatch(self, operation: Operation, error: DeadlineExceeded) -> None:
+        """Stop polling a stuck update; it no longer holds its image set's turn either."""
+        with contextlib.suppress(_Lost):
+            await self._save(operation, state="unwatched")
+        self._emit(operation, error)
+        with contextlib.suppress(ProxyError, OSError, RedisError):
+            await self._admission.release(_key(operation), operation.id)
+
+    async def _fail(self, operation: Operation, error: ProxyError) -> None:
+        with contextlib.suppress(_Lost):
+            await self._save(operation, state="failed", error=record_error(error))
+        self._emit(operation, error)
+
+    async def _finished(self, operation: Operation) -> None:
+        with contextlib.suppress(ProxyError, OSError):
+            await self._admission.release(_key(operation), operation.id)
+        record = operation.record
+        audit.operation_outcome(operation.caller, operation.plan, record.decision, _outcome(record))
+
+    async def _save(self, operation: Operation, **changes: Any) -> None:
+        """Journal a step; the event telling it gets the next sequence number."""
+        record = replace(operation.record, seq=operation.seq + 1, **changes)
+        if not await self._journal.save(record):
+            raise _Lost(operation.id)
+        operation.record = record
+
+    def _emit(self, operation: Operation, item: Item) -> None:
+        operation.seq += 1
+        operation.publish(item)
+        if self._journal.shared:
+            self._journal.publish(operation.id, to_payload(operation.seq, item))
+
+    # --- streams -----------------------------------------------------------------------------
+
+    async def stream(self, record: OperationRecord) -> AsyncIterator[Event]:
         """Events so far, then live ones until the operation ends; heartbeats during silences."""
-        queue: asyncio.Queue[_Item] = asyncio.Queue()
-        backlog: list[_Item] = [*operation.events]
-        if operation.error is not None:
-            backlog.append(operation.error)
+        local = self._operations.get(record.id)
+        if local is None and record.state == "unwatched":
+            local = await self._adopt(record.id)
+        events = self._local(local) if local is not None else self._recorded(record.id)
+        async for event in events:
+            yield event
+
+    async def _local(self, operation: Operation) -> AsyncIterator[Event]:
+        queue: asyncio.Queue[Item] = asyncio.Queue()
+        for item in [*operation.events, *([operation.error] if operation.error else [])]:
+            queue.put_nowait(item)
         operation.subscribers.add(queue)
         try:
-            for item in backlog:
-                queue.put_nowait(item)
             while True:
-                item = await self._next(queue, operation)
+                item = await self._next(queue, operation.id, operation.last_status)
                 if isinstance(item, ProxyError):
                     raise item
                 yield item
@@ -193,12 +414,59 @@ class Operations:
         finally:
             operation.subscribers.discard(queue)
 
-    async def _next(self, queue: asyncio.Queue[_Item], operation: Operation) -> _Item:
+    async def _recorded(self, operation_id: str) -> AsyncIterator[Event]:
+        """An operation run elsewhere (another replica) or already over: replay, then listen."""
+        if not self._journal.shared:
+            record = await self.lookup(operation_id)
+            if not record.finished:
+                raise Unavailable("the operation is not running in this process; retry")
+            async for event in _replayed(record):
+                yield event
+            return
+        async with self._journal.subscribe(operation_id) as payloads:
+            record = await self.lookup(operation_id)  # after subscribing: nothing falls between
+            async for event in _replayed(record):
+                yield event
+            if record.finished:
+                return
+            async for event in self._remote(record, payloads):
+                yield event
+
+    async def _remote(
+        self, record: OperationRecord, payloads: asyncio.Queue[dict[str, Any]]
+    ) -> AsyncIterator[Event]:
+        seen, last = record.seq, record.last_status
+        while True:
+            payload = await self._next(payloads, record.id, last)
+            if isinstance(payload, Heartbeat):
+                yield payload
+                continue
+            if not isinstance(payload, dict) or payload["seq"] <= seen:
+                continue
+            seen = payload["seq"]
+            item = from_payload(record.id, payload)
+            if isinstance(item, ProxyError) and item.reason == Draining.reason:
+                continue  # its replica is leaving; another one will take the operation over
+            if isinstance(item, ProxyError):
+                raise item
+            if isinstance(item, Submitted | StatusChanged | Finished):
+                last = item.status
+            yield item
+            if isinstance(item, Finished):
+                return
+
+    async def _next(
+        self,
+        queue: asyncio.Queue[Any],
+        operation_id: str,
+        status: ImageSetStatus | None,
+    ) -> Any:
+        """The next item, or a heartbeat (with the last known state) after a silence."""
         try:
             async with asyncio.timeout(self._settings.heartbeat_seconds):
                 return await queue.get()
         except TimeoutError:
-            return Heartbeat(operation.id, time.time(), operation.last_status)
+            return Heartbeat(operation_id, time.time(), status)
 
     async def close(self) -> None:
         tasks = [op.task for op in self._operations.values() if op.task and not op.task.done()]
@@ -209,12 +477,36 @@ class Operations:
                 await task
 
 
+async def _replayed(record: OperationRecord) -> AsyncIterator[Event]:
+    for item in replay(record):
+        if isinstance(item, ProxyError):
+            raise item
+        yield item
+
+
+def _same_request(record: OperationRecord, request: UpdateRequest) -> None:
+    if record.fingerprint != fingerprint(request):
+        raise InvalidArgument(
+            [
+                FieldViolation(
+                    "idempotency_key",
+                    f"already used for a different request (operation {record.id})",
+                )
+            ]
+        )
+
+
+def _key(operation: Operation) -> tuple[str, str]:
+    request = operation.record.request
+    return (request.datastore_id, request.image_set_id)
+
+
 def _describe(status: ImageSetStatus | None) -> str:
     return status.workflow_status if status else "not submitted"
 
 
-def _outcome(operation: Operation) -> str:
-    if operation.error is not None:
-        return operation.error.reason
-    status = operation.last_status
+def _outcome(record: OperationRecord) -> str:
+    if record.error is not None:
+        return record.error.reason
+    status = record.last_status
     return status.workflow_status if status else "UNKNOWN"

@@ -1,31 +1,125 @@
-"""The update pipeline below the transport: normalise → decide → start an operation → stream it."""
+"""The update pipeline below the transport: normalise → (same key?) → decide → admit → stream."""
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+import asyncio
+import time
+from collections.abc import AsyncIterator, Mapping
+from contextlib import asynccontextmanager
+from urllib.parse import urlsplit
+
+import aiohttp
+from opa_client.opa_async import AsyncOpaClient
 
 from service import audit
-from service.errors import PermissionDenied
+from service.config import OpaSettings
+from service.errors import PermissionDenied, PolicyUnavailable
 from service.identity import Caller
+from service.journal import OperationRecord
+from service.metrics import Metrics
 from service.operations import Event, Operations
 from service.policy import Decision, PolicyClient
 from service.updates import UpdatePlan, UpdateRequest, normalise
+
+ADMIN_ROLE = "metadata-admin"
+
+
+class OpaRoles:
+    """A caller's effective roles on a data store: OPA's `data.imaging.caller.roles`.
+
+    Roles are granted in OPA's data (per data store), so OPA is asked, not the token alone.
+    Fail closed: no answer is an error, an undefined answer is no roles.
+    """
+
+    def __init__(self, client: AsyncOpaClient, settings: OpaSettings) -> None:
+        self._client = client
+        self._settings = settings
+
+    @classmethod
+    @asynccontextmanager
+    async def open(cls, settings: OpaSettings) -> AsyncIterator[OpaRoles]:
+        url = urlsplit(settings.url)
+        cert = (settings.client_cert, settings.client_key) if settings.client_cert else None
+        client = AsyncOpaClient(
+            host=url.hostname or "127.0.0.1",
+            port=url.port or (443 if url.scheme == "https" else 8181),
+            ssl=url.scheme == "https",
+            cert=cert,
+            token=settings.token or None,
+            retries=0,
+            timeout=settings.timeout_seconds,
+        )
+        async with client:
+            yield cls(client, settings)
+
+    async def roles(self, caller: Caller, datastore_id: str) -> frozenset[str]:
+        document = {
+            "caller": {
+                "principal": caller.principal,
+                "auth_method": caller.auth_method,
+                "roles": list(caller.roles),
+                "claims": dict(caller.claims),
+            },
+            "request": {"datastore_id": datastore_id},
+        }
+        try:
+            async with asyncio.timeout(self._settings.timeout_seconds):
+                response = await self._client.query_rule(document, "imaging.caller", "roles")
+        except TimeoutError as exc:
+            raise PolicyUnavailable("role lookup timed out") from exc
+        except (aiohttp.ClientError, OSError, ValueError) as exc:
+            raise PolicyUnavailable(f"policy engine unavailable: {type(exc).__name__}") from exc
+        result = response.get("result") if isinstance(response, Mapping) else None
+        if not isinstance(result, list):
+            return frozenset()
+        return frozenset(role for role in result if isinstance(role, str))
 
 
 class Pipeline:
     """What the gRPC handlers call, with protobuf-free values."""
 
-    def __init__(self, policy: PolicyClient, operations: Operations) -> None:
+    def __init__(
+        self, policy: PolicyClient, operations: Operations, roles: OpaRoles, metrics: Metrics
+    ) -> None:
         self._policy = policy
         self._operations = operations
+        self._roles = roles
+        self._metrics = metrics
 
     async def evaluate(self, caller: Caller, request: UpdateRequest) -> tuple[UpdatePlan, Decision]:
         """Validate, classify and decide; nothing is submitted."""
         plan = normalise(request)
-        return plan, await self._policy.decide(caller, plan)
+        return plan, await self._decide(caller, plan)
 
-    async def update(self, caller: Caller, request: UpdateRequest) -> AsyncIterator[Event]:
-        plan, decision = await self.evaluate(caller, request)
+    async def _decide(self, caller: Caller, plan: UpdatePlan) -> Decision:
+        started = time.perf_counter()
+        try:
+            return await self._policy.decide(caller, plan)
+        finally:
+            self._metrics.decision_seconds.observe(time.perf_counter() - started)
+
+    async def update(
+        self, caller: Caller, request: UpdateRequest, time_remaining: float | None
+    ) -> AsyncIterator[Event]:
+        """`time_remaining`: seconds left of the call's deadline (None: no deadline).
+
+        A retry with the same idempotency key re-streams the first operation, undecided again.
+        """
+        plan = normalise(request)
+        record = await self._operations.existing(caller.principal, request)
+        if record is None:
+            record = await self._start(caller, request, plan, time_remaining)
+        async for event in self._operations.stream(record):
+            yield event
+
+    async def _start(
+        self,
+        caller: Caller,
+        request: UpdateRequest,
+        plan: UpdatePlan,
+        time_remaining: float | None,
+    ) -> OperationRecord:
+        decision = await self._decide(caller, plan)
         if not decision.allow:
             audit.denied(caller, plan, decision)
             raise PermissionDenied(
@@ -33,11 +127,21 @@ class Pipeline:
                 decision.decision_id,
                 decision.reasons,
             )
-        operation = self._operations.start(caller, plan, decision)
-        async for event in self._operations.stream(operation):
-            yield event
+        deadline = time.time() + time_remaining if time_remaining is not None else None
+        return await self._operations.start(caller, request, plan, decision, deadline)
 
     async def watch(self, caller: Caller, operation_id: str) -> AsyncIterator[Event]:
-        operation = self._operations.get(operation_id, caller)
-        async for event in self._operations.stream(operation):
+        record = await self._operations.lookup(operation_id)
+        await self._may_watch(caller, record)
+        async for event in self._operations.stream(record):
             yield event
+
+    async def _may_watch(self, caller: Caller, record: OperationRecord) -> None:
+        """Its owner, or an admin on its data store (roles as OPA grants them)."""
+        if caller.principal == record.principal:
+            return
+        if ADMIN_ROLE in await self._roles.roles(caller, record.request.datastore_id):
+            return
+        raise PermissionDenied(
+            "only the caller who started an operation (or an admin) may watch it"
+        )

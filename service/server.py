@@ -6,10 +6,13 @@ import asyncio
 import contextlib
 import functools
 import signal
-from collections.abc import AsyncIterator, Awaitable, Callable
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from contextlib import AsyncExitStack
+from dataclasses import dataclass
 from typing import Any, NoReturn, TypeVar
 
+import aiohttp
 import grpc
 import structlog
 from google.protobuf import timestamp_pb2
@@ -20,21 +23,17 @@ from grpc_status import rpc_status
 from service import audit
 from service._proto.imaging.metadata.v1 import metadata_pb2 as pb
 from service._proto.imaging.metadata.v1 import metadata_pb2_grpc as pb_grpc
-from service.config import Settings
+from service.admission import Admission
+from service.budget import Budget
+from service.config import BackendSettings, Settings
 from service.errors import Internal, ProxyError
+from service.events import Authorized, Event, Finished, Heartbeat, Queued, StatusChanged, Submitted
 from service.healthimaging import HealthImaging, ImageSetStatus
 from service.identity import Authenticator, Caller
-from service.operations import (
-    Authorized,
-    Event,
-    Finished,
-    Heartbeat,
-    Operations,
-    Queued,
-    StatusChanged,
-    Submitted,
-)
-from service.pipeline import Pipeline
+from service.journal import open_journal
+from service.metrics import Metrics
+from service.operations import Operations
+from service.pipeline import OpaRoles, Pipeline
 from service.policy import Decision, PolicyClient
 from service.tls import server_credentials
 from service.updates import UpdatePlan, UpdateRequest
@@ -62,12 +61,20 @@ def unary(
 ) -> Callable[[Any, Any, grpc.aio.ServicerContext[Any, Any]], Awaitable[T]]:
     @functools.wraps(handler)
     async def wrapper(self: Any, request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> T:
+        outcome = self.outcome(handler.__name__)
         try:
-            return await handler(self, request, context)
+            result = await handler(self, request, context)
+            outcome.ok()
+            return result
         except ProxyError as error:
+            outcome.failed(error)
             await _abort(context, error)
         except Exception as exc:  # noqa: BLE001 - becomes INTERNAL; AbortError is raised by _abort only
-            await _abort(context, _unexpected(handler.__name__, exc))
+            internal = _unexpected(handler.__name__, exc)
+            outcome.failed(internal)
+            await _abort(context, internal)
+        finally:
+            outcome.count()
 
     return wrapper
 
@@ -79,23 +86,62 @@ def streaming(
     async def wrapper(
         self: Any, request: Any, context: grpc.aio.ServicerContext[Any, Any]
     ) -> AsyncIterator[T]:
-        try:
-            async for item in handler(self, request, context):
-                yield item
-        except ProxyError as error:
-            await _abort(context, error)
-        except Exception as exc:  # noqa: BLE001 - becomes INTERNAL; AbortError is raised by _abort only
-            await _abort(context, _unexpected(handler.__name__, exc))
+        outcome = self.outcome(handler.__name__)
+        with outcome.open():
+            try:
+                async for item in handler(self, request, context):
+                    yield item
+                outcome.ok()
+            except ProxyError as error:
+                outcome.failed(error)
+                await _abort(context, error)
+            except Exception as exc:  # noqa: BLE001 - becomes INTERNAL; AbortError only from _abort
+                internal = _unexpected(handler.__name__, exc)
+                outcome.failed(internal)
+                await _abort(context, internal)
 
     return wrapper
+
+
+class _Outcome:
+    """Counts one RPC by method and final status code (a client that leaves: CANCELLED)."""
+
+    def __init__(self, metrics: Metrics, rpc: str) -> None:
+        self._metrics = metrics
+        self._rpc = rpc
+        self._code = "CANCELLED"
+
+    def ok(self) -> None:
+        self._code = "OK"
+
+    def failed(self, error: ProxyError) -> None:
+        self._code = error.code.name
+
+    def count(self) -> None:
+        self._metrics.requests.labels(self._rpc, self._code).inc()
+
+    @contextlib.contextmanager
+    def open(self) -> Iterator[None]:
+        """A stream: open while the block runs, counted when it ends."""
+        streams = self._metrics.open_streams.labels(self._rpc)
+        streams.inc()
+        try:
+            yield
+        finally:
+            streams.dec()
+            self.count()
 
 
 class MetadataUpdateServicer(pb_grpc.MetadataUpdateServiceServicer):
     """Thin handlers: identify the caller, convert, delegate to the pipeline."""
 
-    def __init__(self, pipeline: Pipeline, authenticator: Authenticator) -> None:
+    def __init__(self, pipeline: Pipeline, authenticator: Authenticator, metrics: Metrics) -> None:
         self._pipeline = pipeline
         self._authenticator = authenticator
+        self._metrics = metrics
+
+    def outcome(self, rpc: str) -> _Outcome:
+        return _Outcome(self._metrics, rpc)
 
     def _caller(self, context: grpc.aio.ServicerContext[Any, Any], method: str) -> Caller:
         try:
@@ -110,7 +156,8 @@ class MetadataUpdateServicer(pb_grpc.MetadataUpdateServiceServicer):
         self, request: pb.UpdateImageSetMetadataRequest, context: grpc.aio.ServicerContext[Any, Any]
     ) -> AsyncIterator[pb.UpdateEvent]:
         caller = self._caller(context, "UpdateImageSetMetadata")
-        async for event in self._pipeline.update(caller, to_update_request(request)):
+        remaining = context.time_remaining()
+        async for event in self._pipeline.update(caller, to_update_request(request), remaining):
             yield to_pb_event(event)
 
     @streaming
@@ -250,17 +297,118 @@ def _server_options(settings: Settings) -> list[tuple[str, Any]]:
     return options
 
 
-async def _watch_policy_health(
-    policy: PolicyClient, servicer: health.aio.HealthServicer, interval: float
+class BackendProbe:
+    """Whether HealthImaging's endpoint answers HTTP at all (no API call, no quota used)."""
+
+    def __init__(self, session: aiohttp.ClientSession, settings: BackendSettings) -> None:
+        self._session = session
+        self._url = (
+            settings.endpoint_url or f"https://medical-imaging.{settings.region}.amazonaws.com"
+        )
+
+    async def healthy(self) -> bool:
+        try:
+            async with self._session.get(self._url, timeout=aiohttp.ClientTimeout(total=2)):
+                return True
+        except (aiohttp.ClientError, OSError, TimeoutError):
+            return False
+
+
+async def _watch_health(
+    policy: PolicyClient,
+    backend: BackendProbe,
+    servicer: health.aio.HealthServicer,
+    interval: float,
 ) -> None:
-    """Report NOT_SERVING while OPA cannot answer: every update would be refused anyway."""
+    """NOT_SERVING while OPA or HealthImaging cannot answer: updates would only fail."""
     serving = health_pb2.HealthCheckResponse.SERVING
     not_serving = health_pb2.HealthCheckResponse.NOT_SERVING
+    was: tuple[bool, bool] | None = None
     while True:
-        status = serving if await policy.healthy() else not_serving
-        for name in ("", SERVICE_NAME):
-            await servicer.set(name, status)
+        opa, healthimaging = await policy.healthy(), await backend.healthy()
+        if (opa, healthimaging) != was:
+            log.info("readiness", opa=opa, healthimaging=healthimaging)
+            was = (opa, healthimaging)
+        ready = {"": opa and healthimaging, SERVICE_NAME: opa and healthimaging}
+        ready.update({"opa": opa, "healthimaging": healthimaging})
+        for name, ok in ready.items():
+            await servicer.set(name, serving if ok else not_serving)
         await asyncio.sleep(interval)
+
+
+@dataclass(frozen=True)
+class _Core:
+    """The long-lived parts behind the servicer."""
+
+    pipeline: Pipeline
+    operations: Operations
+    admission: Admission
+    probe: BackendProbe
+    policy: PolicyClient
+    shared: bool
+
+
+async def _open_core(settings: Settings, stack: AsyncExitStack, metrics: Metrics) -> _Core:
+    """Open every long-lived part once, in dependency order; `stack` closes them in reverse."""
+    journal_settings = settings.journal
+    policy = await stack.enter_async_context(PolicyClient.open(settings.opa))
+    roles = await stack.enter_async_context(OpaRoles.open(settings.opa))
+    backend = await stack.enter_async_context(HealthImaging.open(settings.backend))
+    session = await stack.enter_async_context(aiohttp.ClientSession())
+    journal = await stack.enter_async_context(open_journal(journal_settings))
+    redis_url = settings.budget.url or (journal_settings.url if journal.shared else "")
+    budget = await stack.enter_async_context(
+        Budget.open(
+            settings.budget, settings.backend, redis_url, journal_settings.key_prefix, metrics
+        )
+    )
+    watcher = Watcher(backend, budget, settings.watch, metrics)
+    stack.push_async_callback(watcher.close)
+    admission = Admission(settings.admission, budget, journal, metrics)
+    stack.push_async_callback(admission.close)
+    operations = Operations(backend, watcher, admission, budget, journal, settings.watch, metrics)
+    stack.push_async_callback(operations.close)
+    pipeline = Pipeline(policy, operations, roles, metrics)
+    probe = BackendProbe(session, settings.backend)
+    return _Core(pipeline, operations, admission, probe, policy, journal.shared)
+
+
+def _background(
+    core: _Core, settings: Settings, servicer: health.aio.HealthServicer
+) -> list[asyncio.Task[None]]:
+    tasks = [
+        asyncio.create_task(
+            _watch_health(core.policy, core.probe, servicer, settings.opa.health_interval_seconds),
+            name="health",
+        )
+    ]
+    if core.shared:  # take over the operations of replicas that went away
+        interval = settings.journal.lease_seconds / 2
+        tasks.append(
+            asyncio.create_task(core.operations.take_over_forever(interval), name="takeover")
+        )
+    return tasks
+
+
+def _build_server(
+    settings: Settings, core: _Core, metrics: Metrics, authenticator: Authenticator
+) -> tuple[grpc.aio.Server, health.aio.HealthServicer, int, bool]:
+    server = grpc.aio.server(options=_server_options(settings))
+    servicer = MetadataUpdateServicer(core.pipeline, authenticator, metrics)
+    pb_grpc.add_MetadataUpdateServiceServicer_to_server(servicer, server)
+    health_servicer = health.aio.HealthServicer()
+    health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
+    reflection.enable_server_reflection(
+        (SERVICE_NAME, health.SERVICE_NAME, reflection.SERVICE_NAME), server
+    )
+    address = f"{settings.server.host}:{settings.server.port}"
+    credentials = server_credentials(settings.identity)
+    port = (
+        server.add_secure_port(address, credentials)
+        if credentials is not None
+        else server.add_insecure_port(address)
+    )
+    return server, health_servicer, port, credentials is not None
 
 
 async def run_server(
@@ -271,43 +419,43 @@ async def run_server(
     """Serve until `stop` is set (or SIGINT/SIGTERM), then shut down in a fixed order."""
     stop = stop or asyncio.Event()
     authenticator = Authenticator.from_settings(settings.identity)
+    metrics = Metrics()
     async with AsyncExitStack() as stack:
-        policy = await stack.enter_async_context(PolicyClient.open(settings.opa))
-        backend = await stack.enter_async_context(HealthImaging.open(settings.backend))
-        watcher = Watcher(backend, settings.watch)
-        stack.push_async_callback(watcher.close)
-        operations = Operations(backend, watcher, settings.watch)
-        stack.push_async_callback(operations.close)
-
-        server = grpc.aio.server(options=_server_options(settings))
-        servicer = MetadataUpdateServicer(Pipeline(policy, operations), authenticator)
-        pb_grpc.add_MetadataUpdateServiceServicer_to_server(servicer, server)
-        health_servicer = health.aio.HealthServicer()
-        health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
-        reflection.enable_server_reflection(
-            (SERVICE_NAME, health.SERVICE_NAME, reflection.SERVICE_NAME), server
-        )
-        address = f"{settings.server.host}:{settings.server.port}"
-        credentials = server_credentials(settings.identity)
-        port = (
-            server.add_secure_port(address, credentials)
-            if credentials is not None
-            else server.add_insecure_port(address)
-        )
+        if settings.server.metrics_port:
+            stack.enter_context(metrics.serving(settings.server.host, settings.server.metrics_port))
+        core = await _open_core(settings, stack, metrics)
+        core.admission.start()
+        resumed = await core.operations.resume()
+        server, health_servicer, port, tls = _build_server(settings, core, metrics, authenticator)
         await server.start()
-        monitor = asyncio.create_task(
-            _watch_policy_health(policy, health_servicer, settings.opa.health_interval_seconds)
-        )
+        background = _background(core, settings, health_servicer)
         _install_signal_handlers(stop)
-        log.info("serving", address=f"{settings.server.host}:{port}", tls=credentials is not None)
+        log.info("serving", address=f"{settings.server.host}:{port}", tls=tls, resumed=resumed)
         if ready is not None:
             ready(port)
         await stop.wait()
+        await _shut_down(settings, server, health_servicer, core, background)
 
-        log.info("shutting_down", grace_seconds=settings.server.grace_seconds)
-        monitor.cancel()
-        await health_servicer.enter_graceful_shutdown()
-        await server.stop(settings.server.grace_seconds)
+
+async def _shut_down(
+    settings: Settings,
+    server: grpc.aio.Server,
+    health_servicer: health.aio.HealthServicer,
+    core: _Core,
+    background: list[asyncio.Task[None]],
+) -> None:
+    """Health NOT_SERVING → no new submits (queued callers are told to re-attach) → stop
+    accepting, grace for open streams → then the exit stack cancels operations (their journal
+    records stay as they were, for the next owner) and closes the clients."""
+    log.info("shutting_down", grace_seconds=settings.server.grace_seconds)
+    for task in background:
+        task.cancel()
+    await asyncio.gather(*background, return_exceptions=True)
+    await health_servicer.enter_graceful_shutdown()
+    await core.admission.close()
+    started = time.monotonic()
+    await server.stop(settings.server.grace_seconds)
+    log.info("stopped", waited_seconds=round(time.monotonic() - started, 3))
 
 
 def _install_signal_handlers(stop: asyncio.Event) -> None:

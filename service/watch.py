@@ -1,8 +1,10 @@
 """Watching stage: one GetImageSet poll loop per image set, fanned out to every operation on it.
 
-However many streams follow an image set, HealthImaging sees one poller for it. The loop polls the
-latest version with an interval that grows while nothing changes (jittered so loops do not align),
-delivers each change once to each subscriber, and ends when nobody is subscribed.
+However many streams follow an image set, HealthImaging sees one poller for it, and every poll
+goes through the GetImageSet budget. After a submit the first poll comes when updates typically
+finish (learned from HealthImaging's own timestamps), so most updates cost one or two polls; after
+that the interval grows while nothing changes (jittered so loops do not align). Each change is
+delivered once to each subscriber, and a loop ends when nobody is subscribed.
 """
 
 from __future__ import annotations
@@ -15,18 +17,36 @@ from dataclasses import dataclass, field
 
 import structlog
 
+from service.budget import GET_IMAGE_SET, Budget
 from service.config import WatchSettings
 from service.errors import NotFound, ProxyError, Unavailable
 from service.healthimaging import HealthImaging, ImageSetStatus
+from service.metrics import Metrics
 
 log = structlog.get_logger(__name__)
 
 ImageSetKey = tuple[str, str]
 
 
+@dataclass
+class TypicalDuration:
+    """Moving average of how long updates take, from HealthImaging's own timestamps."""
+
+    seconds: float
+    weight: float = 0.3
+
+    def observe(self, submitted: ImageSetStatus, finished: ImageSetStatus) -> None:
+        if submitted.updated_at is None or finished.updated_at is None:
+            return
+        took = finished.updated_at - submitted.updated_at
+        if took > 0:
+            self.seconds += self.weight * (took - self.seconds)
+
+
 @dataclass(eq=False)
 class _Subscriber:
     version_id: str
+    submitted: ImageSetStatus | None
     queue: asyncio.Queue[ImageSetStatus | ProxyError] = field(default_factory=asyncio.Queue)
     last: ImageSetStatus | None = None
 
@@ -34,26 +54,42 @@ class _Subscriber:
 class Watcher:
     """Shared poll loops, keyed by (datastore id, image set id)."""
 
-    def __init__(self, backend: HealthImaging, settings: WatchSettings) -> None:
+    def __init__(
+        self, backend: HealthImaging, budget: Budget, settings: WatchSettings, metrics: Metrics
+    ) -> None:
         self._backend = backend
+        self._budget = budget
         self._settings = settings
         self._subscribers: dict[ImageSetKey, set[_Subscriber]] = {}
         self._loops: dict[ImageSetKey, asyncio.Task[None]] = {}
+        self.typical = TypicalDuration(settings.first_poll_seconds)
         self.polls = 0
+        metrics.poll_loops.set_function(lambda: len(self._loops))
 
     @property
     def active_loops(self) -> int:
         return len(self._loops)
 
     async def follow(
-        self, datastore_id: str, image_set_id: str, version_id: str
+        self,
+        datastore_id: str,
+        image_set_id: str,
+        version_id: str,
+        submitted: ImageSetStatus | None = None,
     ) -> AsyncIterator[ImageSetStatus]:
-        """Each observed state of `version_id`, ending with its terminal one."""
+        """Each observed state of `version_id`, ending with its terminal one.
+
+        `submitted` is the submit's own answer (the first poll waits a typical update's
+        duration); None means the update was submitted earlier (poll at once).
+        """
         key = (datastore_id, image_set_id)
-        subscriber = _Subscriber(version_id)
+        subscriber = _Subscriber(version_id, submitted)
         self._subscribers.setdefault(key, set()).add(subscriber)
         if key not in self._loops:
-            self._loops[key] = asyncio.create_task(self._poll(key), name=f"poll-{image_set_id}")
+            first = self._first_delay() if submitted is not None else 0.0
+            self._loops[key] = asyncio.create_task(
+                self._poll(key, first), name=f"poll-{image_set_id}"
+            )
         try:
             while True:
                 item = await subscriber.queue.get()
@@ -65,6 +101,9 @@ class Watcher:
         finally:
             self._unsubscribe(key, subscriber)
 
+    def _first_delay(self) -> float:
+        return self.typical.seconds * (1 + random.uniform(0, self._settings.jitter))
+
     def _unsubscribe(self, key: ImageSetKey, subscriber: _Subscriber) -> None:
         subscribers = self._subscribers.get(key, set())
         subscribers.discard(subscriber)
@@ -74,7 +113,8 @@ class Watcher:
             if loop is not None and loop is not asyncio.current_task():
                 loop.cancel()
 
-    async def _poll(self, key: ImageSetKey) -> None:
+    async def _poll(self, key: ImageSetKey, first_delay: float) -> None:
+        await asyncio.sleep(first_delay)
         interval = self._settings.initial_interval_seconds
         while self._subscribers.get(key):
             changed = await self._poll_once(key)
@@ -85,17 +125,25 @@ class Watcher:
             )
             await asyncio.sleep(interval * (1 + random.uniform(0, self._settings.jitter)))
 
+    async def _get(self, key: ImageSetKey, version_id: str = "") -> ImageSetStatus:
+        self.polls += 1
+        return await self._budget.call(
+            GET_IMAGE_SET, lambda: self._backend.get_image_set(*key, version_id)
+        )
+
     async def _poll_once(self, key: ImageSetKey) -> bool:
         """One GetImageSet for the latest version; returns whether any subscriber saw a change."""
-        self.polls += 1
         try:
-            latest = await self._backend.get_image_set(*key)
+            latest = await self._get(key)
         except Unavailable as exc:
             log.warning("poll_failed", image_set_id=key[1], error=type(exc).__name__)
             return False
         except ProxyError as exc:
             self._fail_all(key, exc)
             return True
+        except Exception as exc:  # noqa: BLE001 - an untranslated failure must not end the loop
+            log.warning("poll_failed_unexpectedly", image_set_id=key[1], error=type(exc).__name__)
+            return False
         changed = False
         for subscriber in list(self._subscribers.get(key, ())):
             status = await self._status_for(subscriber, latest)
@@ -103,6 +151,8 @@ class Watcher:
                 subscriber.last = status
                 subscriber.queue.put_nowait(status)
                 changed = True
+                if status.terminal and subscriber.submitted is not None:
+                    self.typical.observe(subscriber.submitted, status)
         return changed
 
     async def _status_for(
@@ -114,8 +164,8 @@ class Watcher:
         if int(latest.version_id) < int(subscriber.version_id):
             return None  # the new version is not visible yet
         try:
-            return await self._backend.get_image_set(
-                latest.datastore_id, latest.image_set_id, subscriber.version_id
+            return await self._get(
+                (latest.datastore_id, latest.image_set_id), subscriber.version_id
             )
         except (NotFound, Unavailable):
             return None

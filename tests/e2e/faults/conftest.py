@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Callable, Iterator, Sequence
+import shutil
+import socket
+from collections.abc import AsyncIterator, Iterator, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import aioboto3
 import grpc
@@ -14,12 +16,24 @@ from aiobotocore.config import AioConfig
 from service._proto.imaging.metadata.v1 import metadata_pb2_grpc as pb_grpc
 from service.cli import processes
 from service.healthimaging import AWS_MODELS
-from tests.e2e.faults.harness import Emulator, Proxy, seed_files, start_emulator, start_proxy
+from tests.e2e.faults.harness import (
+    RAISED_BUDGETS,
+    Config,
+    Emulator,
+    Proxy,
+    seed_files,
+    start_emulator,
+    start_proxy,
+)
 
 SEEDED_IMAGE_SETS = 48
 UPDATE_DELAY_SECONDS = 0.3
 
-ProxyFactory = Callable[[Sequence[str]], Proxy]
+
+class ProxyFactory(Protocol):
+    """Starts one more proxy with these options (and settings file sections)."""
+
+    def __call__(self, args: Sequence[str] = (), config: Config = RAISED_BUDGETS) -> Proxy: ...
 
 
 @pytest.fixture(scope="session")
@@ -80,13 +94,36 @@ def launch_proxy(tmp_path: Path, opa_url: str, emulator: Emulator) -> Iterator[P
     """Start extra proxies with the options a test needs; all are stopped at the end of the test."""
     started: list[Proxy] = []
 
-    def launch(args: Sequence[str]) -> Proxy:
-        started.append(start_proxy(tmp_path / f"proxy-{len(started)}", opa_url, emulator, args))
+    def launch(args: Sequence[str] = (), config: Config = RAISED_BUDGETS) -> Proxy:
+        log_dir = tmp_path / f"proxy-{len(started)}"
+        started.append(start_proxy(log_dir, opa_url, emulator, args, config))
         return started[-1]
 
     yield launch
     for running in started:
         running.stop()
+
+
+@pytest.fixture
+def redis_url(tmp_path: Path) -> Iterator[str]:
+    """A fresh redis-server of the test's own (no persistence), as the replicas' journal."""
+    if shutil.which("redis-server") is None:
+        pytest.skip("redis-server is not installed (`make test` installs it)")
+    port, log_dir = processes.free_port(), tmp_path / "redis"
+    log_dir.mkdir()
+    argv = ["redis-server", "--port", str(port), "--bind", "127.0.0.1"]
+    child = processes.spawn("redis", [*argv, "--save", "", "--appendonly", "no"], log_dir)
+    processes.wait_until(lambda: _answers(port), child)
+    try:
+        yield f"redis://127.0.0.1:{port}/0"
+    finally:
+        child.stop()
+
+
+def _answers(port: int) -> bool:
+    with socket.create_connection(("127.0.0.1", port), timeout=1) as sock:
+        sock.sendall(b"PING\r\n")
+        return sock.recv(16).startswith(b"+PONG")
 
 
 @pytest.fixture(scope="session")

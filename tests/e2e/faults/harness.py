@@ -13,7 +13,8 @@ import os
 import signal
 import time
 import urllib.request
-from collections.abc import Awaitable, Callable, Mapping, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
+from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
@@ -181,13 +182,35 @@ class Proxy:
         return events
 
 
+Config = Mapping[str, Mapping[str, object]]
+"""A settings file's sections (as in service/config.py): section → field → value."""
+
+RAISED_BUDGETS: Config = {"budget": {"update_rate": 50.0, "update_burst": 50.0}}
+"""The emulator runs without quotas here; the proxy's budgets must not be the bottleneck either."""
+
+
+def write_config(path: Path, sections: Config) -> Path:
+    """A TOML settings file (JSON scalars are valid TOML values)."""
+    lines = []
+    for section, values in sections.items():
+        lines.append(f"[{section}]")
+        lines += [f"{name} = {json.dumps(value)}" for name, value in values.items()]
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
 def start_proxy(
-    log_dir: Path, opa_url: str, emulator: Emulator, extra_args: Sequence[str] = ()
+    log_dir: Path,
+    opa_url: str,
+    emulator: Emulator,
+    extra_args: Sequence[str] = (),
+    config: Config = RAISED_BUDGETS,
 ) -> Proxy:
     """A proxy on a free port with development identity, talking to this OPA and emulator."""
     log_dir.mkdir(parents=True, exist_ok=True)
-    args = ["--port", "0", "--insecure-dev-identity", "--opa-url", opa_url]
-    args += ["--endpoint-url", emulator.url, "--log-level", "debug", *extra_args]
+    settings = write_config(log_dir / "imaging-proxy.toml", config)
+    args = ["--port", "0", "--insecure-dev-identity", "--opa-url", opa_url, "--config"]
+    args += [str(settings), "--endpoint-url", emulator.url, "--log-level", "info", *extra_args]
     child, port = processes.start_proxy(log_dir, args, EMULATOR_ENV)
     return Proxy(child, port, log_dir)
 
@@ -223,6 +246,13 @@ def metric_value(text: str, name: str, labels: Mapping[str, str] | None = None) 
 
 
 # --- gRPC ----------------------------------------------------------------------------------------
+
+
+@asynccontextmanager
+async def connect(proxy: Proxy) -> AsyncIterator[pb_grpc.MetadataUpdateServiceStub]:
+    """A stub on a channel of its own to `proxy`, closed at the end of the block."""
+    async with grpc.aio.insecure_channel(proxy.endpoint) as channel:
+        yield pb_grpc.MetadataUpdateServiceStub(channel)
 
 
 def dev(principal: str = ADMIN) -> tuple[tuple[str, str], ...]:

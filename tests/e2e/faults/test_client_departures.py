@@ -24,8 +24,9 @@ from tests.e2e.faults.harness import (
 pytestmark = pytest.mark.e2e
 
 # The submit is slowed down so that every way of leaving happens before HealthImaging answers.
-SLOW_SUBMIT = {"latency_ms": 2500, "operations": ["UpdateImageSetMetadata"]}
-CLIENT_DEADLINE_SECONDS = 1.0
+SLOW_SUBMIT = {"latency_ms": 3000, "operations": ["UpdateImageSetMetadata"]}
+# Above the proxy's admission margin (1 s): the call is admitted, then times out mid-submit.
+CLIENT_DEADLINE_SECONDS = 2.0
 
 
 async def _cancel(proxy: Proxy, request: pb.UpdateImageSetMetadataRequest) -> str:

@@ -1,0 +1,156 @@
+"""Many callers at once, one update each, and what the emulator saw of them (benchmarks 4 and 5).
+
+Each client sends one UpdateImageSetMetadata for its own image set and reads the stream to its
+end. The verdict comes from the emulator's request log, the backend's own record: how many
+writes it accepted in any window against what the budget allows (a token bucket of `rate` per
+second and `burst` lets at most burst + rate * W calls through in any W seconds), how many calls
+it throttled, and how evenly the principals were served.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import bisect
+import math
+import time
+from collections import Counter
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import grpc
+
+from benchmarks import stack, workload
+from benchmarks.measure import percentile
+from service._proto.imaging.metadata.v1 import metadata_pb2_grpc as pb_grpc
+
+WINDOWS = (1.0, 10.0, 60.0)
+
+
+@dataclass
+class Outcome:
+    """What one client saw."""
+
+    principal: str
+    image_set_id: str
+    endpoint: str
+    started_at: float
+    first_position: int = -1
+    submitted_at: float = math.nan
+    finished_at: float = math.nan
+    result: str = "UNFINISHED"
+    """UPDATED, UPDATE_FAILED, a gRPC status code name, or UNFINISHED (cut off by the bound)."""
+
+
+async def one_update(
+    stub: pb_grpc.MetadataUpdateServiceAsyncStub, datastore_id: str, outcome: Outcome, sequence: int
+) -> None:
+    request = workload.grpc_request(datastore_id, outcome.image_set_id, "1", sequence)
+    try:
+        async for event in stub.UpdateImageSetMetadata(
+            request, metadata=workload.caller(outcome.principal)
+        ):
+            kind = workload.event_kind(event)
+            if kind == "queued" and outcome.first_position < 0:
+                outcome.first_position = event.queued.position
+            elif kind == "submitted":
+                outcome.submitted_at = time.time()
+            elif kind == "finished":
+                outcome.finished_at = time.time()
+                outcome.result = event.finished.state.image_set_workflow_status
+    except grpc.aio.AioRpcError as error:
+        outcome.result = error.code().name
+
+
+async def run_crowd(
+    running: stack.Stack, clients: int, seconds: float, channels_per_endpoint: int = 4
+) -> list[Outcome]:
+    """`clients` updates at once, spread over principals and endpoints; stop after `seconds`."""
+    if clients > len(running.image_set_ids):
+        raise RuntimeError("seed one image set per client")
+    channels = [
+        workload.channel(endpoint)
+        for endpoint in running.endpoints
+        for _ in range(channels_per_endpoint)
+    ]
+    now = time.time()
+    outcomes, tasks = [], []
+    for index in range(clients):
+        channel_index = index % len(channels)
+        outcome = Outcome(
+            principal=stack.PRINCIPALS[index % len(stack.PRINCIPALS)],
+            image_set_id=running.image_set_ids[index],
+            endpoint=running.endpoints[channel_index // channels_per_endpoint],
+            started_at=now,
+        )
+        stub = pb_grpc.MetadataUpdateServiceStub(channels[channel_index])
+        tasks.append(asyncio.create_task(one_update(stub, running.datastore_id, outcome, index)))
+        outcomes.append(outcome)
+    _, pending = await asyncio.wait(tasks, timeout=seconds)
+    for task in pending:
+        task.cancel()
+    await asyncio.gather(*pending, return_exceptions=True)
+    for channel in channels:
+        await channel.close()
+    return outcomes
+
+
+def busiest_window(times: Sequence[float], window: float) -> int:
+    """The most timestamps in any interval [t, t + window)."""
+    ordered = sorted(times)
+    return max(
+        (bisect.bisect_left(ordered, start + window) - i for i, start in enumerate(ordered)),
+        default=0,
+    )
+
+
+def write_check(requests: Sequence[dict[str, Any]], rate: float, burst: float) -> dict[str, Any]:
+    """Accepted UpdateImageSetMetadata calls per window against the budget's allowance."""
+    accepted = [
+        r["at"] for r in requests if r["operation"] == workload.UPDATE and r["status"] == 200
+    ]
+    span = max(accepted) - min(accepted) if len(accepted) > 1 else math.nan
+    windows = {
+        f"{window:g}s": {
+            "most": busiest_window(accepted, window),
+            "allowed": math.floor(burst + rate * window),
+        }
+        for window in WINDOWS
+    }
+    return {
+        "accepted": len(accepted),
+        "mean_rate": (len(accepted) - 1) / span if span and span > 0 else math.nan,
+        "windows": windows,
+        "within_budget": all(w["most"] <= w["allowed"] for w in windows.values()),
+    }
+
+
+def throttles(requests: Sequence[dict[str, Any]]) -> dict[str, int]:
+    """Calls the emulator refused for quota, by operation (429 Throttling, 402 ServiceQuota...)."""
+    refused: Counter[str] = Counter()
+    for r in requests:
+        if r["status"] == 429 or r.get("error") in QUOTA_ERRORS:
+            refused[f"{r['operation']} {r.get('error') or r['status']}"] += 1
+    return dict(refused)
+
+
+QUOTA_ERRORS = frozenset({"ThrottlingException", "ServiceQuotaExceededException"})
+
+
+def fairness(outcomes: Sequence[Outcome]) -> dict[str, Any]:
+    """Completed updates per principal, and max/min among them."""
+    done = Counter(o.principal for o in outcomes if o.result == "UPDATED")
+    counts = [done.get(principal, 0) for principal in stack.PRINCIPALS]
+    ratio = max(counts) / min(counts) if min(counts) > 0 else math.inf
+    return {"completions": dict(zip(stack.PRINCIPALS, counts, strict=True)), "max_over_min": ratio}
+
+
+def outcome_summary(outcomes: Sequence[Outcome]) -> dict[str, Any]:
+    waits = [o.submitted_at - o.started_at for o in outcomes if not math.isnan(o.submitted_at)]
+    return {
+        "clients": len(outcomes),
+        "results": dict(Counter(o.result for o in outcomes)),
+        "by_endpoint": dict(Counter(o.endpoint for o in outcomes if o.result == "UPDATED")),
+        "queued_first_position_max": max((o.first_position for o in outcomes), default=-1),
+        "wait_to_submit_s": {"p50": percentile(waits, 0.5), "max": max(waits, default=math.nan)},
+    }

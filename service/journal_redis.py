@@ -1,0 +1,273 @@
+"""Journal in Redis, shared by replicas: records, idempotency keys, in-flight image sets, leases.
+
+Each replica holds a lease; when it lapses (or the replica leaves cleanly) another replica takes
+its unfinished operations over. Every change of an operation is saved only by its owner (a
+replica that lost the lease learns so on its next save), and its events travel on one pub/sub
+channel per operation so any replica can stream any operation.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hashlib
+import json
+import uuid
+from collections.abc import AsyncIterator, Mapping
+from typing import Any
+
+import redis.asyncio as aioredis
+import structlog
+
+from service.config import JournalSettings
+from service.journal import ImageSetKey, OperationRecord, decode, encode, is_stale
+
+log = structlog.get_logger(__name__)
+
+
+def _text(value: bytes | str) -> str:
+    """Replies are str (decode_responses=True); redis-py's types also allow bytes."""
+    return value.decode() if isinstance(value, bytes) else value
+
+
+_CREATE_LUA = """
+if #KEYS == 3 then
+  local earlier = redis.call('GET', KEYS[3])
+  if earlier then
+    local body = redis.call('HGET', ARGV[4] .. earlier, 'body')
+    if body then return body end
+  end
+  redis.call('SET', KEYS[3], ARGV[1], 'PX', ARGV[5])
+end
+redis.call('HSET', KEYS[1], 'body', ARGV[2], 'owner', ARGV[3], 'state', 'queued')
+redis.call('SADD', KEYS[2], ARGV[1])
+return ARGV[2]
+"""
+
+_SAVE_LUA = """
+if redis.call('HGET', KEYS[1], 'owner') ~= ARGV[3] then return 0 end
+redis.call('HSET', KEYS[1], 'body', ARGV[2], 'state', ARGV[6])
+if ARGV[4] == '1' then
+  redis.call('SREM', KEYS[2], ARGV[1])
+  redis.call('PEXPIRE', KEYS[1], ARGV[5])
+end
+return 1
+"""
+
+_TAKE_OVER_LUA = """
+local taken = {}
+for _, id in ipairs(redis.call('SMEMBERS', KEYS[1])) do
+  local op = ARGV[2] .. id
+  local owner = redis.call('HGET', op, 'owner')
+  if not owner then
+    redis.call('SREM', KEYS[1], id)
+  elseif owner ~= ARGV[1] and redis.call('EXISTS', ARGV[3] .. owner) == 0 then
+    redis.call('HSET', op, 'owner', ARGV[1])
+    table.insert(taken, redis.call('HGET', op, 'body'))
+  end
+end
+return taken
+"""
+
+_ADOPT_LUA = """
+if redis.call('HGET', KEYS[1], 'state') ~= 'unwatched' then return false end
+redis.call('HSET', KEYS[1], 'owner', ARGV[1], 'state', 'adopted')
+return redis.call('HGET', KEYS[1], 'body')
+"""
+
+_RELEASE_LUA = """
+if redis.call('HGET', KEYS[1], ARGV[1]) == ARGV[2] then redis.call('HDEL', KEYS[1], ARGV[1]) end
+return 1
+"""
+
+
+class RedisJournal:
+    """The journal shared by every replica; this one is `replica_id`."""
+
+    shared = True
+
+    def __init__(self, client: aioredis.Redis, settings: JournalSettings) -> None:
+        self._client = client
+        self._settings = settings
+        self._prefix = settings.key_prefix
+        self.replica_id = uuid.uuid4().hex[:12]
+        self._create = client.register_script(_CREATE_LUA)
+        self._save = client.register_script(_SAVE_LUA)
+        self._take_over = client.register_script(_TAKE_OVER_LUA)
+        self._release = client.register_script(_RELEASE_LUA)
+        self._adopt = client.register_script(_ADOPT_LUA)
+        self._bus = _Bus(client)
+        self._tasks: list[asyncio.Task[None]] = []
+
+    @classmethod
+    @contextlib.asynccontextmanager
+    async def open(cls, settings: JournalSettings) -> AsyncIterator[RedisJournal]:
+        client = aioredis.from_url(settings.url, decode_responses=True)
+        journal = cls(client, settings)
+        try:
+            await journal._renew_lease()
+            journal._tasks = [
+                asyncio.create_task(journal._lease_forever(), name="journal-lease"),
+                asyncio.create_task(journal._bus.send_forever(), name="journal-publish"),
+            ]
+            yield journal
+        finally:
+            for task in journal._tasks:
+                task.cancel()
+            await asyncio.gather(*journal._tasks, return_exceptions=True)
+            await journal._bus.close()
+            # Leaving cleanly: the other replicas take our unfinished operations over at once.
+            await client.delete(journal._key("replica", journal.replica_id))
+            await client.aclose()
+
+    def _key(self, *parts: str) -> str:
+        return ":".join((self._prefix, *parts))
+
+    def _idempotency_key(self, principal: str, key: str) -> str:
+        digest = hashlib.sha256(f"{principal}\0{key}".encode()).hexdigest()
+        return self._key("key", digest)
+
+    async def _renew_lease(self) -> None:
+        lease_ms = int(self._settings.lease_seconds * 1000)
+        await self._client.set(self._key("replica", self.replica_id), "1", px=lease_ms)
+
+    async def _lease_forever(self) -> None:
+        while True:
+            await asyncio.sleep(self._settings.lease_seconds / 3)
+            try:
+                await self._renew_lease()
+            except aioredis.RedisError as exc:
+                log.warning("journal_lease_failed", error=type(exc).__name__)
+
+    async def create(self, record: OperationRecord) -> OperationRecord:
+        keys = [self._key("op", record.id), self._key("unfinished")]
+        if record.request.idempotency_key:
+            keys.append(self._idempotency_key(record.principal, record.request.idempotency_key))
+        ttl_ms = int(self._settings.idempotency_ttl_seconds * 1000)
+        args: list[str | int] = [
+            record.id,
+            encode(record),
+            self.replica_id,
+            self._key("op", ""),
+            ttl_ms,
+        ]
+        return decode(_text(await self._create(keys=keys, args=args)))
+
+    async def save(self, record: OperationRecord) -> bool:
+        keys = [self._key("op", record.id), self._key("unfinished")]
+        retention_ms = int(self._settings.retention_seconds * 1000)
+        finished = "1" if record.finished else "0"
+        args: list[str | int] = [record.id, encode(record), self.replica_id, finished, retention_ms]
+        args.append(record.state)
+        return bool(await self._save(keys=keys, args=args))
+
+    async def get(self, operation_id: str) -> OperationRecord | None:
+        body = await self._client.hget(self._key("op", operation_id), "body")
+        return decode(_text(body)) if body else None
+
+    async def by_key(self, principal: str, key: str) -> OperationRecord | None:
+        operation_id = await self._client.get(self._idempotency_key(principal, key))
+        return await self.get(_text(operation_id)) if operation_id else None
+
+    async def take_over(self) -> list[OperationRecord]:
+        args = [self.replica_id, self._key("op", ""), self._key("replica", "")]
+        bodies = await self._take_over(keys=[self._key("unfinished")], args=args)
+        return sorted((decode(_text(body)) for body in bodies), key=lambda r: r.created_at)
+
+    async def adopt(self, operation_id: str) -> OperationRecord | None:
+        body = await self._adopt(keys=[self._key("op", operation_id)], args=[self.replica_id])
+        return decode(_text(body)) if body else None
+
+    async def snapshot(self) -> Mapping[ImageSetKey, str]:
+        held = await self._client.hgetall(self._key("inflight"))
+        snapshot: dict[ImageSetKey, str] = {}
+        for field, operation_id in held.items():
+            datastore_id, _, image_set_id = _text(field).partition("/")
+            snapshot[(datastore_id, image_set_id)] = _text(operation_id)
+        return snapshot
+
+    async def mark(self, key: ImageSetKey, operation_id: str) -> bool:
+        field = "/".join(key)
+        if await self._client.hsetnx(self._key("inflight"), field, operation_id):
+            return True
+        holder = await self._client.hget(self._key("inflight"), field)
+        return holder is not None and _text(holder) == operation_id
+
+    async def stale(self, operation_id: str) -> bool:
+        return is_stale(await self.get(operation_id))
+
+    async def release(self, key: ImageSetKey, operation_id: str) -> None:
+        await self._release(keys=[self._key("inflight")], args=["/".join(key), operation_id])
+
+    def publish(self, operation_id: str, event: Mapping[str, Any]) -> None:
+        self._bus.publish(self._key("events", operation_id), json.dumps(event))
+
+    def subscribe(
+        self, operation_id: str
+    ) -> contextlib.AbstractAsyncContextManager[asyncio.Queue[dict[str, Any]]]:
+        return self._bus.subscribe(self._key("events", operation_id))
+
+
+class _Bus:
+    """One pub/sub connection per process: publishes in order, fans received events out."""
+
+    def __init__(self, client: aioredis.Redis) -> None:
+        self._client = client
+        self._pubsub = client.pubsub(ignore_subscribe_messages=True)
+        self._outbox: asyncio.Queue[tuple[str, str]] = asyncio.Queue()
+        self._listeners: dict[str, set[asyncio.Queue[dict[str, Any]]]] = {}
+        self._reader: asyncio.Task[None] | None = None
+
+    def publish(self, channel: str, data: str) -> None:
+        self._outbox.put_nowait((channel, data))
+
+    async def send_forever(self) -> None:
+        while True:
+            batch = [await self._outbox.get()]
+            while not self._outbox.empty():
+                batch.append(self._outbox.get_nowait())
+            try:
+                async with self._client.pipeline(transaction=False) as pipe:
+                    for channel, data in batch:
+                        pipe.publish(channel, data)
+                    await pipe.execute()
+            except aioredis.RedisError as exc:
+                log.warning("event_publish_failed", events=len(batch), error=type(exc).__name__)
+
+    @contextlib.asynccontextmanager
+    async def subscribe(self, channel: str) -> AsyncIterator[asyncio.Queue[dict[str, Any]]]:
+        queue: asyncio.Queue[dict[str, Any]] = asyncio.Queue()
+        listeners = self._listeners.setdefault(channel, set())
+        listeners.add(queue)
+        if len(listeners) == 1:
+            await self._pubsub.subscribe(channel)
+        if self._reader is None:
+            self._reader = asyncio.create_task(self._read_forever(), name="journal-subscribe")
+        try:
+            yield queue
+        finally:
+            listeners.discard(queue)
+            if not listeners:
+                del self._listeners[channel]
+                with contextlib.suppress(aioredis.RedisError):
+                    await self._pubsub.unsubscribe(channel)
+
+    async def _read_forever(self) -> None:
+        while True:
+            try:
+                message = await self._pubsub.get_message(timeout=1.0)
+            except aioredis.RedisError as exc:
+                log.warning("event_subscribe_failed", error=type(exc).__name__)
+                await asyncio.sleep(1.0)
+                continue
+            if message is None or message.get("type") != "message":
+                continue
+            for queue in self._listeners.get(_text(message["channel"]), ()):
+                queue.put_nowait(json.loads(message["data"]))
+
+    async def close(self) -> None:
+        if self._reader is not None:
+            self._reader.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._reader
+        await self._pubsub.aclose()  # type: ignore[no-untyped-call]

@@ -1,0 +1,104 @@
+"""Metrics: the proxy's Prometheus series, served on their own port; every label is bounded.
+
+Labels are only ever an RPC name, a gRPC status code name, a backend operation name or a fixed
+outcome word: never an attribute value, a principal, an image set or an operation id.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
+
+_FAST = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5)
+_SLOW = (0.1, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0, 900.0, 3600.0)
+
+
+class Metrics:
+    """Every series the proxy exports, in a registry of its own (several servers per process)."""
+
+    def __init__(self) -> None:
+        registry = self.registry = CollectorRegistry()
+        self.requests = Counter(
+            "imaging_proxy_requests",
+            "Finished RPCs by method and gRPC status code.",
+            ["rpc", "outcome"],
+            registry=registry,
+        )
+        self.open_streams = Gauge(
+            "imaging_proxy_open_streams", "Streaming RPCs open now.", ["rpc"], registry=registry
+        )
+        self.decision_seconds = Histogram(
+            "imaging_proxy_decision_seconds",
+            "Policy decision latency.",
+            buckets=_FAST,
+            registry=registry,
+        )
+        self.queue_depth = Gauge(
+            "imaging_proxy_queue_depth", "Updates waiting for their turn.", registry=registry
+        )
+        self.queue_wait_seconds = Histogram(
+            "imaging_proxy_queue_wait_seconds",
+            "Time from admission to submit.",
+            buckets=_SLOW,
+            registry=registry,
+        )
+        self.queue_refusals = Counter(
+            "imaging_proxy_queue_refusals",
+            "Updates refused by admission (queue_full, principal_full, deadline).",
+            ["reason"],
+            registry=registry,
+        )
+        self.backend_seconds = Histogram(
+            "imaging_proxy_backend_seconds",
+            "HealthImaging call latency by operation.",
+            ["operation"],
+            buckets=_FAST,
+            registry=registry,
+        )
+        self.backend_calls = Counter(
+            "imaging_proxy_backend_calls",
+            "HealthImaging calls by operation and outcome (ok, throttled, error).",
+            ["operation", "outcome"],
+            registry=registry,
+        )
+        self.throttles = Counter(
+            "imaging_proxy_backend_throttles",
+            "Throttling answers from HealthImaging by operation.",
+            ["operation"],
+            registry=registry,
+        )
+        self.budget_tokens = Gauge(
+            "imaging_proxy_budget_tokens",
+            "Calls the quota budget would allow right now, by operation.",
+            ["operation"],
+            registry=registry,
+        )
+        self.budget_factor = Gauge(
+            "imaging_proxy_budget_rate_factor",
+            "Fraction of the configured rate in force (below 1 after throttling), by operation.",
+            ["operation"],
+            registry=registry,
+        )
+        self.poll_loops = Gauge(
+            "imaging_proxy_poll_loops",
+            "GetImageSet poll loops (one per image set).",
+            registry=registry,
+        )
+        self.running_operations = Gauge(
+            "imaging_proxy_running_operations",
+            "Operation tasks running in this process.",
+            registry=registry,
+        )
+
+    @contextmanager
+    def serving(self, host: str, port: int) -> Iterator[int]:
+        """Serve /metrics over HTTP on its own thread until the block ends; yields the port."""
+        server, thread = start_http_server(port, addr=host, registry=self.registry)
+        try:
+            yield int(server.server_port)
+        finally:
+            server.shutdown()
+            server.server_close()
+            thread.join(timeout=5)

@@ -1,0 +1,90 @@
+"""A bounded soak: steady load with random faults; every accepted update ends, the proxy stays flat.
+
+`SOAK_SECONDS` sets the length (60 s by default, as `make test` runs it; `make soak` runs 600).
+`SOAK_REPORT=path.json` writes the figures quoted in docs/OPERATIONS.md.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from service._proto.imaging.metadata.v1 import metadata_pb2_grpc as pb_grpc
+from tests.e2e.faults.harness import Emulator, Proxy, environ_seconds
+from tests.soak.load import Load, LoadSettings
+from tests.soak.resources import MIB, Footprint, Sampler
+
+pytestmark = pytest.mark.e2e
+
+SOAK_SECONDS = environ_seconds("SOAK_SECONDS", 60.0)
+# Flat means: after warm-up, memory may wobble (allocator, caches) but not grow with traffic.
+RSS_SLACK_BYTES = 24 * MIB
+RSS_SLACK_FRACTION = 0.25
+OPEN_FILES_SLACK = 16
+
+
+@pytest.mark.timeout(SOAK_SECONDS + 300)
+async def test_soak_every_accepted_update_ends_and_the_proxy_stays_flat(
+    load_settings: LoadSettings,
+    soak_emulator: Emulator,
+    soak_proxy: Proxy,
+    soak_stub: pb_grpc.MetadataUpdateServiceStub,
+    soak_healthimaging: Any,
+) -> None:
+    load = Load(load_settings, soak_emulator, soak_stub, soak_healthimaging)
+    sampler, done = Sampler(soak_proxy.pid), asyncio.Event()
+    sampling = asyncio.create_task(sampler.run(done))
+
+    tally = await load.run()
+    done.set()
+    await sampling
+    warm, end = sampler.after(min(20.0, SOAK_SECONDS / 4)), Footprint.of(soak_proxy.pid)
+    versions = await _settled_versions(soak_emulator, soak_healthimaging, load)
+    _report(load, warm, end, sampler)
+
+    assert tally.unresolved == [], f"accepted updates that never ended: {tally.unresolved}"
+    assert tally.accepted > 0
+    assert sum(tally.finished.values()) == tally.accepted
+    expected = {i: str(1 + tally.accepted_per_image_set[i]) for i in versions}
+    assert versions == expected, "each accepted update must make exactly one version"
+    assert end.rss_bytes <= warm.rss_bytes * (1 + RSS_SLACK_FRACTION) + RSS_SLACK_BYTES
+    assert end.open_files <= warm.open_files + OPEN_FILES_SLACK
+
+
+async def _settled_versions(emulator: Emulator, client: Any, load: Load) -> dict[str, str]:
+    """Each image set the soak touched: its latest version, which must not be LOCKED any more."""
+    versions = {}
+    for image_set in load.tally.accepted_per_image_set:
+        got = await client.get_image_set(datastoreId=emulator.datastore_id, imageSetId=image_set)
+        assert got["imageSetState"] != "LOCKED", f"{image_set} still locked after the soak"
+        versions[image_set] = str(got["versionId"])
+    return versions
+
+
+def _report(load: Load, warm: Footprint, end: Footprint, sampler: Sampler) -> None:
+    figures = {
+        "seconds": load.settings.duration,
+        "workers": load.settings.workers,
+        **load.tally.summary(),
+        "proxy_warm": warm.describe(),
+        "proxy_end": end.describe(),
+        "proxy_peak_rss_mib": round(sampler.peak_rss / MIB, 1),
+        "backend_calls": _backend_calls(load.emulator),
+    }
+    print("\nsoak figures:", json.dumps(figures, indent=2))
+    if path := os.environ.get("SOAK_REPORT"):
+        Path(path).write_text(json.dumps(figures, indent=2) + "\n")
+
+
+def _backend_calls(emulator: Emulator) -> dict[str, int]:
+    """What reached the emulator, by operation and status (0: connection dropped)."""
+    counts: dict[str, int] = {}
+    for entry in emulator.requests():
+        key = f"{entry['operation']} {entry['status']}"
+        counts[key] = counts.get(key, 0) + 1
+    return dict(sorted(counts.items()))
