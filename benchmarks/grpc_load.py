@@ -5,7 +5,7 @@ EvaluateUpdate (identity, normaliser, one OPA decision) runs for `--seconds` per
 UpdateImageSetMetadata streams each update until `finished`: every call must name an image set's
 current version, so each cell sends one update to each of `--updates` seeded image sets (ghz
 sends the messages of a JSON array round robin) and the next cell bumps the version.
-The emulator applies updates at its next call (update delay 0), so the cost measured is the
+The emulator applies each update 1 ms after accepting it, so the cost measured is the
 proxy's, OPA's and the emulator's CPU, not a wait.
 """
 
@@ -18,6 +18,7 @@ import resource
 import shutil
 import subprocess
 import tempfile
+from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -176,6 +177,7 @@ def summarise(runs: Sequence[GhzRun]) -> list[dict[str, Any]]:
                     "p99_ms": measure.median([r.p99_ms for r in cell]),
                     "calls": sum(r.count for r in cell),
                     "not_ok": sum(n for r in cell for s, n in r.statuses.items() if s != "OK"),
+                    "statuses": dict(sum((Counter(r.statuses) for r in cell), Counter())),
                     "cpu_us_per_call": {
                         name: measure.median([r.cpu_us_per_call[name] for r in cell])
                         for name in cell[0].cpu_us_per_call

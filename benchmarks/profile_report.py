@@ -22,13 +22,19 @@ from benchmarks import measure
 # the innermost frame naming a proxy stage; failing that, to the innermost naming a library.
 STAGES: tuple[tuple[str, str, str], ...] = (
     ("backend: submit (aioboto3 UpdateImageSetMetadata)", "HealthImaging.update", "healthimaging"),
-    ("backend: poll (aioboto3 GetImageSet)", "Watcher._poll", "service/watch"),
+    ("backend: poll (aioboto3 GetImageSet)", "HealthImaging.get_image_set", "healthimaging"),
+    ("watch loop", "", "service/watch"),
     ("policy: OPA call (aiohttp)", "PolicyClient.decide", "service/policy"),
     ("normaliser", "normalise", "service/updates"),
     ("identity", "Authenticator.authenticate", "service/identity"),
     ("audit log lines", "", "service/audit"),
     ("events → protobuf", "to_pb_event", "service/server"),
     ("request → domain", "to_update_request", "service/server"),
+    ("journal", "", "service/journal"),
+    ("admission queue", "", "service/admission"),
+    ("quota budget", "", "service/budget"),
+    ("events (replay, JSON)", "", "service/events"),
+    ("metrics", "", "service/metrics"),
     ("operations: fan-out, heartbeats", "", "service/operations"),
     ("health monitor", "_watch_policy_health", "service/server"),
     ("gRPC handlers", "", "service/server"),
@@ -37,6 +43,8 @@ LIBRARIES: tuple[tuple[str, str, str], ...] = (
     ("gRPC server (Python part)", "", "grpc/aio"),
     ("gRPC server (Cython part)", "", "grpc/_cython"),
     ("structlog", "", "structlog"),
+    ("aiosqlite / sqlite3", "", "aiosqlite"),
+    ("prometheus_client", "", "prometheus_client"),
     ("start-up (imports)", "_find_and_load", "importlib"),
 )
 LOOP = "event loop: C code (uvloop, gRPC core) and idle"

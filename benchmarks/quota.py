@@ -114,13 +114,15 @@ def main(argv: Sequence[str] | None = None) -> int:
         "default": Run("default quotas", 0.25, 1, args.clients, bound),
         "fast": Run("5 writes/s", 5.0, 5, args.clients, args.fast_seconds),
     }
+    keys = args.runs.split(",")
     results = []
-    for key in args.runs.split(","):
+    for key in keys:
         run = runs[key]
         with stack.running(run.options(), f"quota-{key}") as running:
             results.append(uvloop.run(measure_run(running, run)))
         print(report(results[-1:]), flush=True)
-    path = measure.write_results("quota", {"results": results})
+    name = "quota" if sorted(keys) == sorted(runs) else "quota-" + "-".join(keys)
+    path = measure.write_results(name, {"results": results})
     print(report(results))
     print(f"\nresults: {path}")
     return 0

@@ -12,6 +12,7 @@ import contextlib
 import dataclasses
 import json
 import shutil
+import signal
 import socket
 import sys
 import tempfile
@@ -20,6 +21,7 @@ import urllib.request
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from types import FrameType
 from typing import Any
 
 from pydicom import dcmread
@@ -42,8 +44,10 @@ class StackOptions:
 
     image_sets: int
     """Image sets seeded (fresh copies of pydicom's samples)."""
-    update_delay: float = 0.0
-    """Seconds the emulator takes to apply an update (0: done at the next call)."""
+    update_delay: float = 0.001
+    """Seconds the emulator takes to apply an update. Not 0: the emulator's lazy clock finishes
+    an immediate update at the next call and stamps it then, so the proxy would learn the delay
+    of its own first poll as the typical update duration."""
     quotas: str = "off"
     """'off' (no emulator quotas), 'default' (HealthImaging's), or a TOML snippet of [quotas]."""
     proxy_args: tuple[str, ...] = ()
@@ -114,6 +118,7 @@ def running(options: StackOptions, name: str) -> Iterator[Stack]:
 
     The processes' logs are deleted after a clean run and kept (path printed) after a failure.
     """
+    signal.signal(signal.SIGTERM, _exit)  # a killed benchmark still stops its children
     log_dir = Path(tempfile.mkdtemp(prefix=f"imaging-proxy-bench-{name}-"))
     children: list[processes.Child] = []
     failed = True
@@ -127,6 +132,10 @@ def running(options: StackOptions, name: str) -> Iterator[Stack]:
             print(f"benchmark failed; process logs kept in {log_dir}", file=sys.stderr)
         else:
             shutil.rmtree(log_dir, ignore_errors=True)
+
+
+def _exit(signum: int, frame: FrameType | None) -> None:
+    raise SystemExit(128 + signum)
 
 
 def _start(options: StackOptions, log_dir: Path, children: list[processes.Child]) -> Stack:

@@ -302,13 +302,21 @@ class Admission:
 
     async def _dispatch_forever(self) -> None:
         while True:
-            await self._until_one_may_go()
-            wait = await self._budget.reserve(UPDATE)
-            if wait > 0:
-                self._slot_at = self._clock() + wait
-                await self._idle(wait)
+            try:
+                await self._dispatch_next()
+            except Exception:  # the queue must outlive a journal or Redis hiccup (logged)
+                log.exception("dispatch_failed")
                 self._slot_at = None
-            await self._dispatch_one()
+                await asyncio.sleep(1.0)
+
+    async def _dispatch_next(self) -> None:
+        await self._until_one_may_go()
+        wait = await self._budget.reserve(UPDATE)
+        if wait > 0:
+            self._slot_at = self._clock() + wait
+            await self._idle(wait)
+            self._slot_at = None
+        await self._dispatch_one()
 
     async def _until_one_may_go(self) -> None:
         while True:
@@ -340,8 +348,13 @@ class Admission:
         ticket = self._queue.pop(self._may_go(await self._snapshot()))
         if ticket is None:
             return  # the slot goes unused: never worse for the quota
-        if not await self._in_flight.mark(ticket.key, ticket.operation_id):
-            self._queue.push(ticket, front=True)  # another replica got there first
+        marked = False
+        try:
+            marked = await self._in_flight.mark(ticket.key, ticket.operation_id)
+        finally:
+            if not marked:  # another replica got there first, or the journal did not answer
+                self._queue.push(ticket, front=True)
+        if not marked:
             return
         waiter = self._waiters.pop(ticket.operation_id)
         self._metrics.queue_wait_seconds.observe(max(0.0, self._clock() - ticket.enqueued_at))

@@ -152,13 +152,11 @@ def _translate_errors() -> Iterator[None]:
         yield
     except botocore.exceptions.ClientError as exc:
         raise _from_client_error(exc) from exc
-    except (
-        botocore.exceptions.EndpointConnectionError,
-        botocore.exceptions.ConnectionError,
-    ) as exc:
-        raise Unavailable(f"HealthImaging unreachable: {type(exc).__name__}") from exc
     except (botocore.exceptions.ReadTimeoutError, TimeoutError) as exc:
         raise Unavailable("HealthImaging did not answer in time") from exc
+    except (botocore.exceptions.ConnectionError, botocore.exceptions.HTTPClientError) as exc:
+        # Refused, reset or closed mid-response: for a write, it may or may not have landed.
+        raise Unavailable(f"HealthImaging unreachable: {type(exc).__name__}") from exc
 
 
 def _from_client_error(exc: botocore.exceptions.ClientError) -> ProxyError:

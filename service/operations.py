@@ -58,18 +58,6 @@ from service.watch import Watcher
 
 log = structlog.get_logger(__name__)
 
-__all__ = [
-    "Authorized",
-    "Event",
-    "Finished",
-    "Heartbeat",
-    "Operation",
-    "Operations",
-    "Queued",
-    "StatusChanged",
-    "Submitted",
-]
-
 
 class _Lost(Exception):
     """Another replica has taken this operation over; this process lets go of it."""

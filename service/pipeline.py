@@ -14,10 +14,11 @@ from opa_client.opa_async import AsyncOpaClient
 from service import audit
 from service.config import OpaSettings
 from service.errors import PermissionDenied, PolicyUnavailable
+from service.events import Event
 from service.identity import Caller
 from service.journal import OperationRecord
 from service.metrics import Metrics
-from service.operations import Event, Operations
+from service.operations import Operations
 from service.policy import Decision, PolicyClient
 from service.updates import UpdatePlan, UpdateRequest, normalise
 

@@ -21,6 +21,14 @@ from service.errors import PolicyUnavailable
 from service.identity import Caller
 from service.updates import UpdatePlan
 
+# A request no policy should allow: health checks only need a well-formed answer.
+HEALTH_PROBE_INPUT: Mapping[str, Any] = {
+    "caller": {"principal": "", "auth_method": "health-probe", "roles": [], "claims": {}},
+    "request": {"kind": "health-probe", "force": False, "include_study_image_sets": False},
+    "changes": [],
+    "summary": {},
+}
+
 
 @dataclass(frozen=True)
 class Decision:
@@ -112,7 +120,18 @@ class PolicyClient:
             yield cls(client, settings)
 
     async def decide(self, caller: Caller, plan: UpdatePlan) -> Decision:
-        document = build_input(caller, plan, self._settings.send_values)
+        return await self._query(build_input(caller, plan, self._settings.send_values))
+
+    async def healthy(self) -> bool:
+        """True when OPA returns a well-formed decision in time: the path every update takes,
+        so a policy that errors, is undefined or is too slow also reads as not serving."""
+        try:
+            await self._query(HEALTH_PROBE_INPUT)
+        except PolicyUnavailable:
+            return False
+        return True
+
+    async def _query(self, document: Mapping[str, Any]) -> Decision:
         try:
             async with asyncio.timeout(self._settings.timeout_seconds):
                 response = await self._client.query_rule(document, self._package, self._rule)
@@ -123,7 +142,3 @@ class PolicyClient:
         if not isinstance(response, Mapping):
             raise PolicyUnavailable("policy decision is malformed: not a JSON object")
         return parse_result(response)
-
-    async def healthy(self) -> bool:
-        """True when OPA answers its health endpoint (used for grpc.health)."""
-        return bool(await self._client.check_health())

@@ -51,6 +51,11 @@ def add_demo_verb(verbs: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     )
     demo.add_argument("--log-dir", type=Path, help="where child logs go (default: a temp dir)")
     demo.add_argument(
+        "--no-quotas",
+        action="store_true",
+        help="turn HealthImaging's quotas off in the emulator and pacing off in the proxy",
+    )
+    demo.add_argument(
         "--emulator-arg",
         action="append",
         default=[],
@@ -111,6 +116,9 @@ def _start_all(
         f"http://127.0.0.1:{opa_port}",
         "--endpoint-url",
         seeded["url"],
+        "--data-dir",
+        str(log_dir / "journal"),
+        *(["--no-budget"] if args.no_quotas else []),
         *args.proxy_arg,
     ]
     proxy, port = processes.start_proxy(log_dir, proxy_args, EMULATOR_AWS_ENV)
@@ -130,6 +138,7 @@ def _emulator_args(args: argparse.Namespace, log_dir: Path) -> list[str]:
     seeds = _seed_files(args.image_sets, log_dir / "seed")
     options = ["--datastore-id", DEMO_DATASTORE_ID, "--non-primary"]
     options += ["--update-delay", str(args.update_delay)]
+    options += ["--no-quotas"] if args.no_quotas else []
     return [*options, *(f"--seed={path}" for path in seeds), *args.emulator_arg]
 
 

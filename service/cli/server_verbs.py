@@ -31,7 +31,8 @@ def add_server_verbs(verbs: argparse._SubParsersAction[argparse.ArgumentParser])
 
 
 _SERVE_HELP = """Run the policy-enforcing gRPC proxy. Settings come from --config (TOML; sections
-[server], [identity], [opa], [backend], [watch] as in service/config.py) overridden by options.
+[server], [identity], [opa], [backend], [watch], [admission], [budget], [journal] as in
+service/config.py) overridden by options.
 AWS credentials and region come from the usual AWS sources (environment, profile, instance role)."""
 
 
@@ -61,6 +62,16 @@ def _add_serve_options(parser: argparse.ArgumentParser) -> None:
     add("--jwt-issuer", help="required iss claim")
     add("--jwt-audience", help="required aud claim")
     add("--watch-timeout", type=float, help="seconds to follow an update before giving up")
+    add("--data-dir", help="directory of the SQLite journal (operations survive restarts)")
+    add("--journal", help="journal URL: redis://host:port/db shares operations between replicas")
+    add("--budget", help="Redis URL of the shared quota budgets (default: the journal's Redis)")
+    add(
+        "--no-budget",
+        dest="budget_enabled",
+        action="store_false",
+        default=None,
+        help="do not pace calls to HealthImaging (only for an emulator without quotas)",
+    )
 
 
 def settings_from_args(args: argparse.Namespace) -> Settings:
@@ -70,6 +81,8 @@ def settings_from_args(args: argparse.Namespace) -> Settings:
         "opa": {"url": "opa_url", "timeout_seconds": "opa_timeout"},
         "backend": {"endpoint_url": "endpoint_url", "region": "region"},
         "watch": {"timeout_seconds": "watch_timeout"},
+        "journal": {"data_dir": "data_dir", "url": "journal"},
+        "budget": {"url": "budget", "enabled": "budget_enabled"},
         "identity": {
             "insecure_dev_identity": "insecure_dev_identity",
             "tls_cert": "tls_cert",

@@ -1,5 +1,8 @@
 """End-to-end helpers: the shared `stack` fixtures live in tests/support/stack.py (a plugin
-registered by tests/conftest.py, so every suite shares one demo); the helpers are re-exported."""
+registered by tests/conftest.py, so every suite shares one demo); the helpers are re-exported.
+
+Below them, what the concurrency suites need on top: a redis-server of their own, and stacks whose
+emulator enforces chosen quotas, with proxies started on chosen settings."""
 
 from __future__ import annotations
 

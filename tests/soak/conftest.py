@@ -58,8 +58,15 @@ def soak_emulator(soak_dir: Path) -> Iterator[Emulator]:
 
 
 @pytest.fixture(scope="module")
-def soak_proxy(soak_dir: Path, soak_opa: str, soak_emulator: Emulator) -> Iterator[Proxy]:
-    args = ["--watch-timeout", str(WATCH_TIMEOUT_SECONDS)]
+def metrics_port() -> int:
+    return processes.free_port()
+
+
+@pytest.fixture(scope="module")
+def soak_proxy(
+    soak_dir: Path, soak_opa: str, soak_emulator: Emulator, metrics_port: int
+) -> Iterator[Proxy]:
+    args = ["--watch-timeout", str(WATCH_TIMEOUT_SECONDS), "--metrics-port", str(metrics_port)]
     running = start_proxy(soak_dir / "proxy", soak_opa, soak_emulator, args)
     try:
         yield running

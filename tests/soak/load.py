@@ -32,6 +32,7 @@ FAULT_PROFILES: tuple[Mapping[str, object], ...] = (
     {"drop_rate": 0.2, "operations": ["GetImageSet"]},
     {"update_failure_rate": 0.3},
     {"update_stall_rate": 0.2},
+    {"throttle_rate": 0.3},
     {"error_rate": 0.3, "operations": ["UpdateImageSetMetadata"]},
     {
         "error_rate": 0.1,

@@ -13,9 +13,17 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from prometheus_client.parser import text_string_to_metric_families
 
 from service._proto.imaging.metadata.v1 import metadata_pb2_grpc as pb_grpc
-from tests.e2e.faults.harness import Emulator, Proxy, environ_seconds
+from tests.e2e.faults.harness import (
+    Emulator,
+    Proxy,
+    environ_seconds,
+    eventually,
+    metric_value,
+    metrics_text,
+)
 from tests.soak.load import Load, LoadSettings
 from tests.soak.resources import MIB, Footprint, Sampler
 
@@ -28,6 +36,9 @@ RSS_SLACK_FRACTION = 0.25
 OPEN_FILES_SLACK = 16
 
 
+IDLE = {"open_streams": 0.0, "running_operations": 0.0, "poll_loops": 0.0}
+
+
 @pytest.mark.timeout(SOAK_SECONDS + 300)
 async def test_soak_every_accepted_update_ends_and_the_proxy_stays_flat(
     load_settings: LoadSettings,
@@ -35,6 +46,7 @@ async def test_soak_every_accepted_update_ends_and_the_proxy_stays_flat(
     soak_proxy: Proxy,
     soak_stub: pb_grpc.MetadataUpdateServiceStub,
     soak_healthimaging: Any,
+    metrics_port: int,
 ) -> None:
     load = Load(load_settings, soak_emulator, soak_stub, soak_healthimaging)
     sampler, done = Sampler(soak_proxy.pid), asyncio.Event()
@@ -43,17 +55,36 @@ async def test_soak_every_accepted_update_ends_and_the_proxy_stays_flat(
     tally = await load.run()
     done.set()
     await sampling
+    idle = await _idle_gauges(metrics_port)
     warm, end = sampler.after(min(20.0, SOAK_SECONDS / 4)), Footprint.of(soak_proxy.pid)
     versions = await _settled_versions(soak_emulator, soak_healthimaging, load)
-    _report(load, warm, end, sampler)
+    _report(load, warm, end, sampler, metrics_port)
 
     assert tally.unresolved == [], f"accepted updates that never ended: {tally.unresolved}"
     assert tally.accepted > 0
     assert sum(tally.finished.values()) == tally.accepted
     expected = {i: str(1 + tally.accepted_per_image_set[i]) for i in versions}
     assert versions == expected, "each accepted update must make exactly one version"
+    assert idle == IDLE, "streams, operation tasks or poll loops outlived their clients"
     assert end.rss_bytes <= warm.rss_bytes * (1 + RSS_SLACK_FRACTION) + RSS_SLACK_BYTES
     assert end.open_files <= warm.open_files + OPEN_FILES_SLACK
+
+
+async def _idle_gauges(port: int) -> dict[str, float]:
+    """The proxy's task gauges once the load has stopped (they may take a moment to drain)."""
+
+    def read() -> dict[str, float]:
+        text = metrics_text(port)
+        return {name: metric_value(text, f"imaging_proxy_{name}") for name in IDLE}
+
+    async def drained() -> dict[str, float] | None:
+        gauges = await asyncio.to_thread(read)
+        return gauges if gauges == IDLE else None
+
+    try:
+        return await eventually(drained, within=30)
+    except AssertionError:
+        return await asyncio.to_thread(read)
 
 
 async def _settled_versions(emulator: Emulator, client: Any, load: Load) -> dict[str, str]:
@@ -66,7 +97,8 @@ async def _settled_versions(emulator: Emulator, client: Any, load: Load) -> dict
     return versions
 
 
-def _report(load: Load, warm: Footprint, end: Footprint, sampler: Sampler) -> None:
+def _report(load: Load, warm: Footprint, end: Footprint, sampler: Sampler, port: int) -> None:
+    exported = metrics_text(port)
     figures = {
         "seconds": load.settings.duration,
         "workers": load.settings.workers,
@@ -75,10 +107,24 @@ def _report(load: Load, warm: Footprint, end: Footprint, sampler: Sampler) -> No
         "proxy_end": end.describe(),
         "proxy_peak_rss_mib": round(sampler.peak_rss / MIB, 1),
         "backend_calls": _backend_calls(load.emulator),
+        "throttles_absorbed": _by_labels(
+            exported, "imaging_proxy_backend_throttles_total", ("operation",)
+        ),
+        "rpcs": _by_labels(exported, "imaging_proxy_requests_total", ("rpc", "outcome")),
     }
     print("\nsoak figures:", json.dumps(figures, indent=2))
     if path := os.environ.get("SOAK_REPORT"):
         Path(path).write_text(json.dumps(figures, indent=2) + "\n")
+
+
+def _by_labels(text: str, name: str, labels: tuple[str, ...]) -> dict[str, float]:
+    """A counter's samples keyed by their label values ("rpc outcome" → count)."""
+    return {
+        " ".join(sample.labels[label] for label in labels): sample.value
+        for family in text_string_to_metric_families(text)
+        for sample in family.samples
+        if sample.name == name
+    }
 
 
 def _backend_calls(emulator: Emulator) -> dict[str, int]:

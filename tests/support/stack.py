@@ -101,7 +101,7 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
             "0.2",
             "--proxy-arg=--log-level=debug",
             # Quotas are exercised by the concurrency tests; here they would only slow things down.
-            "--emulator-arg=--no-quotas",
+            "--no-quotas",
         ],
         env={**os.environ, **EMULATOR_ENV},
     )

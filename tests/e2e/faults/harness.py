@@ -22,6 +22,7 @@ from typing import Any, TypeVar
 import grpc
 from google.rpc import error_details_pb2
 from grpc_status import rpc_status
+from prometheus_client.parser import text_string_to_metric_families
 from pydicom import dcmread
 from pydicom.data import get_testdata_file
 from pydicom.uid import generate_uid
@@ -230,8 +231,6 @@ def metrics_text(port: int) -> str:
 
 def metric_value(text: str, name: str, labels: Mapping[str, str] | None = None) -> float:
     """The sum of every sample of `name` (whose labels include `labels`) in Prometheus text."""
-    from prometheus_client.parser import text_string_to_metric_families
-
     total, found = 0.0, False
     for family in text_string_to_metric_families(text):
         for sample in family.samples:
@@ -302,10 +301,10 @@ class Outcome:
 
 
 async def drain(call: Any) -> Outcome:
-    """Read a stream to its end, keeping the events and the closing status."""
+    """Read a stream to its end (even one partly read): its events and its closing status."""
     events: list[pb.UpdateEvent] = []
     try:
-        async for event in call:
+        while (event := await call.read()) is not grpc.aio.EOF:
             events.append(event)
     except grpc.aio.AioRpcError as error:
         return Outcome(tuple(events), error.code(), error.details() or "", _error_info(error))

@@ -24,7 +24,7 @@ from tests.e2e.faults.harness import (
 pytestmark = pytest.mark.e2e
 
 # The submit is slowed down so that every way of leaving happens before HealthImaging answers.
-SLOW_SUBMIT = {"latency_ms": 3000, "operations": ["UpdateImageSetMetadata"]}
+SUBMIT_LATENCY_MS = {"cancel": 1500, "deadline": 3000, "disconnect": 1500}
 # Above the proxy's admission margin (1 s): the call is admitted, then times out mid-submit.
 CLIENT_DEADLINE_SECONDS = 2.0
 
@@ -72,7 +72,9 @@ async def test_update_goes_on_after_the_client_leaves(
     healthimaging: Any,
 ) -> None:
     image_set = emulator.take_image_set()
-    emulator.set_faults(SLOW_SUBMIT)
+    emulator.set_faults(
+        {"latency_ms": SUBMIT_LATENCY_MS[departure], "operations": ["UpdateImageSetMetadata"]}
+    )
     name = f"FAULTS^{departure.upper()}"
 
     operation_id = await DEPARTURES[departure](proxy, name_update(emulator, image_set, name))

@@ -29,8 +29,8 @@ from tests.e2e.faults.harness import (
 
 pytestmark = pytest.mark.e2e
 
-# One write per 2 s: the second of two updates is still queued when the proxy dies.
-SLOW_WRITES = {"update_rate": 0.5, "update_burst": 1.0}
+# One write a second: the second of two updates is still queued when the proxy goes.
+SLOW_WRITES = {"update_rate": 1.0, "update_burst": 1.0}
 LEASE_SECONDS = 1.0
 GRACE_SECONDS = 1.0
 
