@@ -2,18 +2,11 @@
 
 from __future__ import annotations
 
-import asyncio
 import time
-from collections.abc import AsyncIterator, Mapping
-from contextlib import asynccontextmanager
-from urllib.parse import urlsplit
-
-import aiohttp
-from opa_client.opa_async import AsyncOpaClient
+from collections.abc import AsyncIterator
 
 from service import audit
-from service.config import OpaSettings
-from service.errors import PermissionDenied, PolicyUnavailable
+from service.errors import PermissionDenied
 from service.events import Event
 from service.identity import Caller
 from service.journal import OperationRecord
@@ -25,66 +18,12 @@ from service.updates import UpdatePlan, UpdateRequest, normalise
 ADMIN_ROLE = "metadata-admin"
 
 
-class OpaRoles:
-    """A caller's effective roles on a data store: OPA's `data.imaging.caller.roles`.
-
-    Roles are granted in OPA's data (per data store), so OPA is asked, not the token alone.
-    Fail closed: no answer is an error, an undefined answer is no roles.
-    """
-
-    def __init__(self, client: AsyncOpaClient, settings: OpaSettings) -> None:
-        self._client = client
-        self._settings = settings
-
-    @classmethod
-    @asynccontextmanager
-    async def open(cls, settings: OpaSettings) -> AsyncIterator[OpaRoles]:
-        url = urlsplit(settings.url)
-        cert = (settings.client_cert, settings.client_key) if settings.client_cert else None
-        client = AsyncOpaClient(
-            host=url.hostname or "127.0.0.1",
-            port=url.port or (443 if url.scheme == "https" else 8181),
-            ssl=url.scheme == "https",
-            cert=cert,
-            token=settings.token or None,
-            retries=0,
-            timeout=settings.timeout_seconds,
-        )
-        async with client:
-            yield cls(client, settings)
-
-    async def roles(self, caller: Caller, datastore_id: str) -> frozenset[str]:
-        document = {
-            "caller": {
-                "principal": caller.principal,
-                "auth_method": caller.auth_method,
-                "roles": list(caller.roles),
-                "claims": dict(caller.claims),
-            },
-            "request": {"datastore_id": datastore_id},
-        }
-        try:
-            async with asyncio.timeout(self._settings.timeout_seconds):
-                response = await self._client.query_rule(document, "imaging.caller", "roles")
-        except TimeoutError as exc:
-            raise PolicyUnavailable("role lookup timed out") from exc
-        except (aiohttp.ClientError, OSError, ValueError) as exc:
-            raise PolicyUnavailable(f"policy engine unavailable: {type(exc).__name__}") from exc
-        result = response.get("result") if isinstance(response, Mapping) else None
-        if not isinstance(result, list):
-            return frozenset()
-        return frozenset(role for role in result if isinstance(role, str))
-
-
 class Pipeline:
     """What the gRPC handlers call, with protobuf-free values."""
 
-    def __init__(
-        self, policy: PolicyClient, operations: Operations, roles: OpaRoles, metrics: Metrics
-    ) -> None:
+    def __init__(self, policy: PolicyClient, operations: Operations, metrics: Metrics) -> None:
         self._policy = policy
         self._operations = operations
-        self._roles = roles
         self._metrics = metrics
 
     async def evaluate(self, caller: Caller, request: UpdateRequest) -> tuple[UpdatePlan, Decision]:
@@ -141,7 +80,7 @@ class Pipeline:
         """Its owner, or an admin on its data store (roles as OPA grants them)."""
         if caller.principal == record.principal:
             return
-        if ADMIN_ROLE in await self._roles.roles(caller, record.request.datastore_id):
+        if ADMIN_ROLE in await self._policy.roles(caller, record.request.datastore_id):
             return
         raise PermissionDenied(
             "only the caller who started an operation (or an admin) may watch it"

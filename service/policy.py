@@ -42,12 +42,7 @@ class Decision:
 def build_input(caller: Caller, plan: UpdatePlan, send_values: bool = False) -> dict[str, Any]:
     """The OPA input document: who, what request, which attributes (values only if enabled)."""
     return {
-        "caller": {
-            "principal": caller.principal,
-            "auth_method": caller.auth_method,
-            "roles": list(caller.roles),
-            "claims": dict(caller.claims),
-        },
+        "caller": _caller_input(caller),
         "request": {
             "datastore_id": plan.datastore_id,
             "image_set_id": plan.image_set_id,
@@ -59,6 +54,15 @@ def build_input(caller: Caller, plan: UpdatePlan, send_values: bool = False) -> 
         },
         "changes": [_change_input(change, send_values) for change in plan.changes],
         "summary": plan.summary(),
+    }
+
+
+def _caller_input(caller: Caller) -> dict[str, Any]:
+    return {
+        "principal": caller.principal,
+        "auth_method": caller.auth_method,
+        "roles": list(caller.roles),
+        "claims": dict(caller.claims),
     }
 
 
@@ -122,6 +126,16 @@ class PolicyClient:
     async def decide(self, caller: Caller, plan: UpdatePlan) -> Decision:
         return await self._query(build_input(caller, plan, self._settings.send_values))
 
+    async def roles(self, caller: Caller, datastore_id: str) -> frozenset[str]:
+        """The caller's effective roles on a data store (`data.imaging.caller.roles`): grants
+        live in OPA's data, so OPA is asked, not the token alone. An undefined answer is none."""
+        document = {"caller": _caller_input(caller), "request": {"datastore_id": datastore_id}}
+        response = await self._post(document, "imaging.caller", "roles")
+        result = response.get("result")
+        if not isinstance(result, list):
+            return frozenset()
+        return frozenset(role for role in result if isinstance(role, str))
+
     async def healthy(self) -> bool:
         """True when OPA returns a well-formed decision in time: the path every update takes,
         so a policy that errors, is undefined or is too slow also reads as not serving."""
@@ -132,13 +146,19 @@ class PolicyClient:
         return True
 
     async def _query(self, document: Mapping[str, Any]) -> Decision:
+        return parse_result(await self._post(document, self._package, self._rule))
+
+    async def _post(
+        self, document: Mapping[str, Any], package: str, rule: str
+    ) -> Mapping[str, Any]:
+        """One OPA query within the timeout; any failure is PolicyUnavailable (fail closed)."""
         try:
             async with asyncio.timeout(self._settings.timeout_seconds):
-                response = await self._client.query_rule(document, self._package, self._rule)
+                response = await self._client.query_rule(document, package, rule)
         except TimeoutError as exc:
             raise PolicyUnavailable("policy decision timed out") from exc
         except (aiohttp.ClientError, OSError, ValueError) as exc:
             raise PolicyUnavailable(f"policy engine unavailable: {type(exc).__name__}") from exc
         if not isinstance(response, Mapping):
             raise PolicyUnavailable("policy decision is malformed: not a JSON object")
-        return parse_result(response)
+        return response

@@ -33,7 +33,7 @@ from service.identity import Authenticator, Caller
 from service.journal import open_journal
 from service.metrics import Metrics
 from service.operations import Operations
-from service.pipeline import OpaRoles, Pipeline
+from service.pipeline import Pipeline
 from service.policy import Decision, PolicyClient
 from service.tls import server_credentials
 from service.updates import UpdatePlan, UpdateRequest
@@ -352,7 +352,6 @@ async def _open_core(settings: Settings, stack: AsyncExitStack, metrics: Metrics
     """Open every long-lived part once, in dependency order; `stack` closes them in reverse."""
     journal_settings = settings.journal
     policy = await stack.enter_async_context(PolicyClient.open(settings.opa))
-    roles = await stack.enter_async_context(OpaRoles.open(settings.opa))
     backend = await stack.enter_async_context(HealthImaging.open(settings.backend))
     session = await stack.enter_async_context(aiohttp.ClientSession())
     journal = await stack.enter_async_context(open_journal(journal_settings))
@@ -368,7 +367,7 @@ async def _open_core(settings: Settings, stack: AsyncExitStack, metrics: Metrics
     stack.push_async_callback(admission.close)
     operations = Operations(backend, watcher, admission, budget, journal, settings.watch, metrics)
     stack.push_async_callback(operations.close)
-    pipeline = Pipeline(policy, operations, roles, metrics)
+    pipeline = Pipeline(policy, operations, metrics)
     probe = BackendProbe(session, settings.backend)
     return _Core(pipeline, operations, admission, probe, policy, journal.shared)
 
