@@ -12,7 +12,7 @@ PROTO_SRC := $(shell find protos -name '*.proto')
 PROTO_STAMP := service/_proto/.generated
 export PATH := $(TOOLS):$(CURDIR)/$(BIN):$(PATH)
 
-.PHONY: run test lint typecheck policy-test pytest install protos tools fuzz soak bench clean
+.PHONY: run test lint typecheck policy-test pytest install protos tools fuzz soak faults bench redis clean
 
 run: install $(OPA)
 	$(BIN)/imaging-proxy demo
@@ -81,8 +81,16 @@ policy-test: $(OPA)
 pytest: install $(OPA)
 	$(BIN)/pytest -q -p no:cacheprovider
 
-fuzz: install
-	HYPOTHESIS_PROFILE=fuzz $(BIN)/pytest -q tests -k fuzz
+fuzz: install $(OPA)
+	HYPOTHESIS_PROFILE=fuzz $(BIN)/pytest -q -p no:cacheprovider tests -k fuzz
+
+# Steady load with random emulator faults (tests/soak); `make test` runs it for 60 s.
+soak: install $(OPA) redis
+	SOAK_SECONDS=$${SOAK_SECONDS:-600} SOAK_REPORT=$${SOAK_REPORT:-soak-report.json} \
+	  $(BIN)/pytest -q -p no:cacheprovider -s --basetemp=.soak tests/soak
+
+faults: install $(OPA) redis
+	$(BIN)/pytest -q -p no:cacheprovider tests/e2e/faults
 
 clean:
 	rm -rf $(VENV) service/_proto .tools

@@ -135,14 +135,53 @@ def throttles(requests: Sequence[dict[str, Any]]) -> dict[str, int]:
 
 
 QUOTA_ERRORS = frozenset({"ThrottlingException", "ServiceQuotaExceededException"})
+CONTEXT_SECONDS = 2.0
+
+
+def throttle_context(requests: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
+    """For each refused call: the same operation's calls in the seconds before it (debugging)."""
+    contexts = []
+    for refused in requests:
+        if refused["status"] != 429 and refused.get("error") not in QUOTA_ERRORS:
+            continue
+        at, operation = refused["at"], refused["operation"]
+        before = [
+            {"seconds_before": round(at - r["at"], 4), "status": r["status"]}
+            for r in requests
+            if r["operation"] == operation and at - CONTEXT_SECONDS <= r["at"] <= at
+        ]
+        contexts.append({"operation": operation, "at": at, "calls_before": before})
+    return contexts
 
 
 def fairness(outcomes: Sequence[Outcome]) -> dict[str, Any]:
-    """Completed updates per principal, and max/min among them."""
-    done = Counter(o.principal for o in outcomes if o.result == "UPDATED")
-    counts = [done.get(principal, 0) for principal in stack.PRINCIPALS]
-    ratio = max(counts) / min(counts) if min(counts) > 0 else math.inf
-    return {"completions": dict(zip(stack.PRINCIPALS, counts, strict=True)), "max_over_min": ratio}
+    """Completed updates per principal and max/min among them: over the whole run, and over the
+    first half of the completions (when every update finishes, the whole run is trivially even;
+    the first half shows whether they were served alike while all of them were waiting)."""
+    done = sorted((o for o in outcomes if o.result == "UPDATED"), key=lambda o: o.finished_at)
+    whole = _per_principal(done)
+    first_half = _per_principal(done[: len(done) // 2])
+    return {
+        "completions": whole,
+        "max_over_min": _max_over_min(whole),
+        "first_half": first_half,
+        "first_half_max_over_min": _max_over_min(first_half),
+    }
+
+
+def _per_principal(outcomes: Sequence[Outcome]) -> dict[str, int]:
+    counts = Counter(o.principal for o in outcomes)
+    return {principal: counts.get(principal, 0) for principal in stack.PRINCIPALS}
+
+
+def _max_over_min(counts: dict[str, int]) -> float:
+    values = list(counts.values())
+    return max(values) / min(values) if min(values) > 0 else math.inf
+
+
+def has_errors(outcomes: Sequence[Outcome]) -> bool:
+    """Some client ended with an error (not UPDATED, not merely cut off by the time bound)."""
+    return any(o.result not in ("UPDATED", "UNFINISHED") for o in outcomes)
 
 
 def outcome_summary(outcomes: Sequence[Outcome]) -> dict[str, Any]:

@@ -10,6 +10,7 @@ update finished; the share each replica submitted shows both were working.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 from collections.abc import Sequence
 from typing import Any
 
@@ -35,13 +36,16 @@ def options(clients: int) -> stack.StackOptions:
 async def measure_replicas(running: stack.Stack, clients: int, seconds: float) -> dict[str, Any]:
     outcomes = await crowd.run_crowd(running, clients, seconds)
     requests = running.requests()
+    running.keep_logs = crowd.has_errors(outcomes)
     run = quota.Run("2 replicas, one Redis budget", RATE, BURST, clients, seconds)
     return {
         "run": run.__dict__,
         "writes": crowd.write_check(requests, RATE, BURST),
         "throttled": crowd.throttles(requests),
+        "throttle_context": crowd.throttle_context(requests),
         "fairness": crowd.fairness(outcomes),
         "outcomes": crowd.outcome_summary(outcomes),
+        "clients": [dataclasses.asdict(o) for o in outcomes],
     }
 
 

@@ -77,6 +77,8 @@ class Stack:
     redis_url: str
     log_dir: Path
     children: list[processes.Child] = field(default_factory=list)
+    keep_logs: bool = False
+    """Set when a result looks wrong: the processes' logs are then kept for a look."""
 
     @property
     def endpoint(self) -> str:
@@ -116,20 +118,22 @@ class Stack:
 def running(options: StackOptions, name: str) -> Iterator[Stack]:
     """Start everything, yield it, stop it (proxies first, then the emulator, OPA, Redis).
 
-    The processes' logs are deleted after a clean run and kept (path printed) after a failure.
+    The processes' logs are deleted after a clean run, kept (path printed) after a failure or
+    when the benchmark set `keep_logs`.
     """
     signal.signal(signal.SIGTERM, _exit)  # a killed benchmark still stops its children
     log_dir = Path(tempfile.mkdtemp(prefix=f"imaging-proxy-bench-{name}-"))
     children: list[processes.Child] = []
-    failed = True
+    keep = True
     try:
-        yield _start(options, log_dir, children)
-        failed = False
+        started = _start(options, log_dir, children)
+        yield started
+        keep = started.keep_logs
     finally:
         for child in reversed(children):
             child.stop(timeout=60)
-        if failed:
-            print(f"benchmark failed; process logs kept in {log_dir}", file=sys.stderr)
+        if keep:
+            print(f"process logs kept in {log_dir}", file=sys.stderr)
         else:
             shutil.rmtree(log_dir, ignore_errors=True)
 

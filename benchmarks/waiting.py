@@ -440,6 +440,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     with stack.running(_options(plan), "waiting") as running:
         results = uvloop.run(run(running, plan))
     name = "waiting-traced" if plan.trace_memory or plan.profile else "waiting"
+    if plan.heartbeat_seconds:
+        name += f"-heartbeat{plan.heartbeat_seconds:g}"
     path = measure.write_results(name, {"plan": plan.__dict__, **results})
     print(report(results))
     print(f"\nresults: {path}")

@@ -247,8 +247,9 @@ class Admission:
         if start > now and start + settings.deadline_margin_seconds > deadline:
             self._metrics.queue_refusals.labels("deadline").inc()
             raise ResourceExhausted(
-                f"the update would start in about {start - now:.0f} s, after the call's "
-                "deadline; retry with a longer deadline or later",
+                f"the update would start in about {start - now:.1f} s, too close to the call's "
+                f"deadline (a {settings.deadline_margin_seconds:g} s margin is kept to submit); "
+                "retry with a longer deadline or later",
                 retry_after_seconds=start - now,
                 reason="QUEUE_WAIT_EXCEEDS_DEADLINE",
             )

@@ -316,6 +316,10 @@ class Budget:
         return max(0.0, slot.wait)
 
     async def acquire(self, operation: str) -> None:
+        """Wait for a slot, reserving it only once it is due: a waiter cancelled meanwhile (a
+        stream gone, a watch timed out) must not leave a reservation that delays everyone."""
+        while (wait := await self.next_start(operation)) > 0:  # noqa: ASYNC110 - a timed wait
+            await asyncio.sleep(wait)
         await asyncio.sleep(await self.reserve(operation))
 
     async def call(

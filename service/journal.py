@@ -137,6 +137,10 @@ class Journal(Protocol):
     async def get(self, operation_id: str) -> OperationRecord | None: ...
     async def by_key(self, principal: str, key: str) -> OperationRecord | None: ...
 
+    async def forget_key(self, principal: str, key: str, operation_id: str) -> None:
+        """Free a key still naming `operation_id` (its update certainly never happened)."""
+        ...
+
     async def take_over(self) -> list[OperationRecord]:
         """Unfinished operations nobody runs any more, now this process's (oldest first)."""
         ...
@@ -320,6 +324,15 @@ class SqliteJournal:
             lambda db: _select_key(db, principal, key, now)
         )
         return result
+
+    async def forget_key(self, principal: str, key: str, operation_id: str) -> None:
+        async def job(db: aiosqlite.Connection) -> None:
+            await db.execute(
+                "DELETE FROM idempotency_keys WHERE principal = ? AND key = ? AND operation_id = ?",
+                (principal, key, operation_id),
+            )
+
+        await self._run(job)
 
     async def take_over(self) -> list[OperationRecord]:
         """Everything unfinished, once: the lock file proves the previous process is gone."""

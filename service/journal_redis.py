@@ -169,6 +169,11 @@ class RedisJournal:
         operation_id = await self._client.get(self._idempotency_key(principal, key))
         return await self.get(_text(operation_id)) if operation_id else None
 
+    async def forget_key(self, principal: str, key: str, operation_id: str) -> None:
+        name = self._idempotency_key(principal, key)
+        if _text(await self._client.get(name) or "") == operation_id:
+            await self._client.delete(name)  # a race here only re-frees a dead key
+
     async def take_over(self) -> list[OperationRecord]:
         args = [self.replica_id, self._key("op", ""), self._key("replica", "")]
         bodies = await self._take_over(keys=[self._key("unfinished")], args=args)

@@ -287,19 +287,33 @@ class Operations:
                 deadline=operation.record.deadline,
             )
         except Unavailable as error:  # never retried blindly: say whether it happened
-            raise Unavailable(f"{error.message}; {await self._write_outcome(plan)}") from error
+            applied, outcome = await self._write_outcome(plan)
+            if applied is False:  # a retry with the same key must submit again, not replay this
+                await self._forget_key(operation.record)
+            raise Unavailable(f"{error.message}; {outcome}") from error
         await self._save(operation, state="submitted", submitted=status, last_status=status)
         self._emit(operation, Submitted(operation.id, time.time(), status))
 
-    async def _write_outcome(self, plan: UpdatePlan) -> str:
-        """After a submit without an answer: did the write reach HealthImaging?"""
+    async def _write_outcome(self, plan: UpdatePlan) -> tuple[bool | None, str]:
+        """After a submit without an answer: did the write reach HealthImaging (None: unknown)?"""
         try:
             latest = await self._get(plan.datastore_id, plan.image_set_id)
         except ProxyError:
-            return "the update may or may not have been applied: check the image set's version"
+            return (
+                None,
+                "the update may or may not have been applied: check the image set's version",
+            )
         if latest.version_id == plan.latest_version_id and latest.state != "LOCKED":
-            return "the update was not applied (the image set is unchanged): resubmit it"
-        return "the update may have been applied: check the image set's version before retrying"
+            return False, "the update was not applied (the image set is unchanged): resubmit it"
+        return (
+            None,
+            "the update may have been applied: check the image set's version before retrying",
+        )
+
+    async def _forget_key(self, record: OperationRecord) -> None:
+        key = record.request.idempotency_key
+        if key:
+            await self._journal.forget_key(record.principal, key, record.id)
 
     async def _recover_submit(self, operation: Operation) -> None:
         """Interrupted while submitting: did the write reach HealthImaging before the restart?"""

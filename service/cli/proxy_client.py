@@ -59,6 +59,7 @@ class Tracker:
     operation_id: str = ""
     acknowledged: bool = False
     events: int = 0
+    """Events that show the update moving (a replayed `authorized` or a heartbeat does not)."""
 
 
 class _Retryable(Exception):
@@ -325,12 +326,13 @@ async def _read_until_done(
 def _record(
     event: metadata_pb2.UpdateEvent, tracker: Tracker, progress: Progress, until_submitted: bool
 ) -> metadata_pb2.ImageSetState | None:
-    LOG.debug("event %s for operation %s", event.WhichOneof("event"), event.operation_id)
-    tracker.events += 1
+    kind = event.WhichOneof("event")
+    LOG.debug("event %s for operation %s", kind, event.operation_id)
+    if kind in ("submitted", "status", "finished"):
+        tracker.events += 1
     if event.operation_id:
         tracker.operation_id = event.operation_id
     progress.event(event)
-    kind = event.WhichOneof("event")
     if kind == "submitted":
         tracker.acknowledged = True
         if until_submitted:

@@ -71,7 +71,8 @@ class Tally:
     refused: Counter[str] = field(default_factory=Counter)
     reattaches: int = 0
     walked_away: int = 0
-    unresolved: list[str] = field(default_factory=list)
+    unresolved: dict[str, str] = field(default_factory=dict)
+    """Accepted operations that never reported a terminal state → how their last stream ended."""
     latencies: list[float] = field(default_factory=list)
     accepted_per_image_set: Counter[str] = field(default_factory=Counter)
     profiles: dict[str, float] = field(default_factory=dict)
@@ -155,7 +156,6 @@ class Load:
         self.tally.accepted_per_image_set[request.image_set_id] += 1
         finished = outcome.finished or await self._reattach(outcome.operation_id)
         if finished is None:
-            self.tally.unresolved.append(outcome.operation_id)
             return await self._latest_version(request.image_set_id)
         self.tally.finished[finished.image_set_workflow_status] += 1
         self.tally.latencies.append(time.monotonic() - started)
@@ -181,13 +181,15 @@ class Load:
 
     async def _reattach(self, operation_id: str) -> pb.ImageSetState | None:
         """WatchUpdate until the operation reports its terminal state, or `settle` runs out."""
-        give_up_at = time.monotonic() + self.settings.settle
+        give_up_at, last = time.monotonic() + self.settings.settle, "never re-attached"
         while time.monotonic() < give_up_at:
             self.tally.reattaches += 1
             outcome = await watch(self.stub, operation_id)
             if outcome.finished is not None:
                 return outcome.finished
+            last = f"{outcome.code.name}: {outcome.details}"
             await asyncio.sleep(1.0)  # re-attach pacing, as a client would back off
+        self.tally.unresolved[operation_id] = last
         return None
 
     async def _latest_version(self, image_set_id: str) -> str:

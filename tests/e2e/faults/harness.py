@@ -11,6 +11,7 @@ import asyncio
 import json
 import os
 import signal
+import sys
 import time
 import urllib.request
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
@@ -352,6 +353,39 @@ async def first_events(call: Any, until: str) -> list[pb.UpdateEvent]:
         events.append(event)
         if event.WhichOneof("event") == until:
             return events
+
+
+async def cli_update(
+    proxy: Proxy,
+    emulator: Emulator,
+    image_set_id: str,
+    name: str,
+    environ: Mapping[str, str] | None = None,
+) -> tuple[int, str, str]:
+    """`imaging-proxy update-image-set-metadata`, as a user runs it: (return code, out, err)."""
+    document = {"SchemaVersion": 1.1, "Patient": {"DICOM": {"PatientName": name}}}
+    updates = json.dumps({"DICOMUpdates": {"updatableAttributes": json.dumps(document)}})
+    argv = ["update-image-set-metadata", "--endpoint-url", proxy.endpoint, "--dev-principal", ADMIN]
+    argv += ["--datastore-id", emulator.datastore_id, "--image-set-id", image_set_id]
+    argv += ["--latest-version-id", "1", "--cli-binary-format", "raw-in-base64-out"]
+    argv += ["--update-image-set-metadata-updates", updates, "--output", "json"]
+    process = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "service.cli.main",
+        *argv,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+        env={**os.environ, **EMULATOR_ENV, **(environ or {})},
+    )
+    try:
+        stdout, stderr = await asyncio.wait_for(process.communicate(), STREAM_TIMEOUT)
+    except TimeoutError:
+        process.kill()
+        await process.wait()
+        raise AssertionError(f"the CLI did not end within {STREAM_TIMEOUT:g} s") from None
+    assert process.returncode is not None
+    return process.returncode, stdout.decode(), stderr.decode()
 
 
 def environ_seconds(name: str, default: float) -> float:

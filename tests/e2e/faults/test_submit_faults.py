@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+import json
 import re
 from typing import Any
 
@@ -9,7 +11,15 @@ import grpc
 import pytest
 
 from service._proto.imaging.metadata.v1 import metadata_pb2_grpc as pb_grpc
-from tests.e2e.faults.harness import STREAM_TIMEOUT, Emulator, name_update, update
+from tests.e2e.faults.harness import (
+    STREAM_TIMEOUT,
+    Emulator,
+    Proxy,
+    cli_update,
+    eventually,
+    name_update,
+    update,
+)
 
 pytestmark = pytest.mark.e2e
 
@@ -22,6 +32,8 @@ SUBMIT_FAULTS = {
 OUTCOME_STATED = re.compile(
     r"may (or may not )?have (been applied|happened|succeeded)|was not applied", re.IGNORECASE
 )
+# The CLI's own retries (same idempotency key) are bounded; keep the bound small here.
+FEW_ATTEMPTS = {"IMAGING_PROXY_MAX_ATTEMPTS": "4"}
 
 
 @pytest.mark.parametrize("fault", list(SUBMIT_FAULTS))
@@ -49,3 +61,41 @@ async def test_failed_submit_is_unavailable_and_says_whether_the_update_may_have
         datastoreId=emulator.datastore_id, imageSetId=image_set
     )
     assert current["versionId"] == "1"
+
+
+async def test_cli_rides_out_a_transient_submit_failure_with_one_write(
+    emulator: Emulator, proxy: Proxy
+) -> None:
+    image_set = emulator.take_image_set()
+    emulator.set_faults(SUBMIT_FAULTS["500"])
+
+    cli = asyncio.create_task(
+        cli_update(proxy, emulator, image_set, "FAULTS^RETRIED", FEW_ATTEMPTS)
+    )
+    await eventually(lambda: _failed_writes(emulator, image_set))
+    emulator.clear_faults()
+    rc, stdout, stderr = await cli
+
+    assert rc == 0, stderr
+    assert json.loads(stdout)["imageSetWorkflowStatus"] == "UPDATED"
+    statuses = [w["status"] for w in emulator.calls("UpdateImageSetMetadata", image_set)]
+    assert statuses.count(200) == 1, statuses
+
+
+async def test_cli_gives_up_on_a_submit_that_keeps_failing_and_says_why(
+    emulator: Emulator, proxy: Proxy
+) -> None:
+    image_set = emulator.take_image_set()
+    emulator.set_faults(SUBMIT_FAULTS["500"])
+
+    rc, _, stderr = await cli_update(proxy, emulator, image_set, "FAULTS^GAVEUP", FEW_ATTEMPTS)
+
+    assert rc == 254, stderr
+    assert OUTCOME_STATED.search(stderr), stderr
+    writes = emulator.calls("UpdateImageSetMetadata", image_set)
+    assert 1 <= len(writes) <= int(FEW_ATTEMPTS["IMAGING_PROXY_MAX_ATTEMPTS"])
+
+
+async def _failed_writes(emulator: Emulator, image_set: str) -> bool | None:
+    writes = await asyncio.to_thread(emulator.calls, "UpdateImageSetMetadata", image_set)
+    return True if any(w["status"] == 500 for w in writes) else None

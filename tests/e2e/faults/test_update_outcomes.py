@@ -2,10 +2,7 @@
 
 from __future__ import annotations
 
-import asyncio
 import json
-import os
-import sys
 from typing import Any
 
 import grpc
@@ -14,10 +11,10 @@ import pytest
 from service._proto.imaging.metadata.v1 import metadata_pb2_grpc as pb_grpc
 from tests.e2e.faults.conftest import ProxyFactory
 from tests.e2e.faults.harness import (
-    EMULATOR_ENV,
     STREAM_TIMEOUT,
     Emulator,
     Proxy,
+    cli_update,
     name_update,
     update,
     watch,
@@ -54,7 +51,7 @@ async def test_cli_exits_254_when_the_update_fails(emulator: Emulator, proxy: Pr
     image_set = emulator.take_image_set()
     emulator.set_faults({"update_failure_rate": 1.0})
 
-    rc, stdout, stderr = await _cli_update(proxy.endpoint, emulator, image_set)
+    rc, stdout, stderr = await cli_update(proxy, emulator, image_set, "FAULTS^CLI")
 
     assert rc == 254, stderr
     printed = json.loads(stdout)
@@ -96,36 +93,3 @@ async def test_stalled_update_ends_the_stream_and_watch_update_picks_it_up_later
     finished = later.finished
     assert finished is not None
     assert (finished.image_set_workflow_status, finished.latest_version_id) == ("UPDATED", "2")
-
-
-async def _cli_update(endpoint: str, emulator: Emulator, image_set: str) -> tuple[int, str, str]:
-    document = {"SchemaVersion": 1.1, "Patient": {"DICOM": {"PatientName": "FAULTS^CLI"}}}
-    updates = json.dumps({"DICOMUpdates": {"updatableAttributes": json.dumps(document)}})
-    process = await asyncio.create_subprocess_exec(
-        sys.executable,
-        "-m",
-        "service.cli.main",
-        "update-image-set-metadata",
-        "--endpoint-url",
-        endpoint,
-        "--dev-principal",
-        "demo-admin",
-        "--datastore-id",
-        emulator.datastore_id,
-        "--image-set-id",
-        image_set,
-        "--latest-version-id",
-        "1",
-        "--cli-binary-format",
-        "raw-in-base64-out",
-        "--update-image-set-metadata-updates",
-        updates,
-        "--output",
-        "json",
-        stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.PIPE,
-        env={**os.environ, **EMULATOR_ENV},
-    )
-    stdout, stderr = await asyncio.wait_for(process.communicate(), STREAM_TIMEOUT)
-    assert process.returncode is not None
-    return process.returncode, stdout.decode(), stderr.decode()
