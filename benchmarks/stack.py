@@ -16,9 +16,8 @@ import signal
 import socket
 import sys
 import tempfile
-import time
 import urllib.request
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import FrameType
@@ -116,7 +115,7 @@ class Stack:
 
 @contextlib.contextmanager
 def running(options: StackOptions, name: str) -> Iterator[Stack]:
-    """Start everything, yield it, stop it (proxies first, then the emulator, OPA, Redis).
+    """Start everything, yield it, stop it (proxies first, then the emulator, Redis, OPA).
 
     The processes' logs are deleted after a clean run, kept (path printed) after a failure or
     when the benchmark set `keep_logs`.
@@ -283,12 +282,3 @@ def _start_redis(log_dir: Path) -> tuple[processes.Child, str]:
 def _accepts(port: int) -> bool:
     with socket.create_connection(("127.0.0.1", port), timeout=1):
         return True
-
-
-def wait_for(check: Callable[[], bool], timeout: float, what: str) -> None:
-    """Poll `check()` until true; TimeoutError naming `what` otherwise."""
-    deadline = time.monotonic() + timeout
-    while not check():
-        if time.monotonic() > deadline:
-            raise TimeoutError(f"{what}: not done after {timeout:g} s")
-        time.sleep(0.2)

@@ -1,4 +1,4 @@
-"""Benchmark 3's client side, run as its own process: many WatchUpdate streams held open.
+"""Benchmark 3's client side, run as its own processes: many WatchUpdate streams held open.
 
 Opens `--streams` WatchUpdate streams over the operation ids in `--operations` (round robin),
 spread over `--channels` connections and opened `--batch` at a time (a burst of thousands of
@@ -14,12 +14,16 @@ import argparse
 import asyncio
 import contextlib
 import json
+import math
 import os
+import subprocess
+import sys
 import time
 from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import grpc
 import uvloop
@@ -27,7 +31,7 @@ import uvloop
 from benchmarks import measure, workload
 from service._proto.imaging.metadata.v1 import metadata_pb2 as pb
 from service._proto.imaging.metadata.v1 import metadata_pb2_grpc as pb_grpc
-from service.cli.processes import write_json_atomically
+from service.cli.processes import read_json, write_json_atomically
 
 
 @dataclass
@@ -108,6 +112,62 @@ async def hold(plan: Plan, ready_file: Path) -> Tally:
 def _loop_time(monotonic_deadline: float) -> float:
     loop = asyncio.get_running_loop()
     return loop.time() + monotonic_deadline - time.monotonic()
+
+
+@dataclass(frozen=True)
+class Crowd:
+    """What the holder processes together open (the coordinator's side)."""
+
+    endpoint: str
+    streams: int
+    processes: int
+    channels: int
+    batch: int
+    max_seconds: float
+
+
+@dataclass
+class Holders:
+    """The running holder processes and their files."""
+
+    processes: list[subprocess.Popen[bytes]]
+    ready_files: list[Path]
+    results_files: list[Path]
+
+    def ready(self) -> list[dict[str, int]]:
+        """The ready documents written so far; RuntimeError if a holder died before its own."""
+        documents = []
+        for path, process in zip(self.ready_files, self.processes, strict=True):
+            if process.poll() is not None and not path.exists():
+                raise RuntimeError(f"a stream holder exited with {process.returncode}")
+            if path.exists():
+                documents.append(read_json(path))
+        return documents
+
+    def results(self) -> list[dict[str, Any]]:
+        return [read_json(path) for path in self.results_files]
+
+
+def launch(crowd: Crowd, operations: Sequence[tuple[str, str]], work: Path) -> Holders:
+    """Start `crowd.processes` holders sharing `crowd.streams` over `operations`."""
+    work.mkdir(parents=True, exist_ok=True)
+    operations_file = work / "operations.json"
+    operations_file.write_text(json.dumps([list(pair) for pair in operations]))
+    per_process = math.ceil(crowd.streams / crowd.processes)
+    holders = Holders([], [], [])
+    for index in range(crowd.processes):
+        holders.ready_files.append(work / f"ready-{index}.json")
+        holders.results_files.append(work / f"results-{index}.json")
+        argv = [sys.executable, "-m", "benchmarks.stream_holder", "--endpoint", crowd.endpoint]
+        argv += ["--operations", str(operations_file), "--streams", str(per_process)]
+        argv += ["--channels", str(crowd.channels), "--batch", str(crowd.batch)]
+        argv += ["--max-seconds", str(crowd.max_seconds)]
+        argv += ["--ready-file", str(holders.ready_files[-1])]
+        argv += ["--results-file", str(holders.results_files[-1])]
+        with (work / f"holder-{index}.log").open("ab") as log:
+            process = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT)
+        holders.processes.append(process)
+    return holders
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -22,12 +22,9 @@ from __future__ import annotations
 import argparse
 import asyncio
 import itertools
-import json
 import math
 import os
 import signal
-import subprocess
-import sys
 import time
 from collections import Counter
 from collections.abc import Callable, Sequence
@@ -38,7 +35,7 @@ from typing import Any
 import grpc
 import uvloop
 
-from benchmarks import measure, stack, workload
+from benchmarks import measure, stack, stream_holder, workload
 from benchmarks.measure import mb, percentile
 from service._proto.imaging.metadata.v1 import metadata_pb2_grpc as pb_grpc
 from service.cli import processes
@@ -145,50 +142,6 @@ def get_image_set_calls(running: stack.Stack, since: float, until: float) -> dic
     return dict(statuses)
 
 
-@dataclass
-class Holders:
-    """The stream-holder processes and their files."""
-
-    processes: list[subprocess.Popen[bytes]]
-    ready_files: list[Path]
-    results_files: list[Path]
-
-    def ready(self) -> list[dict[str, int]]:
-        documents = []
-        for path, process in zip(self.ready_files, self.processes, strict=True):
-            if process.poll() is not None and not path.exists():
-                raise RuntimeError(f"a stream holder exited with {process.returncode}")
-            if path.exists():
-                documents.append(processes.read_json(path))
-        return documents
-
-    def results(self) -> list[dict[str, Any]]:
-        return [processes.read_json(path) for path in self.results_files]
-
-
-def launch_holders(
-    running: stack.Stack, plan: Plan, updates: Sequence[Update], max_seconds: float
-) -> Holders:
-    work = running.log_dir / "holders"
-    work.mkdir(exist_ok=True)
-    operations = work / "operations.json"
-    operations.write_text(json.dumps([[u.operation_id, u.principal] for u in updates]))
-    per_holder = math.ceil((plan.streams - len(updates)) / plan.holders)
-    started = []
-    ready_files, results_files = [], []
-    for index in range(plan.holders):
-        ready_files.append(work / f"ready-{index}.json")
-        results_files.append(work / f"results-{index}.json")
-        argv = [sys.executable, "-m", "benchmarks.stream_holder", "--endpoint", running.endpoint]
-        argv += ["--operations", str(operations), "--streams", str(per_holder)]
-        argv += ["--channels", str(plan.channels), "--batch", str(plan.batch)]
-        argv += ["--max-seconds", str(max_seconds), "--ready-file", str(ready_files[-1])]
-        argv += ["--results-file", str(results_files[-1])]
-        log = (work / f"holder-{index}.log").open("ab")
-        started.append(subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT))
-    return Holders(started, ready_files, results_files)
-
-
 async def settle(check: Callable[[], bool], what: str, seconds: float) -> None:
     """Poll `check` (a condition of other processes: their files, their exit) until it holds."""
     try:
@@ -210,7 +163,17 @@ async def hold_and_release(running: stack.Stack, plan: Plan) -> dict[str, Any]:
         rss_before = measure.sample(proxy).rss_bytes
         if plan.trace_memory:
             await heap_report(proxy, plan.trace_memory)  # the baseline
-        holders = launch_holders(running, plan, updates, max_seconds=600)
+        crowd = stream_holder.Crowd(
+            running.endpoint,
+            plan.streams - len(updates),
+            plan.holders,
+            plan.channels,
+            plan.batch,
+            max_seconds=600,
+        )
+        holders = stream_holder.launch(
+            crowd, [(u.operation_id, u.principal) for u in updates], running.log_dir / "holders"
+        )
         try:
             opening = time.monotonic()
             await settle(lambda: len(holders.ready()) == plan.holders, "opening streams", 300)
@@ -253,7 +216,7 @@ async def hold_and_release(running: stack.Stack, plan: Plan) -> dict[str, Any]:
     }
 
 
-async def _hold(running: stack.Stack, plan: Plan, holders: Holders) -> dict[str, Any]:
+async def _hold(running: stack.Stack, plan: Plan, holders: stream_holder.Holders) -> dict[str, Any]:
     """Phase 3: everything open and waiting; sample memory each second, CPU over the window."""
     proxy = running.pid("proxy-0")
     pids = {"proxy": proxy, **{f"holder-{i}": p.pid for i, p in enumerate(holders.processes)}}
@@ -442,6 +405,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     name = "waiting-traced" if plan.trace_memory or plan.profile else "waiting"
     if plan.heartbeat_seconds:
         name += f"-heartbeat{plan.heartbeat_seconds:g}"
+    if plan.streams != Plan.streams:
+        name += f"-streams{plan.streams}"
     path = measure.write_results(name, {"plan": plan.__dict__, **results})
     print(report(results))
     print(f"\nresults: {path}")

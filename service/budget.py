@@ -15,6 +15,7 @@ its rate is multiplied down, and each success adds a step back up to the configu
 from __future__ import annotations
 
 import asyncio
+import math
 import random
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -27,6 +28,7 @@ import structlog
 
 from service.config import BackendSettings, BudgetSettings
 from service.errors import DeadlineExceeded, ResourceExhausted
+from service.journal_redis import blocking_redis
 from service.metrics import Metrics
 
 log = structlog.get_logger(__name__)
@@ -236,6 +238,12 @@ class RedisStore:
         return await self._run(key, quota, "succeeded", self._settings.increase_step)
 
 
+def _with_headroom(rate: float, burst: float, headroom: float) -> Quota:
+    """Stay under the account's quota: a bucket that is still full after a pause would
+    otherwise allow a whole burst on top of the calls HealthImaging has not forgotten yet."""
+    return Quota(rate * headroom, max(1.0, math.floor(burst * headroom)))
+
+
 # --- the budget the rest of the proxy uses ------------------------------------------------------
 
 
@@ -249,11 +257,10 @@ class Budget:
         self._scope = scope
         self._store = store
         self._metrics = metrics
-        headroom = settings.headroom
         self._quotas = {
-            UPDATE: Quota(settings.update_rate * headroom, settings.update_burst),
-            GET_IMAGE_SET: Quota(
-                settings.get_image_set_rate * headroom, settings.get_image_set_burst
+            UPDATE: _with_headroom(settings.update_rate, settings.update_burst, settings.headroom),
+            GET_IMAGE_SET: _with_headroom(
+                settings.get_image_set_rate, settings.get_image_set_burst, settings.headroom
             ),
         }
         self._last: dict[str, Slot] = {}
@@ -277,7 +284,7 @@ class Budget:
         if not settings.enabled:
             yield cls(settings, scope, None, metrics)
         elif redis_url:
-            client = aioredis.from_url(redis_url, decode_responses=True)
+            client = blocking_redis(redis_url)
             try:
                 yield cls(settings, scope, RedisStore(client, settings, prefix), metrics)
             finally:

@@ -81,6 +81,15 @@ return 1
 """
 
 
+def blocking_redis(url: str) -> aioredis.Redis:
+    """A client whose calls wait for a free connection instead of failing under a burst
+    (redis-py's default pool raises "Too many connections"); an outage still times out."""
+    pool = aioredis.BlockingConnectionPool.from_url(
+        url, max_connections=50, timeout=5, decode_responses=True
+    )
+    return aioredis.Redis(connection_pool=pool)
+
+
 class RedisJournal:
     """The journal shared by every replica; this one is `replica_id`."""
 
@@ -102,7 +111,7 @@ class RedisJournal:
     @classmethod
     @contextlib.asynccontextmanager
     async def open(cls, settings: JournalSettings) -> AsyncIterator[RedisJournal]:
-        client = aioredis.from_url(settings.url, decode_responses=True)
+        client = blocking_redis(settings.url)
         journal = cls(client, settings)
         try:
             await journal._renew_lease()

@@ -102,7 +102,9 @@ class Watcher:
             self._unsubscribe(key, subscriber)
 
     def _first_delay(self) -> float:
-        return self.typical.seconds * (1 + random.uniform(0, self._settings.jitter))
+        # Capped: one batch of slow updates must not delay the first look at everyone's next.
+        first = min(self.typical.seconds, self._settings.max_interval_seconds)
+        return first * (1 + random.uniform(0, self._settings.jitter))
 
     def _unsubscribe(self, key: ImageSetKey, subscriber: _Subscriber) -> None:
         subscribers = self._subscribers.get(key, set())
