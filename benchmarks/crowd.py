@@ -18,7 +18,9 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
+import aiohttp
 import grpc
+from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from benchmarks import stack, workload
 from benchmarks.measure import percentile
@@ -62,10 +64,42 @@ async def one_update(
         outcome.result = error.code().name
 
 
+Sample = tuple[float, str, float]
+"""(when, which process, round-trip seconds of a trivial call to it)."""
+PROBE_INTERVAL = 0.1
+
+
+async def probe_forever(running: stack.Stack, samples: list[Sample]) -> None:
+    """A trivial call to the emulator and to each proxy every 0.1 s: a stalled event loop (theirs,
+    or this process's own, which slows every probe alike) shows as a long round trip."""
+    channels = [workload.channel(endpoint) for endpoint in running.endpoints]
+    stubs = [health_pb2_grpc.HealthStub(channel) for channel in channels]
+    try:
+        async with aiohttp.ClientSession() as session:
+            while True:
+                at, start = time.time(), time.perf_counter()
+                async with session.get(f"{running.emulator_url}/_emulator/health") as response:
+                    await response.read()
+                samples.append((at, "emulator", time.perf_counter() - start))
+                for endpoint, stub in zip(running.endpoints, stubs, strict=True):
+                    start = time.perf_counter()
+                    await stub.Check(health_pb2.HealthCheckRequest())
+                    samples.append((at, endpoint, time.perf_counter() - start))
+                await asyncio.sleep(PROBE_INTERVAL)
+    finally:
+        for channel in channels:
+            await channel.close()
+
+
 async def run_crowd(
-    running: stack.Stack, clients: int, seconds: float, channels_per_endpoint: int = 4
+    running: stack.Stack,
+    clients: int,
+    seconds: float,
+    probes: list[Sample],
+    channels_per_endpoint: int = 4,
 ) -> list[Outcome]:
-    """`clients` updates at once, spread over principals and endpoints; stop after `seconds`."""
+    """`clients` updates at once, spread over principals and endpoints; stop after `seconds`.
+    Meanwhile `probes` collects round trips to the emulator and the proxies."""
     if clients > len(running.image_set_ids):
         raise RuntimeError("seed one image set per client")
     channels = [
@@ -86,10 +120,11 @@ async def run_crowd(
         stub = pb_grpc.MetadataUpdateServiceStub(channels[channel_index])
         tasks.append(asyncio.create_task(one_update(stub, running.datastore_id, outcome, index)))
         outcomes.append(outcome)
+    prober = asyncio.create_task(probe_forever(running, probes))
     _, pending = await asyncio.wait(tasks, timeout=seconds)
-    for task in pending:
+    for task in [*pending, prober]:
         task.cancel()
-    await asyncio.gather(*pending, return_exceptions=True)
+    await asyncio.gather(*pending, prober, return_exceptions=True)
     for channel in channels:
         await channel.close()
     return outcomes
@@ -138,8 +173,11 @@ QUOTA_ERRORS = frozenset({"ThrottlingException", "ServiceQuotaExceededException"
 CONTEXT_SECONDS = 2.0
 
 
-def throttle_context(requests: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
-    """For each refused call: the same operation's calls in the seconds before it (debugging)."""
+def throttle_context(
+    requests: Sequence[dict[str, Any]], probes: Sequence[Sample]
+) -> list[dict[str, Any]]:
+    """For each refused call: the same operation's calls in the seconds before it, and the
+    longest probe round trip to each process meanwhile (which event loop stalled, if any)."""
     contexts = []
     for refused in requests:
         if refused["status"] != 429 and refused.get("error") not in QUOTA_ERRORS:
@@ -150,8 +188,28 @@ def throttle_context(requests: Sequence[dict[str, Any]]) -> list[dict[str, Any]]
             for r in requests
             if r["operation"] == operation and at - CONTEXT_SECONDS <= r["at"] <= at
         ]
-        contexts.append({"operation": operation, "at": at, "calls_before": before})
+        slowest: dict[str, float] = {}
+        for when, target, seconds in probes:
+            if at - CONTEXT_SECONDS <= when <= at:
+                slowest[target] = max(slowest.get(target, 0.0), round(seconds, 4))
+        contexts.append(
+            {"operation": operation, "at": at, "calls_before": before, "slowest_probe_s": slowest}
+        )
     return contexts
+
+
+def probe_summary(probes: Sequence[Sample]) -> dict[str, dict[str, float]]:
+    """Round trips of the probes by process: p50, p99, max (seconds)."""
+    targets = sorted({target for _, target, _ in probes})
+    return {
+        target: {
+            "p50": percentile(rtts, 0.5),
+            "p99": percentile(rtts, 0.99),
+            "max": max(rtts),
+        }
+        for target in targets
+        if (rtts := [seconds for _, name, seconds in probes if name == target])
+    }
 
 
 def fairness(outcomes: Sequence[Outcome]) -> dict[str, Any]:

@@ -27,7 +27,7 @@ from typing import Any
 from benchmarks import measure, stack, workload
 
 SERVICE = "imaging.metadata.v1.MetadataUpdateService"
-GHZ_PIN = "make .tools/bin/ghz"
+GHZ_PIN = "make tools"
 PROTO_ROOT = Path(__file__).resolve().parents[1] / "protos"
 # Python's reflection service cannot resolve a method's symbol, which ghz asks for: give it the
 # contract instead (grpcurl, which asks for the service, works through reflection).

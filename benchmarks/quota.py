@@ -57,14 +57,16 @@ def quota_toml(rate: float, burst: float) -> str:
 
 async def measure_run(running: stack.Stack, run: Run) -> dict[str, Any]:
     print(f"  {run.name}: {run.clients} clients, up to {run.seconds:g} s", flush=True)
-    outcomes = await crowd.run_crowd(running, run.clients, run.seconds)
+    probes: list[crowd.Sample] = []
+    outcomes = await crowd.run_crowd(running, run.clients, run.seconds, probes)
     requests = running.requests()
     running.keep_logs = crowd.has_errors(outcomes)
     return {
         "run": run.__dict__,
         "writes": crowd.write_check(requests, run.rate, run.burst),
         "throttled": crowd.throttles(requests),
-        "throttle_context": crowd.throttle_context(requests),
+        "throttle_context": crowd.throttle_context(requests, probes),
+        "probe_round_trips_s": crowd.probe_summary(probes),
         "fairness": crowd.fairness(outcomes),
         "outcomes": crowd.outcome_summary(outcomes),
         "clients": [dataclasses.asdict(o) for o in outcomes],

@@ -34,7 +34,8 @@ def options(clients: int) -> stack.StackOptions:
 
 
 async def measure_replicas(running: stack.Stack, clients: int, seconds: float) -> dict[str, Any]:
-    outcomes = await crowd.run_crowd(running, clients, seconds)
+    probes: list[crowd.Sample] = []
+    outcomes = await crowd.run_crowd(running, clients, seconds, probes)
     requests = running.requests()
     running.keep_logs = crowd.has_errors(outcomes)
     run = quota.Run("2 replicas, one Redis budget", RATE, BURST, clients, seconds)
@@ -42,7 +43,8 @@ async def measure_replicas(running: stack.Stack, clients: int, seconds: float) -
         "run": run.__dict__,
         "writes": crowd.write_check(requests, RATE, BURST),
         "throttled": crowd.throttles(requests),
-        "throttle_context": crowd.throttle_context(requests),
+        "throttle_context": crowd.throttle_context(requests, probes),
+        "probe_round_trips_s": crowd.probe_summary(probes),
         "fairness": crowd.fairness(outcomes),
         "outcomes": crowd.outcome_summary(outcomes),
         "clients": [dataclasses.asdict(o) for o in outcomes],
