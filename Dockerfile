@@ -26,6 +26,6 @@ RUN groupadd --system --gid 10001 imaging \
 COPY --from=build /opt/imaging-proxy /opt/imaging-proxy
 USER 10001:10001
 WORKDIR /var/lib/imaging-proxy
-EXPOSE 50051 9464
+EXPOSE 50051 8081 9464
 ENTRYPOINT ["imaging-proxy"]
 CMD ["serve", "--config", "/etc/imaging-proxy/imaging-proxy.toml"]

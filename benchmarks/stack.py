@@ -178,7 +178,8 @@ def _policies_with_grants(log_dir: Path) -> Path:
     data_file = target / "data.json"
     data = json.loads(data_file.read_text())
     grants = data["imaging"]["grants"].setdefault(DATASTORE_ID, {})
-    grants.update({principal: ["metadata-editor"] for principal in PRINCIPALS})
+    # The benchmarks use development identity: x-dev-principal NAME is the principal dev:NAME.
+    grants.update({f"dev:{principal}": ["metadata-editor"] for principal in PRINCIPALS})
     data_file.write_text(json.dumps(data, indent=2))
     return target
 

@@ -55,8 +55,8 @@ class Quotas:
     """LOCKED-by-update image sets per data store (ServiceQuotaExceededException above)."""
     concurrent_copies_per_datastore: int = 100
     """Copies in progress per data store."""
-    max_update_payload_bytes: int = 30000
-    """Largest attribute blob accepted (the model's max; AWS documents a 10 KB default quota)."""
+    max_update_payload_bytes: int = 10_240
+    """Both attribute blobs together: the default payload quota (L-A880A4C2, 10 KB)."""
 
 
 @dataclass(frozen=True)

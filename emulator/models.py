@@ -266,7 +266,7 @@ class Backend:
                 "DICOMUpdates must hold updatableAttributes or removableAttributes"
             )
         limit = self.settings.quotas.max_update_payload_bytes
-        if self.settings.quotas.enforce and any(len(b) > limit for b in blobs):
+        if self.settings.quotas.enforce and sum(len(b) for b in blobs) > limit:
             raise ServiceQuotaExceededException("the update payload exceeds the payload size quota")
         updatable = self._blob(request.updatable, "updatableAttributes")
         removable = self._blob(request.removable, "removableAttributes")

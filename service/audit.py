@@ -26,6 +26,23 @@ def denied(caller: Caller, plan: UpdatePlan, decision: Decision) -> None:
     _emit(caller, plan, decision, "DENIED")
 
 
+def no_role(
+    caller: Caller, datastore_id: str, image_set_id: str, decision_id: str, reason: str
+) -> None:
+    """Refused before the document was read: OPA's decision gives the caller no role here."""
+    _log.info(
+        "audit",
+        principal=caller.principal,
+        auth_method=caller.auth_method,
+        datastore_id=datastore_id,
+        image_set_id=image_set_id,
+        decision_id=decision_id,
+        allow=False,
+        reasons=[reason],
+        outcome="DENIED",
+    )
+
+
 def refused(method: str, principal: str, auth_method: str, reason: str) -> None:
     """A request that never reached a decision (unauthenticated, invalid, policy unavailable)."""
     _log.info(

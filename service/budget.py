@@ -37,6 +37,7 @@ T = TypeVar("T")
 
 UPDATE = "UpdateImageSetMetadata"
 GET_IMAGE_SET = "GetImageSet"
+GET_IMAGE_SET_METADATA = "GetImageSetMetadata"
 THROTTLED = "BACKEND_THROTTLED"
 
 
@@ -260,6 +261,10 @@ class Budget:
         self._quotas = {
             UPDATE: _with_headroom(settings.update_rate, settings.update_burst, settings.headroom),
             GET_IMAGE_SET: _with_headroom(
+                settings.get_image_set_rate, settings.get_image_set_burst, settings.headroom
+            ),
+            # A bucket of its own, sized like GetImageSet's (its documented quota is twice that).
+            GET_IMAGE_SET_METADATA: _with_headroom(
                 settings.get_image_set_rate, settings.get_image_set_burst, settings.headroom
             ),
         }

@@ -7,13 +7,37 @@ overrides from the command line. No other module reads the environment or files 
 from __future__ import annotations
 
 import dataclasses
+import math
 import tomllib
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Annotated, Any, get_args, get_origin, get_type_hints
 
-T = TypeVar("T")
+
+@dataclass(frozen=True)
+class Range:
+    """The values a numeric setting may take (checked when settings are built)."""
+
+    low: float
+    high: float = math.inf
+    low_included: bool = True
+
+    def admits(self, value: float) -> bool:
+        above = value >= self.low if self.low_included else value > self.low
+        return above and value <= self.high
+
+    def describe(self) -> str:
+        low = f"{'≥' if self.low_included else '>'} {self.low:g}"
+        return low if self.high == math.inf else f"from {self.low:g} to {self.high:g}"
+
+
+Port = Annotated[int, Range(0, 65_535)]
+Count = Annotated[int, Range(1)]
+Seconds = Annotated[float, Range(0, low_included=False)]
+SecondsOrZero = Annotated[float, Range(0)]  # 0 switches the behaviour off
+Rate = Annotated[float, Range(0, low_included=False)]
+Fraction = Annotated[float, Range(0, 1)]
 
 
 @dataclass(frozen=True)
@@ -22,20 +46,23 @@ class ServerSettings:
 
     host: str = "127.0.0.1"
     """Address to listen on."""
-    port: int = 50051
+    port: Port = 50051
     """Port to listen on; 0 picks a free one."""
-    max_message_bytes: int = 256 * 1024
+    max_message_bytes: Count = 256 * 1024
     """Largest request accepted (two 30,000-byte blobs fit many times over)."""
-    grace_seconds: float = 10.0
+    grace_seconds: SecondsOrZero = 10.0
     """How long open streams may finish on shutdown."""
-    max_pending_requests: int = 20_000
+    max_pending_requests: Count = 20_000
     """gRPC core's pending-call backlog; the default (1,000) cancels bursts of streams."""
-    keepalive_seconds: float = 30.0
+    keepalive_seconds: Seconds = 30.0
     """Server keepalive ping interval."""
-    max_connection_age_seconds: float = 0.0
+    max_connection_age_seconds: SecondsOrZero = 0.0
     """Close connections older than this so load rebalances (0 = never)."""
-    metrics_port: int = 0
+    metrics_port: Port = 0
     """Prometheus metrics port (0 = disabled)."""
+    health_port: Port = 0
+    """Plaintext port serving only grpc.health.v1, for orchestrator probes that cannot present a
+    client certificate (Kubernetes gRPC probes, compose healthchecks); 0 = disabled."""
 
 
 @dataclass(frozen=True)
@@ -64,7 +91,7 @@ class IdentitySettings:
     """Claim holding the caller's roles."""
     jwt_principal_claim: str = "sub"
     """Claim holding the caller's principal."""
-    jwt_leeway_seconds: float = 30.0
+    jwt_leeway_seconds: SecondsOrZero = 30.0
     """Clock skew tolerated on exp/nbf."""
 
 
@@ -76,7 +103,7 @@ class OpaSettings:
     """OPA's base URL (https:// for TLS)."""
     decision_path: str = "imaging.update.decision"
     """The rule queried, as a dotted path under `data`."""
-    timeout_seconds: float = 0.5
+    timeout_seconds: Seconds = 0.5
     """Longest wait for a decision; past it the request is refused (fail closed)."""
     token: str = ""
     """Bearer token for OPA's authentication, if enabled."""
@@ -86,8 +113,12 @@ class OpaSettings:
     """Client key (PEM) for TLS to OPA."""
     send_values: bool = False
     """Include attribute values in the policy input (off: PHI minimisation)."""
-    health_interval_seconds: float = 2.0
-    """How often OPA's health is checked for grpc.health."""
+    health_interval_seconds: Seconds = 2.0
+    """How often OPA's (and HealthImaging's) reachability is probed for readiness."""
+    health_timeout_seconds: Seconds = 2.0
+    """Longest wait for OPA's GET /health (its own timeout, not a decision's)."""
+    health_failures: Count = 2
+    """Consecutive failed probes before readiness goes NOT_SERVING."""
 
 
 @dataclass(frozen=True)
@@ -100,11 +131,11 @@ class BackendSettings:
     """AWS region."""
     account_id: str = ""
     """Account whose quotas apply (budgets are per account + region); empty = 'default'."""
-    max_pool_connections: int = 100
+    max_pool_connections: Count = 100
     """HTTP connections kept to HealthImaging."""
-    connect_timeout_seconds: float = 5.0
+    connect_timeout_seconds: Seconds = 5.0
     """TCP connect timeout per call."""
-    read_timeout_seconds: float = 30.0
+    read_timeout_seconds: Seconds = 30.0
     """Read timeout per call."""
 
 
@@ -112,33 +143,52 @@ class BackendSettings:
 class WatchSettings:
     """Following an update until it finishes."""
 
-    first_poll_seconds: float = 1.0
+    first_poll_seconds: Seconds = 1.0
     """First GetImageSet poll after a submit, until the typical update duration is known."""
-    initial_interval_seconds: float = 0.25
+    initial_interval_seconds: Seconds = 0.25
     """Poll interval after a poll that saw a change (it grows while nothing changes)."""
-    max_interval_seconds: float = 3.0
+    max_interval_seconds: Seconds = 3.0
     """Longest poll interval (the interval grows while nothing changes)."""
-    jitter: float = 0.2
+    jitter: Fraction = 0.2
     """Random fraction added to each interval so pollers do not align."""
-    heartbeat_seconds: float = 5.0
+    heartbeat_seconds: Seconds = 5.0
     """Longest silence on a status stream; a heartbeat is sent after it."""
-    timeout_seconds: float = 900.0
+    timeout_seconds: Seconds = 900.0
     """Give up watching an update after this long (WatchUpdate can pick it up later)."""
+
+
+@dataclass(frozen=True)
+class LimitSettings:
+    """Work a caller may ask of the proxy before the policy has decided (issue 10)."""
+
+    max_payload_bytes: Count = 10_240
+    """Both attribute documents together; HealthImaging's payload quota (L-A880A4C2, 10 KB)."""
+    max_changes: Count = 500
+    """Attribute changes (and removed series/instances) in one update document."""
+    max_pending_per_principal: Count = 8
+    """One caller's requests being normalised and decided at once; beyond it RESOURCE_EXHAUSTED."""
+    max_pending: Count = 64
+    """All callers' requests being normalised and decided at once."""
+    role_cache_seconds: SecondsOrZero = 5.0
+    """How long a caller's roles on a data store (asked of OPA) are reused to refuse no-grant
+    callers before any other work."""
+    retry_after_seconds: Seconds = 1.0
+    """RetryInfo sent with a refusal for too many pending requests."""
 
 
 @dataclass(frozen=True)
 class AdmissionSettings:
     """The fair queue allowed updates wait in for their turn to be submitted."""
 
-    max_queued: int = 10_000
+    max_queued: Count = 10_000
     """Updates waiting across all callers; beyond it RESOURCE_EXHAUSTED with RetryInfo."""
-    max_queued_per_principal: int = 1_000
+    max_queued_per_principal: Count = 1_000
     """Updates waiting for one caller, so one noisy service cannot fill the whole queue."""
-    max_in_flight_per_datastore: int = 100
+    max_in_flight_per_datastore: Count = 100
     """Submitted, unfinished updates per data store (HealthImaging's concurrent-update quota)."""
-    deadline_margin_seconds: float = 1.0
+    deadline_margin_seconds: SecondsOrZero = 1.0
     """Time a submit needs before the caller's deadline; a later start is refused, not made."""
-    position_interval_seconds: float = 1.0
+    position_interval_seconds: SecondsOrZero = 1.0
     """Shortest time between two `queued` events of one stream (positions and estimates)."""
 
 
@@ -150,25 +200,25 @@ class BudgetSettings:
     """False: no budgets; only for a backend without quotas (the emulator with --no-quotas)."""
     url: str = ""
     """Redis URL of a budget shared by replicas; empty = the journal's Redis, else in-process."""
-    update_rate: float = 0.25
+    update_rate: Rate = 0.25
     """UpdateImageSetMetadata calls per second (the documented default quota)."""
-    update_burst: float = 1.0
+    update_burst: Rate = 1.0
     """UpdateImageSetMetadata burst."""
-    get_image_set_rate: float = 25.0
+    get_image_set_rate: Rate = 25.0
     """GetImageSet calls per second."""
-    get_image_set_burst: float = 50.0
+    get_image_set_burst: Rate = 50.0
     """GetImageSet burst."""
-    headroom: float = 0.9
+    headroom: Fraction = 0.9
     """Fraction of each quota the proxy uses, so network jitter never pushes a call over it."""
-    decrease_factor: float = 0.5
+    decrease_factor: Fraction = 0.5
     """On a ThrottlingException the rate is multiplied by this (AIMD's decrease)."""
-    increase_step: float = 0.05
+    increase_step: Fraction = 0.05
     """Each successful call gives back this fraction of the quota (AIMD's additive increase)."""
-    min_fraction: float = 0.05
+    min_fraction: Fraction = 0.05
     """The rate never shrinks below this fraction of the quota."""
-    backoff_seconds: float = 1.0
+    backoff_seconds: Seconds = 1.0
     """Pause after a first throttle; doubles with each further one, jittered."""
-    max_backoff_seconds: float = 30.0
+    max_backoff_seconds: Seconds = 30.0
     """Longest pause after throttles."""
 
 
@@ -180,14 +230,17 @@ class JournalSettings:
     """Empty: SQLite in `data_dir`; `redis://host:port/db`: shared by every replica."""
     data_dir: str = ""
     """Directory of the SQLite journal; empty = in memory (nothing survives a restart)."""
-    idempotency_ttl_seconds: float = 86_400.0
+    idempotency_ttl_seconds: Seconds = 86_400.0
     """How long an idempotency key maps to its operation."""
-    retention_seconds: float = 7 * 86_400.0
+    retention_seconds: Seconds = 7 * 86_400.0
     """How long a finished operation stays re-attachable."""
-    lease_seconds: float = 10.0
+    lease_seconds: Seconds = 10.0
     """Redis: a replica silent this long is gone; its unfinished operations are taken over."""
     key_prefix: str = "imaging-proxy"
     """Redis: prefix of every key and channel."""
+    encryption_keys: tuple[str, ...] = ()
+    """Keys that encrypt journal records, each "<key id>:<base64 of 32 bytes>" (AES-256-GCM);
+    the first encrypts, every one decrypts (rotation). Empty: records are stored in clear."""
 
 
 @dataclass(frozen=True)
@@ -198,6 +251,7 @@ class Settings:
     identity: IdentitySettings = field(default_factory=IdentitySettings)
     opa: OpaSettings = field(default_factory=OpaSettings)
     backend: BackendSettings = field(default_factory=BackendSettings)
+    limits: LimitSettings = field(default_factory=LimitSettings)
     watch: WatchSettings = field(default_factory=WatchSettings)
     admission: AdmissionSettings = field(default_factory=AdmissionSettings)
     budget: BudgetSettings = field(default_factory=BudgetSettings)
@@ -225,11 +279,43 @@ def _build(type_name: Any, values: Mapping[str, Any]) -> Any:
     cls = {c.__name__: c for c in _SECTIONS}[
         type_name if isinstance(type_name, str) else type_name.__name__
     ]
-    known = {f.name: f for f in dataclasses.fields(cls)}
-    unknown = set(values) - set(known)
+    section = next(f.name for f in dataclasses.fields(Settings) if f.type == cls.__name__)
+    hints = get_type_hints(cls, include_extras=True)
+    unknown = set(values) - set(hints)
     if unknown:
-        raise ValueError(f"unknown setting(s) in [{cls.__name__}]: {', '.join(sorted(unknown))}")
-    return cls(**{k: tuple(v) if isinstance(v, list) else v for k, v in values.items()})
+        raise ValueError(f"unknown setting(s) in [{section}]: {', '.join(sorted(unknown))}")
+    return cls(**{k: _checked(f"{section}.{k}", hints[k], v) for k, v in values.items()})
+
+
+def _checked(key: str, hint: Any, value: Any) -> Any:
+    """`value` as the setting's type, or ValueError naming the key (TOML gives no type safety)."""
+    base, limits = hint, []
+    if get_origin(hint) is Annotated:
+        base, *limits = get_args(hint)
+    if base is bool and not isinstance(value, bool):
+        raise ValueError(f"{key}: expected true or false")
+    if base is str and not isinstance(value, str):
+        raise ValueError(f"{key}: expected a string")
+    if get_origin(base) is tuple:
+        if not isinstance(value, list | tuple) or not all(isinstance(v, str) for v in value):
+            raise ValueError(f"{key}: expected a list of strings")
+        return tuple(value)
+    if base in (int, float):
+        return _number(key, base, value, limits)
+    return value
+
+
+def _number(key: str, base: type, value: Any, limits: list[Range]) -> float:
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise ValueError(f"{key}: expected a number, e.g. {'50051' if base is int else '0.5'}")
+    if base is int and not isinstance(value, int):
+        raise ValueError(f"{key}: expected a whole number")
+    if not math.isfinite(value):
+        raise ValueError(f"{key}: expected a finite number")
+    for limit in limits:
+        if not limit.admits(value):
+            raise ValueError(f"{key}: must be {limit.describe()}")
+    return value
 
 
 _SECTIONS: tuple[type, ...] = (
@@ -237,6 +323,7 @@ _SECTIONS: tuple[type, ...] = (
     IdentitySettings,
     OpaSettings,
     BackendSettings,
+    LimitSettings,
     WatchSettings,
     AdmissionSettings,
     BudgetSettings,

@@ -1,7 +1,10 @@
-"""DICOM knowledge: an attribute key, however spelled, → canonical tag, keyword, VR, level and risk.
+"""DICOM knowledge: an attribute key, however spelled, → the facts the standard gives about it.
 
-Everything about tags comes from pydicom's data dictionary (PS3.6); this module only adds what
-the dictionary cannot know, as keyword lists:
+Facts come from maintained sources, never from tables typed here: tag, keyword, VR, VM and retired
+from pydicom's data dictionary (PS3.6); the action of PS3.15 Annex E's Basic Application Level
+Confidentiality Profile (Table E.1-1) from dicom-anonymizer's copy of that table. Which facts need
+which role is decided by the policy (policies/), not here. This module only adds, as keyword
+lists, what neither source can know:
 
 * Level membership follows HealthImaging's metadata normalization (devguide "Metadata
   normalization", DICOM 2022b): the Patient, Study and Series buckets hold exactly the listed
@@ -9,14 +12,18 @@ the dictionary cannot know, as keyword lists:
   with Patient") would be wrong both ways: PatientAge/PatientWeight/PatientSize are Patient
   *Study* module attributes (study level) while ResponsiblePerson or ClinicalTrialSubjectID are
   patient level. Only these listed attributes have a level we are sure of.
-* Categories are policy choices (what counts as patient identity), documented next to each list.
+* The identifiers HealthImaging refuses to change without force (category "uid").
 """
 
 from __future__ import annotations
 
+import importlib.util
 import re
+from collections.abc import Mapping
 from dataclasses import dataclass
 from functools import cache, lru_cache
+from pathlib import Path
+from types import MappingProxyType, ModuleType
 from typing import Final, Literal
 
 from pydicom import datadict
@@ -85,22 +92,6 @@ SERIES_LEVEL_KEYWORDS: Final = frozenset({
     "PositionReferenceIndicator",
 })  # fmt: skip
 
-# Policy choice: attributes that identify the person (or animal) rather than describe the visit.
-# The whole Patient bucket is not identity (EthnicGroup, Strain*, ClinicalTrialProtocol* are not),
-# but names, ids, birth data, sex, contact details and de-identification status are, wherever they
-# appear (several are instance-level in HealthImaging, e.g. PatientAddress).
-PATIENT_IDENTITY_KEYWORDS: Final = frozenset({
-    "PatientName", "PatientID", "IssuerOfPatientID", "IssuerOfPatientIDQualifiersSequence",
-    "TypeOfPatientID", "OtherPatientIDs", "OtherPatientIDsSequence", "OtherPatientNames",
-    "PatientBirthDate", "PatientBirthTime", "PatientBirthDateInAlternativeCalendar",
-    "PatientDeathDateInAlternativeCalendar", "PatientAlternativeCalendar", "PatientSex",
-    "PatientBirthName", "PatientMotherBirthName", "PatientAddress", "PatientTelephoneNumbers",
-    "PatientTelecomInformation", "MedicalRecordLocator", "ReferencedPatientPhotoSequence",
-    "ReferencedPatientSequence", "SourcePatientGroupIdentificationSequence",
-    "GroupOfPatientsIdentificationSequence", "PatientIdentityRemoved", "ResponsiblePerson",
-    "ResponsibleOrganization", "ClinicalTrialSubjectID", "ClinicalTrialSubjectReadingID",
-})  # fmt: skip
-
 # HealthImaging refuses changes to these without force (API reference, "force"): the identifiers
 # that place the image set in the study/series/instance hierarchy.
 IDENTIFIER_KEYWORDS: Final = frozenset(
@@ -122,6 +113,14 @@ FORCE_CATEGORIES: Final = frozenset({"uid", "private", "sequence", "non_standard
 # The two-letter VRs (pydicom's enum also lists ambiguous forms such as "US or SS").
 VRS: Final = frozenset(vr.value for vr in _VR if len(vr.value) == 2)
 
+# PS3.15 Table E.1-1 as dicom-anonymizer ships it: one list of tags per action code. The edition
+# is named in the policy input and docs/POLICIES.md; a newer package edition is a reviewed change.
+PS3_15_EDITION: Final = "2026c"
+PROFILE_ACTIONS: Final = {
+    "X_TAGS": "X", "Z_TAGS": "Z", "D_TAGS": "D", "U_TAGS": "U", "Z_D_TAGS": "Z/D",
+    "X_Z_TAGS": "X/Z", "X_D_TAGS": "X/D", "X_Z_D_TAGS": "X/Z/D", "X_Z_U_STAR_TAGS": "X/Z/U*",
+}  # fmt: skip
+
 _HEX_TAG = re.compile(r"[0-9A-Fa-f]{8}")
 _KEYWORD = re.compile(r"[A-Za-z][A-Za-z0-9]*")
 # Keywords never start with a digit: "0010,0010", "(0010,0010)", "0x00100010" are tag attempts.
@@ -139,6 +138,9 @@ class Attribute:
     tag: str  # canonical: 8 upper-case hex digits
     keyword: str  # "" for private, unknown or keyword-less dictionary entries
     vr: str  # dictionary VR, possibly ambiguous ("US or SS"); "" when not in the dictionary
+    vm: str  # dictionary VM ("1", "1-n", "2-2n"); "" when not in the dictionary
+    retired: bool  # the dictionary marks it retired
+    profile: str  # PS3.15 Table E.1-1 action ("X", "Z", "D", "U", "X/Z", ...); "" = not listed
     private: bool  # odd group
     standard: bool  # in the data dictionary (a repeating-group entry counts)
     home_level: Level | None  # HealthImaging's bucket when listed above; None = not listed
@@ -187,6 +189,9 @@ def attribute_for_tag(tag: int) -> Attribute:
         tag=f"{tag:08X}",
         keyword=keyword,
         vr=vr,
+        vm=datadict.dictionary_VM(tag) if standard else "",
+        retired=standard and datadict.dictionary_is_retired(tag),
+        profile="" if private else profile_action(tag),
         private=private,
         standard=standard,
         home_level=_home_levels().get(keyword) if keyword else None,
@@ -197,8 +202,6 @@ def attribute_for_tag(tag: int) -> Attribute:
 
 def _categories(keyword: str, vr: str, private: bool, standard: bool) -> frozenset[str]:
     found = set()
-    if keyword in PATIENT_IDENTITY_KEYWORDS:
-        found.add("patient_identity")
     if keyword in IDENTIFIER_KEYWORDS:
         found.add("uid")
     if private:
@@ -208,6 +211,59 @@ def _categories(keyword: str, vr: str, private: bool, standard: bool) -> frozens
     if vr == "SQ":
         found.add("sequence")
     return frozenset(found)
+
+
+def profile_action(tag: int) -> str:
+    """The Confidentiality Profile's action for a standard tag ("X", "Z/D", ...); "" = not listed.
+
+    Private tags are not looked up: the table has no entry for them (its "private attributes" row
+    is an option of the anonymizer), and the policy judges them by `private`.
+    """
+    exact, masked = profile_table()
+    action = exact.get(tag)
+    if action is not None:
+        return action
+    group, element = tag >> 16, tag & 0xFFFF
+    for (g, e, group_mask, element_mask), masked_action in masked:
+        if group & group_mask == g and element & element_mask == e:
+            return masked_action
+    return ""
+
+
+Masked = tuple[tuple[int, int, int, int], str]
+
+
+@cache
+def profile_table() -> tuple[Mapping[int, str], tuple[Masked, ...]]:
+    """PS3.15 Table E.1-1: tag → action, plus the repeating-group rows (50xx,xxxx curves;
+    60xx,3000/4000 overlays), which the table writes as (group, element, group mask, element
+    mask). Read-only: the table is loaded once and shared."""
+    module = _load_profile_module()
+    exact: dict[int, str] = {}
+    masked: list[Masked] = []
+    for name, action in PROFILE_ACTIONS.items():
+        for entry in getattr(module, name):
+            if len(entry) == 2:
+                exact.setdefault((entry[0] << 16) | entry[1], action)
+            else:
+                masked.append(((entry[0], entry[1], entry[2], entry[3]), action))
+    return MappingProxyType(exact), tuple(masked)
+
+
+def _load_profile_module() -> ModuleType:
+    """dicom-anonymizer's table module alone: importing it the usual way would run the package's
+    __init__, which loads the anonymizer (tqdm, file walking) that the proxy never uses."""
+    package = importlib.util.find_spec("dicomanonymizer")  # finds without importing
+    if package is None or not package.submodule_search_locations:
+        raise ImportError("dicom-anonymizer is not installed")
+    path = Path(package.submodule_search_locations[0]) / "dicom_anonymization_databases"
+    name = f"dicomfields_{PS3_15_EDITION}"
+    spec = importlib.util.spec_from_file_location(name, path / f"{name}.py")
+    if spec is None or spec.loader is None:
+        raise ImportError(f"dicom-anonymizer has no PS3.15 {PS3_15_EDITION} table")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
 
 
 def _in_dictionary(tag: int) -> bool:

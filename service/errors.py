@@ -59,14 +59,27 @@ class ProxyError(Exception):
 
 
 class InvalidArgument(ProxyError):
+    """Field violations, reported bounded: the first few (each shortened) and "and N more".
+
+    gRPC refuses trailers over 8 KB (the caller would see RESOURCE_EXHAUSTED, "Stream removed");
+    the BadRequest detail stays under DETAIL_BUDGET bytes before base64, and the message under
+    MESSAGE_BUDGET characters, however many violations a document has.
+    """
+
     code = grpc.StatusCode.INVALID_ARGUMENT
     reason = "INVALID_ARGUMENT"
 
-    def __init__(self, violations: Sequence[FieldViolation]) -> None:
+    def __init__(self, violations: Sequence[FieldViolation], total: int = 0) -> None:
         self.violations = tuple(violations)
+        self.total = max(total, len(self.violations))
+        shown = _bounded(self.violations)
+        if self.total > len(shown):
+            shown += (FieldViolation("", f"and {self.total - len(shown)} more not shown"),)
+        self.reported = shown  # what the caller receives
         summary = "; ".join(f"{v.field}: {v.description}" for v in self.violations[:5])
-        more = len(self.violations) - 5
-        super().__init__(summary + (f" (and {more} more)" if more > 0 else ""))
+        more = self.total - min(5, len(self.violations))
+        message = summary + (f" (and {more} more)" if more > 0 else "")
+        super().__init__(_shorten(message, MESSAGE_BUDGET))
 
     def details(self) -> list[any_pb2.Any]:
         bad_request = error_details_pb2.BadRequest(
@@ -74,10 +87,42 @@ class InvalidArgument(ProxyError):
                 error_details_pb2.BadRequest.FieldViolation(
                     field=v.field, description=v.description
                 )
-                for v in self.violations
+                for v in self.reported
             ]
         )
         return [*super().details(), _pack(bad_request)]
+
+
+MAX_REPORTED_VIOLATIONS = 20
+MAX_FIELD_CHARS = 200
+MAX_DESCRIPTION_CHARS = 300
+DETAIL_BUDGET = 3072  # bytes of BadRequest; base64 in the trailer makes it 4 KB at most
+MESSAGE_BUDGET = 768
+
+
+def _bounded(violations: Sequence[FieldViolation]) -> tuple[FieldViolation, ...]:
+    """The first violations that fit the byte budget, each shortened."""
+    kept: list[FieldViolation] = []
+    used = 64  # room for the "and N more" entry and the protobuf framing
+    for violation in violations[:MAX_REPORTED_VIOLATIONS]:
+        short = FieldViolation(
+            _shorten(violation.field, MAX_FIELD_CHARS),
+            _shorten(violation.description, MAX_DESCRIPTION_CHARS),
+        )
+        size = len(short.field.encode()) + len(short.description.encode()) + 8
+        if used + size > DETAIL_BUDGET:
+            break
+        kept.append(short)
+        used += size
+    return tuple(kept)
+
+
+def _shorten(text: str, limit: int) -> str:
+    """At most `limit` characters; the middle gives way (a path's attribute is at its end)."""
+    if len(text) <= limit:
+        return text
+    head = (limit - 3) // 2
+    return text[:head] + "..." + text[len(text) - (limit - 3 - head) :]
 
 
 def invalid(field: str, description: str) -> InvalidArgument:

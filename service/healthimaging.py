@@ -104,6 +104,16 @@ class HealthImaging:
             response = await self._client.get_image_set(**params)
         return _status(response, "versionId")
 
+    async def image_set_metadata(self, datastore_id: str, image_set_id: str) -> bytes:
+        """The latest version's metadata document, as sent (gzip-compressed JSON)."""
+        with _translate_errors():
+            response = await self._client.get_image_set_metadata(
+                datastoreId=datastore_id, imageSetId=image_set_id
+            )
+            async with response["imageSetMetadataBlob"] as blob:
+                raw: bytes = await blob.read()
+        return raw
+
 
 def _updates_member(plan: UpdatePlan) -> dict[str, Any]:
     if plan.kind == "revert":

@@ -8,6 +8,10 @@ Precedence, per call:
    its subject CN when `spiffe_cn_fallback` is on and the certificate has no spiffe:// URI at all;
 4. otherwise UNAUTHENTICATED.
 
+Each source names principals in its own namespace, so no source can claim another's grants:
+`spiffe://…` only from a verified certificate's SPIFFE ID, `x509-cn:<CN>` from the CN fallback,
+`jwt:<iss>#<sub>` from a verified token (its signed issuer), `dev:<name>` from the dev header.
+
 `authenticate` is pure CPU work over the call's metadata and gRPC's auth context: keys are
 loaded once by `Authenticator.from_settings`. Messages never echo a token.
 """
@@ -39,6 +43,11 @@ AUTHORIZATION_KEY = "authorization"
 ALGORITHMS = ("RS256", "ES256")
 """The only signature algorithms accepted; `none` and HMAC (key confusion) never are."""
 MIN_RSA_BITS = 2048
+
+DEV_PREFIX = "dev:"
+JWT_PREFIX = "jwt:"
+CN_PREFIX = "x509-cn:"
+"""Principal prefixes per identity source; a SPIFFE ID needs none (`spiffe://` is its own)."""
 
 # SPIFFE ID for a workload (X509-SVID leaf): lowercase trust domain, non-empty path.
 _SPIFFE_ID = re.compile(r"spiffe://[a-z0-9._-]+(/[A-Za-z0-9._-]+)+")
@@ -89,7 +98,7 @@ class Authenticator:
         if self._dev:
             dev_principal = _single_value(pairs, DEV_PRINCIPAL_KEY)
             if dev_principal:
-                return Caller(dev_principal, "dev")
+                return Caller(DEV_PREFIX + dev_principal, "dev")
         authorization = _single_value(pairs, AUTHORIZATION_KEY)
         if authorization is not None:
             return self._verify_bearer(authorization)
@@ -145,7 +154,7 @@ class CertificateIdentity:
             raise Unauthenticated("client certificate has no SPIFFE ID (URI SAN)")
         if len(common_names) != 1 or not common_names[0]:
             raise Unauthenticated("client certificate has no SPIFFE ID and no single subject CN")
-        return common_names[0]
+        return CN_PREFIX + common_names[0]
 
 
 @dataclass(frozen=True)
@@ -168,8 +177,8 @@ class TokenVerifier:
         self._leeway = settings.jwt_leeway_seconds
         self._principal_claim = settings.jwt_principal_claim
         self._roles_claim = settings.jwt_roles_claim
-        required = ["exp", *(["iss"] if self._issuer else []), *(["aud"] if self._audience else [])]
-        self._required = required
+        # `iss` is always required: it names the principal's namespace (jwt:<iss>#<sub>).
+        self._required = ["exp", "iss", *(["aud"] if self._audience else [])]
 
     @classmethod
     def from_settings(cls, settings: IdentitySettings) -> TokenVerifier | None:
@@ -232,10 +241,15 @@ class TokenVerifier:
         raise Unauthenticated("bearer token signature does not verify against any trusted key")
 
     def _principal(self, claims: Mapping[str, object]) -> str:
+        """`jwt:<iss>#<subject>`: the issuer keeps two identity providers' subjects apart."""
         principal = claims.get(self._principal_claim)
         if not isinstance(principal, str) or not principal:
             raise Unauthenticated(f"bearer token lacks a string '{self._principal_claim}' claim")
-        return principal
+        issuer = claims.get("iss")
+        # An issuer is a URL without a fragment (OIDC); a '#' in it would make principals ambiguous.
+        if not isinstance(issuer, str) or not issuer or "#" in issuer:
+            raise Unauthenticated("bearer token 'iss' claim must be a non-empty string without '#'")
+        return f"{JWT_PREFIX}{issuer}#{principal}"
 
     def _roles(self, claims: Mapping[str, object]) -> tuple[str, ...]:
         roles = claims.get(self._roles_claim, [])

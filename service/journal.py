@@ -5,119 +5,58 @@ is durable before its caller goes on; concurrent writes share one commit), a loc
 second process off the directory, and every unfinished operation found at start is this
 process's to resume. Redis (`journal_redis.py`) serves several replicas.
 
-The journal keeps each update's documents (a restart must be able to resubmit them): it holds
-patient data and must be protected like the data store itself.
+A record keeps its update's document (patient data) only until HealthImaging has acknowledged
+the submit (`records.at_rest`); records are sealed with AES-256-GCM when keys are configured.
+SQLite overwrites deleted content (`secure_delete`) and truncates its write-ahead log once a
+document is dropped, so no copy of it lingers in the files.
 """
 
 from __future__ import annotations
 
 import asyncio
-import base64
 import contextlib
 import fcntl
 import hashlib
-import json
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
-from dataclasses import asdict, dataclass, replace
 from pathlib import Path
-from typing import Any, Literal, Protocol, TypeVar
+from typing import Any, Protocol
+from urllib.parse import urlsplit
 
 import aiosqlite
 import structlog
 
 from service.config import JournalSettings
-from service.healthimaging import ImageSetStatus
-from service.policy import Decision
-from service.updates import UpdateRequest
+from service.records import (
+    FINISHED,
+    RESUBMITTABLE,
+    OperationRecord,
+    RecordedError,
+    State,
+    decode,
+    decode_readable,
+    encode,
+    fingerprint,
+)
+from service.sealing import Sealer
 
 log = structlog.get_logger(__name__)
 
-T = TypeVar("T")
+# Records live in `records`; these names stay importable from here, where they always were.
+__all__ = [
+    "FINISHED",
+    "ImageSetKey",
+    "Journal",
+    "OperationRecord",
+    "RecordedError",
+    "SqliteJournal",
+    "State",
+    "fingerprint",
+    "is_stale",
+    "open_journal",
+]
+
 ImageSetKey = tuple[str, str]
-State = Literal["queued", "submitting", "submitted", "unwatched", "finished", "failed"]
-"""`unwatched`: submitted, but nobody follows it any more (the watch timed out); the next
-WatchUpdate adopts it and watches again."""
-FINISHED: frozenset[str] = frozenset({"finished", "failed"})
-
-
-@dataclass(frozen=True)
-class RecordedError:
-    """How an operation failed, as the caller was (and will again be) told."""
-
-    code: str  # grpc.StatusCode name
-    reason: str
-    message: str
-    retry_after_seconds: float = 0.0
-
-
-@dataclass(frozen=True)
-class OperationRecord:
-    """Everything needed to re-stream an operation, or to resume it after a restart."""
-
-    id: str
-    principal: str
-    auth_method: str
-    roles: tuple[str, ...]
-    request: UpdateRequest
-    decision: Decision
-    fingerprint: str
-    created_at: float
-    deadline: float | None
-    """Epoch seconds by which the submit must have started (the call's deadline)."""
-    state: State = "queued"
-    seq: int = 0
-    """Number of the last event journaled: replayed events and live ones meet here."""
-    submitted: ImageSetStatus | None = None
-    last_status: ImageSetStatus | None = None
-    error: RecordedError | None = None
-
-    @property
-    def finished(self) -> bool:
-        return self.state in FINISHED
-
-
-def fingerprint(request: UpdateRequest) -> str:
-    """What makes two requests "the same" for an idempotency key (the key itself aside)."""
-    fields = asdict(replace(request, idempotency_key=""))
-    for name, value in fields.items():
-        if isinstance(value, bytes):
-            fields[name] = hashlib.sha256(value).hexdigest()
-    return hashlib.sha256(json.dumps(fields, sort_keys=True).encode()).hexdigest()
-
-
-def encode(record: OperationRecord) -> str:
-    document = asdict(record)
-    for name in ("updatable_attributes", "removable_attributes"):
-        blob = document["request"][name]
-        document["request"][name] = base64.b64encode(blob).decode() if blob is not None else None
-    return json.dumps(document, separators=(",", ":"))
-
-
-def decode(text: str) -> OperationRecord:
-    document = json.loads(text)
-    request = document["request"]
-    for name in ("updatable_attributes", "removable_attributes"):
-        if request[name] is not None:
-            request[name] = base64.b64decode(request[name])
-    decision = document["decision"]
-    return OperationRecord(
-        **{
-            **document,
-            "roles": tuple(document["roles"]),
-            "request": UpdateRequest(**request),
-            "decision": Decision(
-                decision["allow"], tuple(decision["reasons"]), decision["decision_id"]
-            ),
-            "submitted": _status(document["submitted"]),
-            "last_status": _status(document["last_status"]),
-            "error": RecordedError(**document["error"]) if document["error"] else None,
-        }
-    )
-
-
-def _status(document: Mapping[str, Any] | None) -> ImageSetStatus | None:
-    return ImageSetStatus(**document) if document else None
 
 
 class Journal(Protocol):
@@ -166,15 +105,19 @@ def is_stale(holder: OperationRecord | None) -> bool:
 
 @contextlib.asynccontextmanager
 async def open_journal(settings: JournalSettings) -> AsyncIterator[Journal]:
-    if settings.url.startswith(("redis://", "rediss://", "unix://")):
+    sealer = Sealer.from_settings(settings.encryption_keys)  # bad keys stop the start, here
+    if not sealer.enabled:
+        log.warning("journal_in_clear", hint="set [journal] encryption_keys to seal records")
+    scheme = urlsplit(settings.url).scheme
+    if scheme in ("redis", "rediss", "unix"):
         from service.journal_redis import RedisJournal
 
-        async with RedisJournal.open(settings) as redis_journal:
+        async with RedisJournal.open(settings, sealer) as redis_journal:
             yield redis_journal
-    elif settings.url:
-        raise ValueError(f"journal: unsupported url {settings.url!r} (empty or redis://…)")
+    elif settings.url:  # the URL itself may hold a password: name its scheme only
+        raise ValueError(f"journal: unsupported url scheme {scheme!r} (empty, redis or rediss)")
     else:
-        async with SqliteJournal.open(settings) as sqlite_journal:
+        async with SqliteJournal.open(settings, sealer) as sqlite_journal:
             yield sqlite_journal
 
 
@@ -183,6 +126,7 @@ async def open_journal(settings: JournalSettings) -> AsyncIterator[Journal]:
 _SCHEMA = """
 PRAGMA journal_mode = WAL;
 PRAGMA synchronous = FULL;
+PRAGMA secure_delete = ON;
 CREATE TABLE IF NOT EXISTS operations (
     id TEXT PRIMARY KEY, finished INTEGER NOT NULL, updated_at REAL NOT NULL, body TEXT NOT NULL
 );
@@ -192,6 +136,7 @@ CREATE TABLE IF NOT EXISTS idempotency_keys (
     expires_at REAL NOT NULL, PRIMARY KEY (principal, key)
 );
 """
+"""`idempotency_keys.key` holds a SHA-256 of the caller's key (older rows: the key itself)."""
 
 Job = Callable[[aiosqlite.Connection], Awaitable[Any]]
 
@@ -201,16 +146,21 @@ class SqliteJournal:
 
     shared = False
 
-    def __init__(self, db: aiosqlite.Connection, settings: JournalSettings) -> None:
+    def __init__(self, db: aiosqlite.Connection, settings: JournalSettings, sealer: Sealer) -> None:
         self._db = db
         self._settings = settings
+        self._sealer = sealer
         self._jobs: asyncio.Queue[tuple[Job, asyncio.Future[Any]]] = asyncio.Queue()
         self._in_flight: dict[ImageSetKey, str] = {}
         self._taken_over = False
+        self._holding: set[str] = set()
+        """Operations whose stored record still holds a document (written by this process)."""
+        self._scrub = False
+        """A document was dropped: truncate the write-ahead log after this commit."""
 
     @classmethod
     @contextlib.asynccontextmanager
-    async def open(cls, settings: JournalSettings) -> AsyncIterator[SqliteJournal]:
+    async def open(cls, settings: JournalSettings, sealer: Sealer) -> AsyncIterator[SqliteJournal]:
         with contextlib.ExitStack() as locks:
             path = ":memory:"
             if settings.data_dir:
@@ -221,7 +171,7 @@ class SqliteJournal:
                 log.warning("journal_in_memory", hint="set [journal] data_dir to survive restarts")
             async with aiosqlite.connect(path, isolation_level=None) as db:
                 await db.executescript(_SCHEMA)
-                journal = cls(db, settings)
+                journal = cls(db, settings, sealer)
                 tasks = [
                     asyncio.create_task(journal._write_forever(), name="journal"),
                     asyncio.create_task(journal._purge_forever(), name="journal-purge"),
@@ -244,6 +194,19 @@ class SqliteJournal:
             while not self._jobs.empty():
                 batch.append(self._jobs.get_nowait())
             await self._commit(batch)
+            if self._scrub:
+                await self._truncate_log()
+
+    async def _truncate_log(self) -> None:
+        """Copy the log into the database and empty it: frames holding a dropped document go.
+        (secure_delete has already zeroed the document's old cells and pages in the database.)"""
+        try:
+            cursor = await self._db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+            busy = (await cursor.fetchone() or (0,))[0]
+        except aiosqlite.Error as exc:
+            log.warning("journal_checkpoint_failed", error=str(exc))
+            return
+        self._scrub = bool(busy)  # busy: a reader held it; the next commit tries again
 
     async def _commit(self, batch: list[tuple[Job, asyncio.Future[Any]]]) -> None:
         """Run each job in its own savepoint, commit once, then answer every caller."""
@@ -283,53 +246,67 @@ class SqliteJournal:
 
         async def job(db: aiosqlite.Connection) -> OperationRecord:
             if key:
-                earlier = await _select_key(db, record.principal, key, now)
+                earlier = await self._select_key(db, record.principal, key, now)
                 if earlier is not None:
                     return earlier
                 await db.execute(
                     "INSERT OR REPLACE INTO idempotency_keys VALUES (?, ?, ?, ?)",
                     (
                         record.principal,
-                        key,
+                        key_digest(key),
                         record.id,
                         now + self._settings.idempotency_ttl_seconds,
                     ),
                 )
             await db.execute(
-                "INSERT INTO operations VALUES (?, ?, ?, ?)", (record.id, 0, now, encode(record))
+                "INSERT INTO operations VALUES (?, ?, ?, ?)",
+                (record.id, 0, now, encode(record, self._sealer)),
             )
+            self._note_document(record)
             return record
 
         result: OperationRecord = await self._run(job)
         return result
 
     async def save(self, record: OperationRecord) -> bool:
-        values = (int(record.finished), time.time(), encode(record), record.id)
+        values = (int(record.finished), time.time(), encode(record, self._sealer), record.id)
 
         async def job(db: aiosqlite.Connection) -> None:
             await db.execute(
                 "UPDATE operations SET finished = ?, updated_at = ?, body = ? WHERE id = ?", values
             )
+            self._note_document(record)
 
         await self._run(job)
         return True
 
+    def _note_document(self, record: OperationRecord) -> None:
+        """Track which stored records hold a document; dropping one schedules a scrub."""
+        if record.state in RESUBMITTABLE:
+            self._holding.add(record.id)
+        elif record.id in self._holding:
+            self._holding.discard(record.id)
+            self._scrub = True
+
     async def get(self, operation_id: str) -> OperationRecord | None:
-        result: OperationRecord | None = await self._run(lambda db: _select_op(db, operation_id))
+        result: OperationRecord | None = await self._run(
+            lambda db: self._select_op(db, operation_id)
+        )
         return result
 
     async def by_key(self, principal: str, key: str) -> OperationRecord | None:
         now = time.time()
         result: OperationRecord | None = await self._run(
-            lambda db: _select_key(db, principal, key, now)
+            lambda db: self._select_key(db, principal, key, now)
         )
         return result
 
     async def forget_key(self, principal: str, key: str, operation_id: str) -> None:
         async def job(db: aiosqlite.Connection) -> None:
             await db.execute(
-                "DELETE FROM idempotency_keys WHERE principal = ? AND key = ? AND operation_id = ?",
-                (principal, key, operation_id),
+                "DELETE FROM idempotency_keys WHERE principal = ? AND key IN (?, ?) "
+                "AND operation_id = ?",
+                (principal, key_digest(key), key, operation_id),
             )
 
         await self._run(job)
@@ -340,12 +317,14 @@ class SqliteJournal:
             return []
         self._taken_over = True
 
-        async def job(db: aiosqlite.Connection) -> list[OperationRecord]:
-            cursor = await db.execute("SELECT body FROM operations WHERE finished = 0")
-            return [decode(row[0]) for row in await cursor.fetchall()]
+        async def job(db: aiosqlite.Connection) -> list[tuple[str, str]]:
+            cursor = await db.execute("SELECT id, body FROM operations WHERE finished = 0")
+            return [(row[0], row[1]) for row in await cursor.fetchall()]
 
-        records: list[OperationRecord] = await self._run(job)
-        return sorted(records, key=lambda r: r.created_at)
+        records = decode_readable(await self._run(job), self._sealer)
+        for record in records:
+            self._note_document(record)
+        return records
 
     async def adopt(self, operation_id: str) -> OperationRecord | None:
         record = await self.get(operation_id)
@@ -369,6 +348,24 @@ class SqliteJournal:
 
         await self._run(job)
 
+    async def _select_op(
+        self, db: aiosqlite.Connection, operation_id: str
+    ) -> OperationRecord | None:
+        cursor = await db.execute("SELECT body FROM operations WHERE id = ?", (operation_id,))
+        row = await cursor.fetchone()
+        return decode(row[0], operation_id, self._sealer) if row else None
+
+    async def _select_key(
+        self, db: aiosqlite.Connection, principal: str, key: str, now: float
+    ) -> OperationRecord | None:
+        cursor = await db.execute(  # the key itself: rows written before keys were hashed
+            "SELECT operation_id FROM idempotency_keys WHERE principal = ? AND key IN (?, ?) "
+            "AND expires_at > ?",
+            (principal, key_digest(key), key, now),
+        )
+        row = await cursor.fetchone()
+        return await self._select_op(db, row[0]) if row else None
+
     async def snapshot(self) -> Mapping[ImageSetKey, str]:
         return self._in_flight
 
@@ -391,22 +388,9 @@ class SqliteJournal:
         raise RuntimeError("a SQLite journal has no other replicas to hear from")
 
 
-async def _select_op(db: aiosqlite.Connection, operation_id: str) -> OperationRecord | None:
-    cursor = await db.execute("SELECT body FROM operations WHERE id = ?", (operation_id,))
-    row = await cursor.fetchone()
-    return decode(row[0]) if row else None
-
-
-async def _select_key(
-    db: aiosqlite.Connection, principal: str, key: str, now: float
-) -> OperationRecord | None:
-    cursor = await db.execute(
-        "SELECT operation_id FROM idempotency_keys WHERE principal = ? AND key = ? "
-        "AND expires_at > ?",
-        (principal, key, now),
-    )
-    row = await cursor.fetchone()
-    return await _select_op(db, row[0]) if row else None
+def key_digest(key: str) -> str:
+    """An idempotency key as the journal indexes it (the caller's key may say anything)."""
+    return hashlib.sha256(key.encode()).hexdigest()
 
 
 @contextlib.contextmanager

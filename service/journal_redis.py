@@ -4,6 +4,11 @@ Each replica holds a lease; when it lapses (or the replica leaves cleanly) anoth
 its unfinished operations over. Every change of an operation is saved only by its owner (a
 replica that lost the lease learns so on its next save), and its events travel on one pub/sub
 channel per operation so any replica can stream any operation.
+
+Records are stored as `records.encode` makes them (sealed when keys are set; without their
+document once submitted); the hash's `owner` and `state` fields, the idempotency key's SHA-256
+and the pub/sub events (no document) stay in clear. `rediss://user:password@host:port/db` gives
+TLS and an ACL user (redis-py's URL handling; `?ssl_ca_certs=/path/ca.pem` names the CA).
 """
 
 from __future__ import annotations
@@ -20,7 +25,9 @@ import redis.asyncio as aioredis
 import structlog
 
 from service.config import JournalSettings
-from service.journal import ImageSetKey, OperationRecord, decode, encode, is_stale
+from service.journal import ImageSetKey, OperationRecord, is_stale
+from service.records import decode, decode_readable, encode
+from service.sealing import Sealer
 
 log = structlog.get_logger(__name__)
 
@@ -35,13 +42,13 @@ if #KEYS == 3 then
   local earlier = redis.call('GET', KEYS[3])
   if earlier then
     local body = redis.call('HGET', ARGV[4] .. earlier, 'body')
-    if body then return body end
+    if body then return {earlier, body} end
   end
   redis.call('SET', KEYS[3], ARGV[1], 'PX', ARGV[5])
 end
 redis.call('HSET', KEYS[1], 'body', ARGV[2], 'owner', ARGV[3], 'state', 'queued')
 redis.call('SADD', KEYS[2], ARGV[1])
-return ARGV[2]
+return {ARGV[1], ARGV[2]}
 """
 
 _SAVE_LUA = """
@@ -63,6 +70,7 @@ for _, id in ipairs(redis.call('SMEMBERS', KEYS[1])) do
     redis.call('SREM', KEYS[1], id)
   elseif owner ~= ARGV[1] and redis.call('EXISTS', ARGV[3] .. owner) == 0 then
     redis.call('HSET', op, 'owner', ARGV[1])
+    table.insert(taken, id)
     table.insert(taken, redis.call('HGET', op, 'body'))
   end
 end
@@ -95,9 +103,10 @@ class RedisJournal:
 
     shared = True
 
-    def __init__(self, client: aioredis.Redis, settings: JournalSettings) -> None:
+    def __init__(self, client: aioredis.Redis, settings: JournalSettings, sealer: Sealer) -> None:
         self._client = client
         self._settings = settings
+        self._sealer = sealer
         self._prefix = settings.key_prefix
         self.replica_id = uuid.uuid4().hex[:12]
         self._create = client.register_script(_CREATE_LUA)
@@ -110,9 +119,9 @@ class RedisJournal:
 
     @classmethod
     @contextlib.asynccontextmanager
-    async def open(cls, settings: JournalSettings) -> AsyncIterator[RedisJournal]:
+    async def open(cls, settings: JournalSettings, sealer: Sealer) -> AsyncIterator[RedisJournal]:
         client = blocking_redis(settings.url)
-        journal = cls(client, settings)
+        journal = cls(client, settings, sealer)
         try:
             await journal._renew_lease()
             journal._tasks = [
@@ -155,24 +164,26 @@ class RedisJournal:
         ttl_ms = int(self._settings.idempotency_ttl_seconds * 1000)
         args: list[str | int] = [
             record.id,
-            encode(record),
+            encode(record, self._sealer),
             self.replica_id,
             self._key("op", ""),
             ttl_ms,
         ]
-        return decode(_text(await self._create(keys=keys, args=args)))
+        operation_id, body = await self._create(keys=keys, args=args)
+        return decode(_text(body), _text(operation_id), self._sealer)
 
     async def save(self, record: OperationRecord) -> bool:
         keys = [self._key("op", record.id), self._key("unfinished")]
         retention_ms = int(self._settings.retention_seconds * 1000)
         finished = "1" if record.finished else "0"
-        args: list[str | int] = [record.id, encode(record), self.replica_id, finished, retention_ms]
+        body = encode(record, self._sealer)
+        args: list[str | int] = [record.id, body, self.replica_id, finished, retention_ms]
         args.append(record.state)
         return bool(await self._save(keys=keys, args=args))
 
     async def get(self, operation_id: str) -> OperationRecord | None:
         body = await self._client.hget(self._key("op", operation_id), "body")
-        return decode(_text(body)) if body else None
+        return decode(_text(body), operation_id, self._sealer) if body else None
 
     async def by_key(self, principal: str, key: str) -> OperationRecord | None:
         operation_id = await self._client.get(self._idempotency_key(principal, key))
@@ -185,12 +196,14 @@ class RedisJournal:
 
     async def take_over(self) -> list[OperationRecord]:
         args = [self.replica_id, self._key("op", ""), self._key("replica", "")]
-        bodies = await self._take_over(keys=[self._key("unfinished")], args=args)
-        return sorted((decode(_text(body)) for body in bodies), key=lambda r: r.created_at)
+        taken = [
+            _text(item) for item in await self._take_over(keys=[self._key("unfinished")], args=args)
+        ]
+        return decode_readable(zip(taken[::2], taken[1::2], strict=True), self._sealer)
 
     async def adopt(self, operation_id: str) -> OperationRecord | None:
         body = await self._adopt(keys=[self._key("op", operation_id)], args=[self.replica_id])
-        return decode(_text(body)) if body else None
+        return decode(_text(body), operation_id, self._sealer) if body else None
 
     async def snapshot(self) -> Mapping[ImageSetKey, str]:
         held = await self._client.hgetall(self._key("inflight"))

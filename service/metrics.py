@@ -35,6 +35,17 @@ class Metrics:
             buckets=_FAST,
             registry=registry,
         )
+        self.pending = Gauge(
+            "imaging_proxy_pending_requests",
+            "Requests being normalised and decided now (bounded by limits.max_pending).",
+            registry=registry,
+        )
+        self.gate_refusals = Counter(
+            "imaging_proxy_gate_refusals",
+            "Requests refused before any work (no_role, principal_busy, proxy_busy).",
+            ["reason"],
+            registry=registry,
+        )
         self.queue_depth = Gauge(
             "imaging_proxy_queue_depth", "Updates waiting for their turn.", registry=registry
         )

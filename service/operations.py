@@ -5,7 +5,9 @@ away does not cancel its update, and WatchUpdate re-attaches to it by id, on any
 step is journaled before anyone is told: the record exists before `authorized` is sent, a submit
 is marked before it is made, a result is saved before it is streamed. After a restart (or when
 another replica's lease lapses) unfinished operations resume where their record left them:
-queued ones queue again, submitted ones are watched again.
+queued ones queue again, submitted ones are watched again. A record drops the update's
+document once HealthImaging has acknowledged the submit (`records.at_rest`): an operation resumed
+past its submit only follows its image set.
 """
 
 from __future__ import annotations
@@ -15,16 +17,16 @@ import contextlib
 import time
 import uuid
 from collections.abc import AsyncIterator
-from dataclasses import dataclass, field, replace
+from dataclasses import replace
 from typing import Any, cast
 
 import structlog
 from redis.exceptions import RedisError
 
-from service import audit
+from service import audit, references
 from service.admission import Admission, Draining, Ticket
-from service.budget import GET_IMAGE_SET, UPDATE, Budget
-from service.config import WatchSettings
+from service.budget import GET_IMAGE_SET, GET_IMAGE_SET_METADATA, UPDATE, Budget
+from service.config import LimitSettings, WatchSettings
 from service.errors import (
     DeadlineExceeded,
     FieldViolation,
@@ -38,12 +40,10 @@ from service.events import (
     Authorized,
     Event,
     Finished,
-    Heartbeat,
     Item,
     Queued,
     StatusChanged,
     Submitted,
-    from_payload,
     record_error,
     replay,
     to_payload,
@@ -53,6 +53,8 @@ from service.identity import AuthMethod, Caller
 from service.journal import Journal, OperationRecord, fingerprint
 from service.metrics import Metrics
 from service.policy import Decision
+from service.records import RESUBMITTABLE, followed
+from service.streams import Operation, Streams
 from service.updates import UpdatePlan, UpdateRequest, normalise
 from service.watch import Watcher
 
@@ -71,38 +73,6 @@ class _Unwatched(Exception):
         self.error = error
 
 
-@dataclass(eq=False)
-class Operation:
-    """One update this process runs, and everything observed of it."""
-
-    record: OperationRecord
-    caller: Caller
-    plan: UpdatePlan
-    events: list[Event] = field(default_factory=list)
-    error: ProxyError | None = None
-    subscribers: set[asyncio.Queue[Item]] = field(default_factory=set)
-    task: asyncio.Task[None] | None = None
-    seq: int = 0
-
-    @property
-    def id(self) -> str:
-        return self.record.id
-
-    @property
-    def last_status(self) -> ImageSetStatus | None:
-        return self.record.last_status
-
-    def publish(self, item: Item) -> None:
-        if isinstance(item, ProxyError):
-            self.error = item
-        elif isinstance(item, Queued) and self.events and isinstance(self.events[-1], Queued):
-            self.events[-1] = item  # a replay needs only the latest position
-        else:
-            self.events.append(item)
-        for queue in self.subscribers:
-            queue.put_nowait(item)
-
-
 class Operations:
     """Starts, runs, resumes and streams operations; the journal is the source of truth."""
 
@@ -115,6 +85,7 @@ class Operations:
         journal: Journal,
         settings: WatchSettings,
         metrics: Metrics,
+        limits: LimitSettings,
     ) -> None:
         self._backend = backend
         self._watcher = watcher
@@ -122,7 +93,9 @@ class Operations:
         self._budget = budget
         self._journal = journal
         self._settings = settings
+        self._limits = limits  # a resumed queued record is checked as it was admitted
         self._operations: dict[str, Operation] = {}
+        self._streams = Streams(journal, self.lookup, settings.heartbeat_seconds)
         metrics.running_operations.set_function(lambda: self.running)
 
     @property
@@ -155,8 +128,9 @@ class Operations:
         decision: Decision,
         deadline: float | None,
     ) -> OperationRecord:
-        """Admit, journal, acknowledge and run an allowed update (or find its twin by key)."""
+        """Admit, check, journal, acknowledge and run an allowed update (or its twin by key)."""
         await self._admission.admit(caller.principal, deadline)
+        await references.check(plan, lambda: self._metadata(plan, deadline))
         fresh = OperationRecord(
             id=str(uuid.uuid4()),
             principal=caller.principal,
@@ -168,6 +142,7 @@ class Operations:
             created_at=time.time(),
             deadline=deadline,
             seq=1,
+            touched=plan.touched_tags(),
         )
         record = await self._journal.create(fresh)
         if record.id != fresh.id:  # the same key won a race with us
@@ -208,7 +183,11 @@ class Operations:
         log.info("operation_resumed", operation_id=record.id, state=record.state)
         caller = Caller(record.principal, cast(AuthMethod, record.auth_method), record.roles)
         try:
-            plan = normalise(record.request)
+            plan = (
+                normalise(record.request, self._limits)
+                if record.state in RESUBMITTABLE
+                else followed(record)
+            )
         except InvalidArgument as error:  # the update rules changed since it was accepted
             failed = replace(record, seq=record.seq + 1, state="failed", error=record_error(error))
             await self._journal.save(failed)
@@ -334,6 +313,14 @@ class Operations:
             GET_IMAGE_SET, lambda: self._backend.get_image_set(datastore_id, image_set_id, version)
         )
 
+    async def _metadata(self, plan: UpdatePlan, deadline: float | None) -> bytes:
+        """The image set's latest metadata, one read through its budget."""
+        return await self._budget.call(
+            GET_IMAGE_SET_METADATA,
+            lambda: self._backend.image_set_metadata(plan.datastore_id, plan.image_set_id),
+            deadline=deadline,
+        )
+
     async def _follow(self, operation: Operation, submitted: ImageSetStatus | None) -> None:
         record = operation.record
         assert record.submitted is not None
@@ -396,79 +383,10 @@ class Operations:
         local = self._operations.get(record.id)
         if local is None and record.state == "unwatched":
             local = await self._adopt(record.id)
-        events = self._local(local) if local is not None else self._recorded(record.id)
+        streams = self._streams
+        events = streams.local(local) if local is not None else streams.recorded(record.id)
         async for event in events:
             yield event
-
-    async def _local(self, operation: Operation) -> AsyncIterator[Event]:
-        queue: asyncio.Queue[Item] = asyncio.Queue()
-        for item in [*operation.events, *([operation.error] if operation.error else [])]:
-            queue.put_nowait(item)
-        operation.subscribers.add(queue)
-        try:
-            while True:
-                item = await self._next(queue, operation.id, operation.last_status)
-                if isinstance(item, ProxyError):
-                    raise item
-                yield item
-                if isinstance(item, Finished):
-                    return
-        finally:
-            operation.subscribers.discard(queue)
-
-    async def _recorded(self, operation_id: str) -> AsyncIterator[Event]:
-        """An operation run elsewhere (another replica) or already over: replay, then listen."""
-        if not self._journal.shared:
-            record = await self.lookup(operation_id)
-            if not record.finished:
-                raise Unavailable("the operation is not running in this process; retry")
-            async for event in _replayed(record):
-                yield event
-            return
-        async with self._journal.subscribe(operation_id) as payloads:
-            record = await self.lookup(operation_id)  # after subscribing: nothing falls between
-            async for event in _replayed(record):
-                yield event
-            if record.finished:
-                return
-            async for event in self._remote(record, payloads):
-                yield event
-
-    async def _remote(
-        self, record: OperationRecord, payloads: asyncio.Queue[dict[str, Any]]
-    ) -> AsyncIterator[Event]:
-        seen, last = record.seq, record.last_status
-        while True:
-            payload = await self._next(payloads, record.id, last)
-            if isinstance(payload, Heartbeat):
-                yield payload
-                continue
-            if not isinstance(payload, dict) or payload["seq"] <= seen:
-                continue
-            seen = payload["seq"]
-            item = from_payload(record.id, payload)
-            if isinstance(item, ProxyError) and item.reason == Draining.reason:
-                continue  # its replica is leaving; another one will take the operation over
-            if isinstance(item, ProxyError):
-                raise item
-            if isinstance(item, Submitted | StatusChanged | Finished):
-                last = item.status
-            yield item
-            if isinstance(item, Finished):
-                return
-
-    async def _next(
-        self,
-        queue: asyncio.Queue[Any],
-        operation_id: str,
-        status: ImageSetStatus | None,
-    ) -> Any:
-        """The next item, or a heartbeat (with the last known state) after a silence."""
-        try:
-            async with asyncio.timeout(self._settings.heartbeat_seconds):
-                return await queue.get()
-        except TimeoutError:
-            return Heartbeat(operation_id, time.time(), status)
 
     async def close(self) -> None:
         tasks = [op.task for op in self._operations.values() if op.task and not op.task.done()]
@@ -477,13 +395,6 @@ class Operations:
         for task in tasks:
             with contextlib.suppress(asyncio.CancelledError):
                 await task
-
-
-async def _replayed(record: OperationRecord) -> AsyncIterator[Event]:
-    for item in replay(record):
-        if isinstance(item, ProxyError):
-            raise item
-        yield item
 
 
 def _same_request(record: OperationRecord, request: UpdateRequest) -> None:

@@ -1,4 +1,6 @@
-"""The update pipeline below the transport: normalise → (same key?) → decide → admit → stream."""
+"""The update pipeline below the transport: gate → normalise → (same key?) → decide → admit →
+stream. The gate (service/gate.py) refuses callers without a role and bounds the requests being
+normalised and decided, before any of that work starts."""
 
 from __future__ import annotations
 
@@ -6,8 +8,10 @@ import time
 from collections.abc import AsyncIterator
 
 from service import audit
+from service.config import LimitSettings
 from service.errors import PermissionDenied
 from service.events import Event
+from service.gate import Gate
 from service.identity import Caller
 from service.journal import OperationRecord
 from service.metrics import Metrics
@@ -21,15 +25,20 @@ ADMIN_ROLE = "metadata-admin"
 class Pipeline:
     """What the gRPC handlers call, with protobuf-free values."""
 
-    def __init__(self, policy: PolicyClient, operations: Operations, metrics: Metrics) -> None:
+    def __init__(
+        self, policy: PolicyClient, operations: Operations, metrics: Metrics, limits: LimitSettings
+    ) -> None:
         self._policy = policy
         self._operations = operations
         self._metrics = metrics
+        self._limits = limits
+        self._gate = Gate(policy.role_answer, limits, metrics)
 
     async def evaluate(self, caller: Caller, request: UpdateRequest) -> tuple[UpdatePlan, Decision]:
         """Validate, classify and decide; nothing is submitted."""
-        plan = normalise(request)
-        return plan, await self._decide(caller, plan)
+        async with self._gate.entry(caller, request.datastore_id, request.image_set_id):
+            plan = normalise(request, self._limits)
+            return plan, await self._decide(caller, plan)
 
     async def _decide(self, caller: Caller, plan: UpdatePlan) -> Decision:
         started = time.perf_counter()
@@ -45,20 +54,25 @@ class Pipeline:
 
         A retry with the same idempotency key re-streams the first operation, undecided again.
         """
-        plan = normalise(request)
-        record = await self._operations.existing(caller.principal, request)
-        if record is None:
-            record = await self._start(caller, request, plan, time_remaining)
+        record = await self._operation(caller, request, time_remaining)
         async for event in self._operations.stream(record):
             yield event
 
-    async def _start(
-        self,
-        caller: Caller,
-        request: UpdateRequest,
-        plan: UpdatePlan,
-        time_remaining: float | None,
+    async def _operation(
+        self, caller: Caller, request: UpdateRequest, time_remaining: float | None
     ) -> OperationRecord:
+        """The first operation of a repeated idempotency key, or a new allowed one (admitted)."""
+        async with self._gate.entry(caller, request.datastore_id, request.image_set_id):
+            plan = normalise(request, self._limits)
+            record = await self._operations.existing(caller.principal, request)
+            if record is not None:
+                return record
+            decision = await self._allowed(caller, plan)
+        deadline = time.time() + time_remaining if time_remaining is not None else None
+        return await self._operations.start(caller, request, plan, decision, deadline)
+
+    async def _allowed(self, caller: Caller, plan: UpdatePlan) -> Decision:
+        """OPA's decision when it allows the update; PermissionDenied (audited) otherwise."""
         decision = await self._decide(caller, plan)
         if not decision.allow:
             audit.denied(caller, plan, decision)
@@ -67,8 +81,7 @@ class Pipeline:
                 decision.decision_id,
                 decision.reasons,
             )
-        deadline = time.time() + time_remaining if time_remaining is not None else None
-        return await self._operations.start(caller, request, plan, decision, deadline)
+        return decision
 
     async def watch(self, caller: Caller, operation_id: str) -> AsyncIterator[Event]:
         record = await self._operations.lookup(operation_id)

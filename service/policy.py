@@ -1,4 +1,4 @@
-"""Policy stage: a caller and an update plan become an OPA input, and OPA's answer a Decision.
+"""Policy stage: asks OPA about a caller and an update plan; OPA's answer becomes a Decision.
 
 Fail closed: OPA unreachable, slower than its timeout, erroring, undefined or malformed all raise
 PolicyUnavailable; only a well-formed `{"allow": true}` lets an update through.
@@ -19,15 +19,8 @@ from opa_client.opa_async import AsyncOpaClient
 from service.config import OpaSettings
 from service.errors import PolicyUnavailable
 from service.identity import Caller
+from service.policy_input import build_input, caller_input
 from service.updates import UpdatePlan
-
-# A request no policy should allow: health checks only need a well-formed answer.
-HEALTH_PROBE_INPUT: Mapping[str, Any] = {
-    "caller": {"principal": "", "auth_method": "health-probe", "roles": [], "claims": {}},
-    "request": {"kind": "health-probe", "force": False, "include_study_image_sets": False},
-    "changes": [],
-    "summary": {},
-}
 
 
 @dataclass(frozen=True)
@@ -39,49 +32,13 @@ class Decision:
     decision_id: str
 
 
-def build_input(caller: Caller, plan: UpdatePlan, send_values: bool = False) -> dict[str, Any]:
-    """The OPA input document: who, what request, which attributes (values only if enabled)."""
-    return {
-        "caller": _caller_input(caller),
-        "request": {
-            "datastore_id": plan.datastore_id,
-            "image_set_id": plan.image_set_id,
-            "latest_version_id": plan.latest_version_id,
-            "force": plan.force,
-            "include_study_image_sets": plan.include_study_image_sets,
-            "kind": plan.kind,
-            "revert_to_version_id": plan.revert_to_version_id,
-        },
-        "changes": [_change_input(change, send_values) for change in plan.changes],
-        "summary": plan.summary(),
-    }
+@dataclass(frozen=True)
+class RoleAnswer:
+    """OPA's answer to "which roles does this caller hold on this data store?"."""
 
-
-def _caller_input(caller: Caller) -> dict[str, Any]:
-    return {
-        "principal": caller.principal,
-        "auth_method": caller.auth_method,
-        "roles": list(caller.roles),
-        "claims": dict(caller.claims),
-    }
-
-
-def _change_input(change: Any, send_values: bool) -> dict[str, Any]:
-    described = {
-        "action": change.action,
-        "level": change.level,
-        "series_uid": change.series_uid,
-        "instance_uid": change.instance_uid,
-        "tag": change.tag,
-        "keyword": change.keyword,
-        "vr": change.vr,
-        "private": change.private,
-        "requires_force": change.requires_force,
-        "categories": list(change.categories),
-    }
-    if send_values:
-        described["value"] = change.value
-    return described
+    roles: frozenset[str] | None
+    """None when the policy leaves `data.imaging.caller.roles` undefined (not known: no roles)."""
+    decision_id: str
 
 
 def parse_result(response: Mapping[str, Any]) -> Decision:
@@ -94,8 +51,10 @@ def parse_result(response: Mapping[str, Any]) -> Decision:
         raise PolicyUnavailable("policy decision is malformed: 'allow' is not a boolean")
     if not isinstance(reasons, list) or not all(isinstance(r, str) for r in reasons):
         raise PolicyUnavailable("policy decision is malformed: 'reasons' is not a list of strings")
-    decision_id = response.get("decision_id", "")
-    return Decision(allow, tuple(reasons), decision_id if isinstance(decision_id, str) else "")
+    decision_id = response.get("decision_id", "")  # absent when decision logging is off
+    if not isinstance(decision_id, str):
+        raise PolicyUnavailable("policy decision is malformed: 'decision_id' is not a string")
+    return Decision(allow, tuple(reasons), decision_id)
 
 
 class PolicyClient:
@@ -129,21 +88,19 @@ class PolicyClient:
     async def roles(self, caller: Caller, datastore_id: str) -> frozenset[str]:
         """The caller's effective roles on a data store (`data.imaging.caller.roles`): grants
         live in OPA's data, so OPA is asked, not the token alone. An undefined answer is none."""
-        document = {"caller": _caller_input(caller), "request": {"datastore_id": datastore_id}}
-        response = await self._post(document, "imaging.caller", "roles")
-        result = response.get("result")
-        if not isinstance(result, list):
-            return frozenset()
-        return frozenset(role for role in result if isinstance(role, str))
+        return (await self.role_answer(caller, datastore_id)).roles or frozenset()
 
-    async def healthy(self) -> bool:
-        """True when OPA returns a well-formed decision in time: the path every update takes,
-        so a policy that errors, is undefined or is too slow also reads as not serving."""
-        try:
-            await self._query(HEALTH_PROBE_INPUT)
-        except PolicyUnavailable:
-            return False
-        return True
+    async def role_answer(self, caller: Caller, datastore_id: str) -> RoleAnswer:
+        """`roles`, with OPA's decision id, and None when the policy leaves the rule undefined."""
+        document = {"caller": caller_input(caller), "request": {"datastore_id": datastore_id}}
+        response = await self._post(document, "imaging.caller", "roles")
+        result, decision_id = response.get("result"), response.get("decision_id", "")
+        roles = (
+            frozenset(role for role in result if isinstance(role, str))
+            if isinstance(result, list)
+            else None
+        )
+        return RoleAnswer(roles, decision_id if isinstance(decision_id, str) else "")
 
     async def _query(self, document: Mapping[str, Any]) -> Decision:
         return parse_result(await self._post(document, self._package, self._rule))

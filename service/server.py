@@ -16,7 +16,7 @@ import aiohttp
 import grpc
 import structlog
 from google.protobuf import timestamp_pb2
-from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_health.v1 import health, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 from grpc_status import rpc_status
 
@@ -25,9 +25,10 @@ from service._proto.imaging.metadata.v1 import metadata_pb2 as pb
 from service._proto.imaging.metadata.v1 import metadata_pb2_grpc as pb_grpc
 from service.admission import Admission
 from service.budget import Budget
-from service.config import BackendSettings, Settings
+from service.config import Settings
 from service.errors import Internal, ProxyError
 from service.events import Authorized, Event, Finished, Heartbeat, Queued, StatusChanged, Submitted
+from service.health import Health, HttpProbe, backend_probe, opa_probe
 from service.healthimaging import HealthImaging, ImageSetStatus
 from service.identity import Authenticator, Caller
 from service.journal import open_journal
@@ -297,45 +298,6 @@ def _server_options(settings: Settings) -> list[tuple[str, Any]]:
     return options
 
 
-class BackendProbe:
-    """Whether HealthImaging's endpoint answers HTTP at all (no API call, no quota used)."""
-
-    def __init__(self, session: aiohttp.ClientSession, settings: BackendSettings) -> None:
-        self._session = session
-        self._url = (
-            settings.endpoint_url or f"https://medical-imaging.{settings.region}.amazonaws.com"
-        )
-
-    async def healthy(self) -> bool:
-        try:
-            async with self._session.get(self._url, timeout=aiohttp.ClientTimeout(total=2)):
-                return True
-        except (aiohttp.ClientError, OSError, TimeoutError):
-            return False
-
-
-async def _watch_health(
-    policy: PolicyClient,
-    backend: BackendProbe,
-    servicer: health.aio.HealthServicer,
-    interval: float,
-) -> None:
-    """NOT_SERVING while OPA or HealthImaging cannot answer: updates would only fail."""
-    serving = health_pb2.HealthCheckResponse.SERVING
-    not_serving = health_pb2.HealthCheckResponse.NOT_SERVING
-    was: tuple[bool, bool] | None = None
-    while True:
-        opa, healthimaging = await policy.healthy(), await backend.healthy()
-        if (opa, healthimaging) != was:
-            log.info("readiness", opa=opa, healthimaging=healthimaging)
-            was = (opa, healthimaging)
-        ready = {"": opa and healthimaging, SERVICE_NAME: opa and healthimaging}
-        ready.update({"opa": opa, "healthimaging": healthimaging})
-        for name, ok in ready.items():
-            await servicer.set(name, serving if ok else not_serving)
-        await asyncio.sleep(interval)
-
-
 @dataclass(frozen=True)
 class _Core:
     """The long-lived parts behind the servicer."""
@@ -343,8 +305,8 @@ class _Core:
     pipeline: Pipeline
     operations: Operations
     admission: Admission
-    probe: BackendProbe
-    policy: PolicyClient
+    probes: dict[str, HttpProbe]
+    """Reachability of each dependency, by health name ("opa", "healthimaging")."""
     shared: bool
 
 
@@ -365,22 +327,21 @@ async def _open_core(settings: Settings, stack: AsyncExitStack, metrics: Metrics
     stack.push_async_callback(watcher.close)
     admission = Admission(settings.admission, budget, journal, metrics)
     stack.push_async_callback(admission.close)
-    operations = Operations(backend, watcher, admission, budget, journal, settings.watch, metrics)
+    operations = Operations(
+        backend, watcher, admission, budget, journal, settings.watch, metrics, settings.limits
+    )
     stack.push_async_callback(operations.close)
-    pipeline = Pipeline(policy, operations, metrics)
-    probe = BackendProbe(session, settings.backend)
-    return _Core(pipeline, operations, admission, probe, policy, journal.shared)
+    pipeline = Pipeline(policy, operations, metrics, settings.limits)
+    probes = {
+        "opa": opa_probe(session, settings.opa),
+        "healthimaging": backend_probe(session, settings.backend),
+    }
+    return _Core(pipeline, operations, admission, probes, journal.shared)
 
 
-def _background(
-    core: _Core, settings: Settings, servicer: health.aio.HealthServicer
-) -> list[asyncio.Task[None]]:
-    tasks = [
-        asyncio.create_task(
-            _watch_health(core.policy, core.probe, servicer, settings.opa.health_interval_seconds),
-            name="health",
-        )
-    ]
+def _background(core: _Core, settings: Settings, checks: Health) -> list[asyncio.Task[None]]:
+    interval = settings.opa.health_interval_seconds
+    tasks = [asyncio.create_task(checks.probe_forever(interval), name="health")]
     if core.shared:  # take over the operations of replicas that went away
         interval = settings.journal.lease_seconds / 2
         tasks.append(
@@ -410,6 +371,18 @@ def _build_server(
     return server, health_servicer, port, credentials is not None
 
 
+def _probe_listener(
+    settings: Settings, health_servicer: health.aio.HealthServicer
+) -> grpc.aio.Server | None:
+    """grpc.health.v1 alone, in plaintext on `health_port`: for probes without a certificate."""
+    if not settings.server.health_port:
+        return None
+    server = grpc.aio.server()
+    health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
+    server.add_insecure_port(f"{settings.server.host}:{settings.server.health_port}")
+    return server
+
+
 async def run_server(
     settings: Settings,
     ready: Callable[[int], None] | None = None,
@@ -426,14 +399,21 @@ async def run_server(
         core.admission.start()
         resumed = await core.operations.resume()
         server, health_servicer, port, tls = _build_server(settings, core, metrics, authenticator)
-        await server.start()
-        background = _background(core, settings, health_servicer)
+        checks = Health(health_servicer, SERVICE_NAME, core.probes, settings.opa.health_failures)
+        await checks.live()  # before the first call can ask
+        probes_only = _probe_listener(settings, health_servicer)
+        for listener in (server, probes_only):
+            if listener is not None:
+                await listener.start()
+        background = _background(core, settings, checks)
         _install_signal_handlers(stop)
         log.info("serving", address=f"{settings.server.host}:{port}", tls=tls, resumed=resumed)
         if ready is not None:
             ready(port)
         await stop.wait()
         await _shut_down(settings, server, health_servicer, core, background)
+        if probes_only is not None:  # answered NOT_SERVING throughout the grace period
+            await probes_only.stop(None)
 
 
 async def _shut_down(

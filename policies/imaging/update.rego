@@ -1,9 +1,11 @@
 # METADATA
-# title: Default rules for UpdateImageSetMetadata
+# title: Default rules for UpdateImageSetMetadata (an allow-list)
 # description: |
 #   The proxy POSTs {"input": ...} to /v1/data/imaging/update/decision and reads
 #   {"allow": bool, "reasons": [string]}. Every failing rule adds one stable reason string;
-#   the update is allowed only when none fails. See docs/POLICIES.md.
+#   the update is allowed only when none fails. The proxy sends facts (VR, level, PS3.15
+#   profile action...), never verdicts; data.imaging.editable names the descriptive
+#   attributes a metadata-editor may change although the profile lists them. See docs/POLICIES.md.
 package imaging.update
 
 import data.imaging.caller
@@ -68,16 +70,23 @@ admin if "metadata-admin" in caller.roles
 
 # --- each change ---
 # Role first, so a caller holding the role never scans the changes. Each scan is one complete
-# rule (stops at the first match) or one set of change indexes, with no function calls: linear.
+# rule (stops at the first match) or one set of change indexes, with no function calls: linear in
+# the entries, and the proxy sends one entry per distinct attribute shape (with a count).
 
 reasons contains "change is not recognised" if count(recognised) != count(input.changes)
 
-# Indexes of the changes with the shape the proxy sends.
+# Indexes of the changes with the shape the proxy sends: every fact a rule reads is present.
 recognised contains i if {
 	some i, change in input.changes
 	levels_of_action[change.action][change.level]
+	is_string(change.tag)
+	is_string(change.vr)
+	is_string(change.profile)
+	is_string(change.within)
 	is_boolean(change.private)
 	is_array(change.categories)
+	is_number(change.count)
+	change.count >= 1
 }
 
 levels_of_action := {
@@ -87,9 +96,16 @@ levels_of_action := {
 	"remove_instance": {"instance"},
 }
 
+# Every attribute of VR UI, at any level or nesting, plus the identifiers HealthImaging gates
+# behind force (category "uid": StudyInstanceUID, SeriesInstanceUID, SOPInstanceUID, StudyID).
 reasons contains "UID changes require role metadata-admin" if {
 	not admin
 	touches_uid
+}
+
+touches_uid if {
+	some change in input.changes
+	change.vr == "UI"
 }
 
 touches_uid if {
@@ -124,28 +140,31 @@ touches_private if {
 
 reasons contains "patient identity changes require role patient-identity-editor" if {
 	not "patient-identity-editor" in caller.roles
-	count(patient_changes) > 0
+	count(identity_changes) > 0
 }
 
-# Every patient-level attribute counts as patient identity: the Patient bucket describes the person.
-patient_changes contains i if {
+# Every patient-level attribute: the Patient bucket describes the person.
+identity_changes contains i if {
 	some i, change in input.changes
 	change.level == "patient"
 }
 
-patient_changes contains i if {
+# Every attribute the Confidentiality Profile (PS3.15 Table E.1-1) lists, at whatever level or
+# nesting it is written, unless data.json names it an editable descriptive attribute.
+identity_changes contains i if {
 	some i, change in input.changes
-	"patient_identity" in change.categories
+	change.profile != ""
+	not data.imaging.editable[change.tag]
 }
 
-# Attribute updates and removals outside the patient identity need the base editing role, in
-# addition to any role the rules above ask for.
+# The allow-list of metadata-editor: attribute updates and removals that are not identity
+# changes, i.e. attributes the profile does not list, plus data.imaging.editable.
 reasons contains "metadata changes require role metadata-editor" if {
 	not "metadata-editor" in caller.roles
 	touches_metadata
 }
 
-touches_metadata if count(attribute_changes - patient_changes) > 0
+touches_metadata if count(attribute_changes - identity_changes) > 0
 
 attribute_changes contains i if {
 	some i, change in input.changes

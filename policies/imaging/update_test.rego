@@ -8,54 +8,69 @@ demo_datastore := "12345678901234567890123456789012"
 
 other_datastore := "abcdefabcdefabcdefabcdefabcdef01"
 
+# One entry per distinct attribute shape, with the facts the proxy takes from the standard
+# (pydicom's dictionary, PS3.15 Table E.1-1 2026c) and how many changes it stands for.
 study_change := {
-	"action": "update", "level": "study", "series_uid": "", "instance_uid": "",
-	"tag": "00081030", "keyword": "StudyDescription", "vr": "LO",
-	"private": false, "requires_force": false, "categories": [],
+	"action": "update", "level": "study", "tag": "00081030", "keyword": "StudyDescription",
+	"vr": "LO", "vm": "1", "private": false, "retired": false, "profile": "X",
+	"requires_force": false, "categories": [], "within": "", "count": 1,
 }
 
 series_change := object.union(study_change, {
-	"level": "series", "series_uid": "1.2.3",
-	"tag": "0008103E", "keyword": "SeriesDescription",
+	"level": "series", "tag": "0008103E", "keyword": "SeriesDescription",
 })
 
 instance_remove := object.union(study_change, {
-	"action": "remove", "level": "instance", "series_uid": "1.2.3", "instance_uid": "1.2.3.4",
-	"tag": "00204000", "keyword": "ImageComments", "vr": "LT",
+	"action": "remove", "level": "instance", "tag": "00204000", "keyword": "ImageComments", "vr": "LT",
+})
+
+# Not listed by the Confidentiality Profile: a metadata-editor may change it.
+body_part := object.union(study_change, {
+	"level": "series", "tag": "00180015", "keyword": "BodyPartExamined", "vr": "CS", "profile": "",
 })
 
 patient_name := object.union(study_change, {
-	"level": "patient", "tag": "00100010", "keyword": "PatientName", "vr": "PN",
-	"categories": ["patient_identity"],
+	"level": "patient", "tag": "00100010", "keyword": "PatientName", "vr": "PN", "profile": "Z",
 })
 
-patient_weight := object.union(study_change, {
-	"level": "patient", "tag": "00101030", "keyword": "PatientWeight", "vr": "DS",
+# Patient level although the profile does not list it (a made-up fact: the level alone decides).
+patient_unlisted := object.union(study_change, {
+	"level": "patient", "tag": "00102201", "keyword": "PatientSpeciesDescription", "profile": "",
 })
 
-study_patient_id := object.union(study_change, {
-	"tag": "00100020", "keyword": "PatientID", "categories": ["patient_identity"],
+study_patient_id := object.union(study_change, {"tag": "00100020", "keyword": "PatientID", "profile": "Z/D"})
+
+religion := object.union(study_change, {
+	"level": "instance", "tag": "001021F0", "keyword": "PatientReligiousPreference", "profile": "X",
 })
 
 study_uid := object.union(study_change, {
-	"tag": "0020000D", "keyword": "StudyInstanceUID", "vr": "UI",
+	"tag": "0020000D", "keyword": "StudyInstanceUID", "vr": "UI", "profile": "U",
 	"requires_force": true, "categories": ["uid"],
 })
 
+# VR UI, not listed by the profile, not force-gated: the VR alone needs the admin.
+sop_class := object.union(study_change, {
+	"level": "instance", "tag": "00080016", "keyword": "SOPClassUID", "vr": "UI", "profile": "",
+})
+
+# A UID inside a sequence item at patient level.
+nested_uid := object.union(sop_class, {
+	"level": "patient", "tag": "00081155", "keyword": "ReferencedSOPInstanceUID", "profile": "U",
+	"requires_force": true, "within": "00081120",
+})
+
 private_tag := object.union(study_change, {
-	"level": "instance", "series_uid": "1.2.3", "instance_uid": "1.2.3.4",
-	"tag": "001910F9", "keyword": "", "vr": "DS",
+	"level": "instance", "tag": "001910F9", "keyword": "", "vr": "DS", "vm": "", "profile": "",
 	"private": true, "requires_force": true, "categories": ["private"],
 })
 
 remove_series := object.union(study_change, {
-	"action": "remove_series", "level": "series", "series_uid": "1.2.3",
-	"tag": "", "keyword": "", "vr": "",
+	"action": "remove_series", "level": "series", "tag": "", "keyword": "", "vr": "", "vm": "",
+	"profile": "", "count": 3000,
 })
 
-remove_instance := object.union(remove_series, {
-	"action": "remove_instance", "level": "instance", "instance_uid": "1.2.3.4",
-})
+remove_instance := object.union(remove_series, {"action": "remove_instance", "level": "instance", "count": 1})
 
 request(overrides) := object.union(
 	{
@@ -70,6 +85,7 @@ request(overrides) := object.union(
 doc(principal, jwt_roles, req, changes) := {
 	"caller": {"principal": principal, "auth_method": "dev", "roles": jwt_roles, "claims": {}},
 	"request": request(req),
+	"standard": {"ps3_15_edition": "2026c"},
 	"changes": changes,
 	"summary": {"change_count": count(changes)},
 }
@@ -92,19 +108,19 @@ denied(principal, req, changes, reasons) if {
 
 test_admin_may_do_everything if {
 	allowed(
-		"demo-admin",
+		"dev:demo-admin",
 		{"force": true, "include_study_image_sets": true},
 		[study_change, series_change, instance_remove, patient_name, study_uid, private_tag, remove_series, remove_instance],
 	)
-	allowed("demo-admin", {"kind": "revert", "revert_to_version_id": "1"}, [])
+	allowed("dev:demo-admin", {"kind": "revert", "revert_to_version_id": "1"}, [])
 }
 
 test_editor_may_edit_study_series_instance if {
-	allowed("demo-editor", {}, [study_change, series_change, instance_remove])
+	allowed("dev:demo-editor", {}, [study_change, series_change, instance_remove])
 }
 
 test_viewer_is_denied if {
-	denied("demo-viewer", {}, [study_change], {
+	denied("dev:demo-viewer", {}, [study_change], {
 		"caller holds no role on this datastore",
 		"metadata changes require role metadata-editor",
 	})
@@ -118,7 +134,7 @@ test_unknown_principal_is_denied if {
 }
 
 test_demo_grants_do_not_reach_other_datastores if {
-	denied("demo-admin", {"datastore_id": other_datastore}, [study_change], {
+	denied("dev:demo-admin", {"datastore_id": other_datastore}, [study_change], {
 		"caller holds no role on this datastore",
 		"metadata changes require role metadata-editor",
 	})
@@ -186,14 +202,14 @@ test_malformed_input_is_denied if {
 	malformed := {"allow": false, "reasons": ["policy input is malformed"]}
 	d1 := update.decision with input as {}
 	d1 == malformed
-	d2 := update.decision with input as object.remove(doc("demo-admin", [], {}, [study_change]), ["request"])
+	d2 := update.decision with input as object.remove(doc("dev:demo-admin", [], {}, [study_change]), ["request"])
 	d2 == malformed
-	d3 := update.decision with input as object.union(doc("demo-admin", [], {}, [study_change]), {"caller": "demo-admin"})
+	d3 := update.decision with input as object.union(doc("dev:demo-admin", [], {}, [study_change]), {"caller": "dev:demo-admin"})
 	d3 == malformed
 }
 
 test_missing_request_fields_are_denied if {
-	d := update.decision with input as {"caller": {"principal": "demo-admin"}, "request": {}}
+	d := update.decision with input as {"caller": {"principal": "dev:demo-admin"}, "request": {}}
 	d == {"allow": false, "reasons": {
 		"caller holds no role on this datastore",
 		"request kind is not recognised",
@@ -203,52 +219,68 @@ test_missing_request_fields_are_denied if {
 # --- request-level rules ---
 
 test_force_requires_admin if {
-	denied("demo-editor", {"force": true}, [study_change], {"force requires role metadata-admin"})
+	denied("dev:demo-editor", {"force": true}, [study_change], {"force requires role metadata-admin"})
 }
 
 test_include_study_requires_admin if {
-	denied("demo-editor", {"include_study_image_sets": true}, [study_change], {
+	denied("dev:demo-editor", {"include_study_image_sets": true}, [study_change], {
 		"include_study_image_sets requires role metadata-admin",
 	})
 }
 
 test_revert_requires_admin if {
-	denied("demo-editor", {"kind": "revert", "revert_to_version_id": "1"}, [], {"revert requires role metadata-admin"})
+	denied("dev:demo-editor", {"kind": "revert", "revert_to_version_id": "1"}, [], {"revert requires role metadata-admin"})
 }
 
 test_unknown_kind_is_denied if {
-	denied("demo-admin", {"kind": "something"}, [study_change], {"request kind is not recognised"})
+	denied("dev:demo-admin", {"kind": "something"}, [study_change], {"request kind is not recognised"})
 }
 
 test_update_without_changes_is_denied if {
-	denied("demo-admin", {}, [], {"dicom update lists no changes"})
-	d := update.decision with input as object.remove(doc("demo-admin", [], {}, []), ["changes"])
+	denied("dev:demo-admin", {}, [], {"dicom update lists no changes"})
+	d := update.decision with input as object.remove(doc("dev:demo-admin", [], {}, []), ["changes"])
 	d == {"allow": false, "reasons": {"dicom update lists no changes"}}
 }
 
 # --- change-level rules ---
 
+identity_reason := "patient identity changes require role patient-identity-editor"
+
+uid_reason := "UID changes require role metadata-admin"
+
 test_uid_change_requires_admin if {
-	denied("demo-editor", {"force": true}, [study_uid], {
+	denied("dev:demo-editor", {"force": true}, [study_uid], {
 		"force requires role metadata-admin",
-		"UID changes require role metadata-admin",
+		uid_reason,
+		identity_reason,
 	})
-	allowed("demo-admin", {"force": true}, [study_uid])
+	allowed("dev:demo-admin", {"force": true}, [study_uid])
+
+	# StudyID is no UID (VR SH), but HealthImaging gates it behind force like the UIDs.
+	study_id := object.union(study_uid, {"tag": "00200010", "keyword": "StudyID", "vr": "SH", "profile": "Z"})
+	denied("dev:demo-patient", {"force": true}, [study_id], {"force requires role metadata-admin", uid_reason})
+}
+
+test_every_ui_attribute_requires_admin if {
+	denied("dev:demo-editor", {}, [sop_class], {uid_reason})
+	denied("dev:demo-patient", {}, [object.union(sop_class, {"level": "series"})], {uid_reason})
+	denied("dev:demo-patient", {"force": true}, [nested_uid], {uid_reason, "force requires role metadata-admin"})
+	allowed("dev:demo-admin", {"force": true}, [sop_class, nested_uid])
 }
 
 test_series_and_instance_removal_require_admin if {
 	reason := {"removing series or instances requires role metadata-admin"}
-	denied("demo-editor", {}, [remove_series], reason)
-	denied("demo-editor", {}, [remove_instance], reason)
-	allowed("demo-admin", {}, [remove_series, remove_instance])
+	denied("dev:demo-editor", {}, [remove_series], reason)
+	denied("dev:demo-editor", {}, [remove_instance], reason)
+	allowed("dev:demo-admin", {}, [remove_series, remove_instance])
 }
 
 test_private_tags_require_private_tag_editor if {
 	reason := {"private tag changes require role private-tag-editor"}
-	denied("demo-editor", {}, [private_tag], reason)
-	denied("demo-editor", {}, [object.union(private_tag, {"categories": []})], reason)
-	denied("demo-editor", {}, [object.union(private_tag, {"private": false})], reason)
-	allowed("demo-private", {}, [private_tag, study_change])
+	denied("dev:demo-editor", {}, [private_tag], reason)
+	denied("dev:demo-editor", {}, [object.union(private_tag, {"categories": []})], reason)
+	denied("dev:demo-editor", {}, [object.union(private_tag, {"private": false})], reason)
+	allowed("dev:demo-private", {}, [private_tag, study_change])
 }
 
 test_private_tag_editor_alone_cannot_edit_metadata if {
@@ -258,50 +290,77 @@ test_private_tag_editor_alone_cannot_edit_metadata if {
 	d == {"allow": false, "reasons": {"metadata changes require role metadata-editor"}}
 }
 
-test_patient_identity_requires_patient_identity_editor if {
-	reason := {"patient identity changes require role patient-identity-editor"}
-	denied("demo-editor", {}, [patient_name], reason)
-	denied("demo-editor", {}, [study_patient_id], reason)
-	denied("demo-private", {}, [patient_name], reason)
-	allowed("demo-patient", {}, [patient_name, study_patient_id, study_change])
+test_profile_listed_attributes_require_patient_identity_editor if {
+	denied("dev:demo-editor", {}, [patient_name], {identity_reason})
+	denied("dev:demo-editor", {}, [study_patient_id], {identity_reason})
+	denied("dev:demo-editor", {}, [religion], {identity_reason})
+	denied("dev:demo-editor", {}, [object.union(religion, {"level": "series", "action": "remove"})], {identity_reason})
+	denied("dev:demo-private", {}, [patient_name], {identity_reason})
+	allowed("dev:demo-patient", {}, [patient_name, study_patient_id, religion, study_change])
+}
+
+test_editor_may_change_attributes_the_profile_does_not_list if {
+	allowed("dev:demo-editor", {}, [body_part, object.union(body_part, {"level": "instance", "count": 40})])
+}
+
+test_editable_attributes_come_from_data if {
+	# StudyDescription is profile-listed (X): only data.imaging.editable lets an editor change it.
+	d1 := update.decision with input as doc("dev:demo-editor", [], {}, [study_change])
+		with data.imaging.editable as {}
+	d1 == {"allow": false, "reasons": {identity_reason}}
+
+	# A hospital adds Occupation (X) to its editable list: no Python change needed.
+	occupation := object.union(study_change, {"tag": "00102180", "keyword": "Occupation", "vr": "SH"})
+	denied("dev:demo-editor", {}, [occupation], {identity_reason})
+	d2 := update.decision with input as doc("dev:demo-editor", [], {}, [occupation])
+		with data.imaging.editable as {"00102180": "Occupation"}
+	d2 == {"allow": true, "reasons": set()}
 }
 
 test_patient_level_attributes_count_as_identity if {
-	denied("demo-editor", {}, [patient_weight], {"patient identity changes require role patient-identity-editor"})
-	allowed("demo-patient", {}, [patient_weight])
+	denied("dev:demo-editor", {}, [patient_unlisted], {identity_reason})
+	allowed("dev:demo-patient", {}, [patient_unlisted])
 }
 
-test_patient_identity_editor_alone_needs_nothing_else_for_patient_changes if {
+test_patient_identity_editor_alone_needs_nothing_else_for_identity_changes if {
 	grants := {"*": {"registrar": ["patient-identity-editor"]}}
-	d := update.decision with input as doc("registrar", [], {}, [patient_name, patient_weight])
+	d := update.decision with input as doc("registrar", [], {}, [patient_name, patient_unlisted, religion])
 		with data.imaging.grants as grants
 	d == {"allow": true, "reasons": set()}
 }
 
 test_unrecognised_changes_are_denied if {
 	reason := {"change is not recognised"}
-	denied("demo-admin", {}, [object.union(study_change, {"action": "rename"})], reason)
-	denied("demo-admin", {}, [object.union(study_change, {"level": "frame"})], reason)
-	denied("demo-admin", {}, [object.union(remove_series, {"level": "instance"})], reason)
-	denied("demo-admin", {}, [object.union(remove_instance, {"level": "series"})], reason)
-	denied("demo-admin", {}, [object.union(study_change, {"private": "no"})], reason)
-	denied("demo-admin", {}, [object.union(study_change, {"categories": "uid"})], reason)
-	denied("demo-admin", {}, [object.remove(study_change, ["action"])], reason)
+	denied("dev:demo-admin", {}, [object.union(study_change, {"action": "rename"})], reason)
+	denied("dev:demo-admin", {}, [object.union(study_change, {"level": "frame"})], reason)
+	denied("dev:demo-admin", {}, [object.union(remove_series, {"level": "instance"})], reason)
+	denied("dev:demo-admin", {}, [object.union(remove_instance, {"level": "series"})], reason)
+	denied("dev:demo-admin", {}, [object.union(study_change, {"private": "no"})], reason)
+	denied("dev:demo-admin", {}, [object.union(study_change, {"categories": "uid"})], reason)
+	denied("dev:demo-admin", {}, [object.union(study_change, {"profile": false})], reason)
+	denied("dev:demo-admin", {}, [object.union(study_change, {"vr": null})], reason)
+	denied("dev:demo-admin", {}, [object.union(study_change, {"tag": 1})], reason)
+	denied("dev:demo-admin", {}, [object.union(study_change, {"within": []})], reason)
+	denied("dev:demo-admin", {}, [object.union(study_change, {"count": 0})], reason)
+	denied("dev:demo-admin", {}, [object.union(study_change, {"count": "1"})], reason)
+	every fact in ["action", "level", "tag", "vr", "profile", "within", "private", "categories", "count"] {
+		denied("dev:demo-admin", {}, [object.remove(study_change, [fact])], reason)
+	}
 }
 
 test_every_failing_rule_gives_one_reason if {
 	denied(
-		"demo-viewer",
+		"dev:demo-viewer",
 		{"force": true, "include_study_image_sets": true},
 		[study_change, study_change, study_uid, private_tag, patient_name, remove_series],
 		{
 			"caller holds no role on this datastore",
 			"force requires role metadata-admin",
 			"include_study_image_sets requires role metadata-admin",
-			"UID changes require role metadata-admin",
+			uid_reason,
 			"removing series or instances requires role metadata-admin",
 			"private tag changes require role private-tag-editor",
-			"patient identity changes require role patient-identity-editor",
+			identity_reason,
 			"metadata changes require role metadata-editor",
 		},
 	)
@@ -316,7 +375,7 @@ test_jwt_roles_hold_in_every_datastore if {
 }
 
 test_jwt_roles_add_to_data_grants if {
-	jwt_decide("demo-editor", ["private-tag-editor"], {}, [private_tag]) == {"allow": true, "reasons": set()}
+	jwt_decide("dev:demo-editor", ["private-tag-editor"], {}, [private_tag]) == {"allow": true, "reasons": set()}
 }
 
 test_jwt_scoped_roles_hold_in_their_datastore_only if {

@@ -22,6 +22,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> None:
     args_list = list(sys.argv[1:] if argv is None else argv)
+    if args_list[:1] == ["emulator"]:
+        # The emulator parses its own options (and --help): argparse's REMAINDER would refuse
+        # a first argument that looks like an option (`emulator --port 0`).
+        sys.exit(server_verbs.run_emulator_args(args_list[1:]))
     parser = build_parser()
     args = parser.parse_args(args_list)
     sys.exit(args.run(args))

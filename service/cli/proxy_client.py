@@ -193,6 +193,8 @@ def _pascal(name: str) -> str:
 
 
 _RETRY_AFTER_CAP_S = 30.0
+# The same request gets the same answer: never sent again, whatever the attempt budget.
+_FINAL = frozenset({grpc.StatusCode.INVALID_ARGUMENT, grpc.StatusCode.PERMISSION_DENIED})
 
 
 @dataclass(frozen=True)
@@ -209,19 +211,22 @@ def retry_plan(err: grpc.aio.AioRpcError, acknowledged: bool, failures: int) -> 
 
     UNAVAILABLE without details is a lost connection: re-attach (or re-submit when no event
     came). Before HealthImaging acknowledged the submit, UNAVAILABLE with details (OPA or
-    HealthImaging unreachable) and RESOURCE_EXHAUSTED (throttled, honouring RetryInfo) ended
-    the operation in the proxy without submitting it, so the request is sent again.
+    HealthImaging unreachable) and RESOURCE_EXHAUSTED with RetryInfo (throttled) ended the
+    operation in the proxy without submitting it, so the request is sent again. INVALID_ARGUMENT
+    and PERMISSION_DENIED are final.
     """
     code = err.code()
+    if code in _FINAL:
+        return None
     status = _rich_status(err)
     if code is grpc.StatusCode.UNAVAILABLE and status is None:
         return _RetryPlan(backoff_seconds(failures), resubmit=False)
-    if acknowledged or code not in (
-        grpc.StatusCode.UNAVAILABLE,
-        grpc.StatusCode.RESOURCE_EXHAUSTED,
-    ):
-        return None
     _, _, retry = _details(status)
+    # RESOURCE_EXHAUSTED without RetryInfo is not the proxy's throttle but e.g. gRPC's own
+    # "trailer too large": the same request would get the same answer.
+    throttled = code is grpc.StatusCode.RESOURCE_EXHAUSTED and retry is not None
+    if acknowledged or not (throttled or code is grpc.StatusCode.UNAVAILABLE):
+        return None
     delay = backoff_seconds(failures)
     if retry is not None:
         delay = min(_RETRY_AFTER_CAP_S, retry.retry_delay.ToTimedelta().total_seconds())

@@ -145,6 +145,10 @@ def _run(coroutine: Any) -> None:
 
 
 def run_emulator(args: argparse.Namespace) -> int:
+    return run_emulator_args(list(args.emulator_args))
+
+
+def run_emulator_args(argv: list[str]) -> int:
     from emulator.cli import main as emulator_main
 
-    return emulator_main(list(args.emulator_args))
+    return emulator_main(argv)

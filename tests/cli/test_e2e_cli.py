@@ -426,7 +426,9 @@ async def test_evaluate_update_prints_the_decision_and_changes(
         patient_name("DRY^RUN"),
     ]
     allowed = await cli(stack, *args)
-    denied = await cli(stack, *args, principal="demo-viewer")
+    # demo-editor holds a role here, so the policy judges the dry run (a caller without any role
+    # is refused before its document is read: PERMISSION_DENIED, see docs/SECURITY.md)
+    denied = await cli(stack, *args, principal="demo-editor")
 
     assert (allowed.code, denied.code) == (0, 0)
     assert allowed.json()["decision"]["allow"] is True

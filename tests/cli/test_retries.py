@@ -14,12 +14,20 @@ from typing import Any
 import grpc
 import grpc.aio
 import pytest
+from grpc_status import rpc_status
 
 from service._proto.imaging.metadata.v1 import metadata_pb2 as pb
 from service._proto.imaging.metadata.v1 import metadata_pb2_grpc as pb_grpc
-from service.cli.client_errors import EndpointError
+from service.cli.client_errors import EndpointError, ServiceError
 from service.cli.progress import Progress
 from service.cli.proxy_client import Connection, Tracker, follow_update
+from service.errors import (
+    FieldViolation,
+    InvalidArgument,
+    PermissionDenied,
+    ProxyError,
+    ResourceExhausted,
+)
 
 Script = Callable[[Any, grpc.aio.ServicerContext[Any, Any]], AsyncIterator[pb.UpdateEvent]]
 
@@ -154,3 +162,86 @@ async def test_no_wait_returns_the_submit_response() -> None:
         await server.stop(None)
     assert (state.image_set_state, state.image_set_workflow_status) == ("LOCKED", "UPDATING")
     assert proxy.watch_requests == []
+
+
+def refused_with(error: ProxyError) -> Script:
+    async def script(_request: Any, context: Any) -> AsyncIterator[pb.UpdateEvent]:
+        await context.abort_with_status(rpc_status.to_status(error.to_status()))
+        yield pb.UpdateEvent()  # pragma: no cover - abort raises
+
+    return script
+
+
+async def trailers_too_large(_request: Any, context: Any) -> AsyncIterator[pb.UpdateEvent]:
+    # What an unbounded InvalidArgument became: gRPC drops the status for RESOURCE_EXHAUSTED.
+    await context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED, "Stream removed")
+    yield pb.UpdateEvent()  # pragma: no cover - abort raises
+
+
+LONG_UID = "1." + "2" * 62
+MANY_VIOLATIONS = InvalidArgument(
+    [FieldViolation(f'Study.Series["{LONG_UID}"].DICOM.Foo{i}', "unknown key") for i in range(60)]
+)
+
+
+@pytest.mark.parametrize(
+    ("script", "code"),
+    [
+        (refused_with(MANY_VIOLATIONS), "InvalidArgument"),
+        (
+            refused_with(PermissionDenied("denied by policy", "dec-1", ["no grant"])),
+            "PermissionDenied",
+        ),
+        (trailers_too_large, "ResourceExhausted"),
+    ],
+)
+async def test_refusals_are_never_submitted_again(script: Script, code: str) -> None:
+    # More scripts than one: a second attempt would run (and pass) instead of failing here.
+    proxy = ScriptedProxy([script, finishes, finishes], [finishes])
+    server, port = await serve(proxy)
+    try:
+        with pytest.raises(ServiceError) as raised:
+            await follow_update(
+                connection(port),
+                REQUEST,
+                Tracker("key-1"),
+                Progress(io.StringIO(), live=False),
+                False,
+            )
+    finally:
+        await server.stop(None)
+    assert len(proxy.update_requests) == 1
+    assert proxy.watch_requests == []
+    assert f"({code})" in str(raised.value)
+
+
+async def test_a_bounded_invalid_argument_arrives_with_its_violations() -> None:
+    proxy = ScriptedProxy([refused_with(MANY_VIOLATIONS)], [])
+    server, port = await serve(proxy)
+    try:
+        with pytest.raises(ServiceError) as raised:
+            await follow_update(
+                connection(port),
+                REQUEST,
+                Tracker("key-1"),
+                Progress(io.StringIO(), live=False),
+                False,
+            )
+    finally:
+        await server.stop(None)
+    text = str(raised.value)
+    assert "Foo0" in text and "more not shown" in text
+
+
+async def test_a_throttle_with_retry_info_is_submitted_again() -> None:
+    throttled = refused_with(ResourceExhausted("over capacity", retry_after_seconds=0.01))
+    proxy = ScriptedProxy([throttled, acknowledged_then_gone], [finishes])
+    server, port = await serve(proxy)
+    try:
+        state = await follow_update(
+            connection(port), REQUEST, Tracker("key-1"), Progress(io.StringIO(), live=False), False
+        )
+    finally:
+        await server.stop(None)
+    assert state.image_set_workflow_status == "UPDATED"
+    assert len(proxy.update_requests) == 2

@@ -120,6 +120,17 @@ async def test_a_submitted_update_is_finished_after_a_kill_9_and_a_restart(
     assert finished(events) == ("ACTIVE", "UPDATED")
     writes = [r for r in backend.requests("UpdateImageSetMetadata") if r["imageSetId"] == image_set]
     assert len(writes) == 1
+    # Resumed from a record without its document: the audit still names the tag it changed.
+    await assert_eventually(lambda: audited(restarted, image_set, "study:00081030"), within=10)
+
+
+async def audited(proxy: ProxyProcess, image_set: str, tag: str) -> bool:
+    """The proxy's audit line for an update of `image_set` that ended UPDATED names `tag`."""
+    lines = proxy.child.log_path.read_text(errors="replace").splitlines()
+    return any(
+        "audit" in line and image_set in line and tag in line and "UPDATED" in line
+        for line in lines
+    )
 
 
 async def test_queued_updates_stay_queued_across_a_restart(

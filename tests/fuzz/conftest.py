@@ -6,8 +6,12 @@ fuzz`); each test asks for at least its CI share of examples (see `cases`).
 
 from __future__ import annotations
 
+import gzip
+import json
+import urllib.request
 from collections.abc import Iterator
 from dataclasses import dataclass
+from typing import Any
 
 import grpc
 import pytest
@@ -15,11 +19,13 @@ from hypothesis import HealthCheck, settings
 
 from service._proto.imaging.metadata.v1 import metadata_pb2_grpc as pb_grpc
 from tests.e2e.secure_stack import (
+    DATASTORE_ID,
     Backend,
     Proxy,
     running_backend,
     start_proxy,
 )
+from tests.fuzz.documents import Layout
 from tests.support.pki import AUDIENCE, ISSUER, JwtKeys, write_jwt_keys
 
 FUZZ_IMAGE_SETS = 8
@@ -46,6 +52,18 @@ class Target:
 
     def assert_alive(self) -> None:
         assert self.proxy.child.process.poll() is None, "the proxy crashed"
+
+    def layout(self, image_set_id: str) -> Layout:
+        """The image set's latest version and its metadata, read from the emulator's API."""
+        base = f"{self.backend.emulator_url}/datastore/{DATASTORE_ID}/imageSet/{image_set_id}"
+        version = str(_post(f"{base}/getImageSet")["versionId"])
+        return Layout(image_set_id, version, _post(f"{base}/getImageSetMetadata?version={version}"))
+
+
+def _post(url: str) -> Any:
+    with urllib.request.urlopen(urllib.request.Request(url, method="POST"), timeout=10) as answer:
+        raw = answer.read()
+    return json.loads(gzip.decompress(raw) if raw[:2] == b"\x1f\x8b" else raw)
 
 
 @pytest.fixture(scope="session")

@@ -1,8 +1,8 @@
 """Hypothesis strategies for update requests: documents shaped like HealthImaging's, and worse.
 
 Attribute keys mix real keywords and tags (pydicom's dictionary), private and unknown tags in
-either case, HealthImaging-generated names and junk. Every string value carries MARKER, so a test
-can check that no refusal ever echoes a value.
+either case, HealthImaging-generated names and junk, and valid documents (tests/fuzz/documents.py).
+Every text value carries MARKER, so a test can check that no refusal ever echoes a value.
 """
 
 from __future__ import annotations
@@ -19,8 +19,9 @@ from pydicom._dicom_dict import DicomDictionary  # what datadict itself reads
 from service import dicom
 from service._proto.imaging.metadata.v1 import metadata_pb2 as pb
 from tests.e2e.secure_stack import DATASTORE_ID, OTHER_DATASTORE_ID
+from tests.fuzz.dicom_values import MARKER as MARKER  # re-exported: tests read s.MARKER
+from tests.fuzz.documents import plans, sample_layout
 
-MARKER = "QXVALUEQX"
 _KEYWORDS = sorted(
     entry[4] for entry in DicomDictionary.values() if entry[4] and "Retired" not in entry[2]
 )
@@ -95,12 +96,20 @@ def _serialise(document: Any, how: str) -> bytes:
     return text[: len(text) // 2] if how == "truncated" else text
 
 
+# Valid documents (tests/fuzz/documents.py) on a made-up image set: without them nearly every
+# fuzzed request stops at validation and the decision is never reached.
+_SAMPLE = sample_layout()
+valid_document_pairs = plans().map(lambda plan: plan.on(_SAMPLE).documents())
+"""(updatableAttributes, removableAttributes), either possibly None."""
+valid_documents = valid_document_pairs.map(lambda pair: pair[0] or pair[1] or {})
+
 blobs = st.one_of(
     st.builds(
         _serialise, documents, st.sampled_from(["json", "json", "json", "truncated", "utf16"])
     ),
     st.builds(lambda value: json.dumps(value).encode(), values),
     st.binary(max_size=64),
+    *[valid_documents.map(lambda document: json.dumps(document).encode())] * 3,
 )
 
 
@@ -118,11 +127,16 @@ versions = _mostly("1", st.sampled_from(["2", "0", "-1", "", "\u0661"]) | st.tex
 
 @st.composite
 def requests(draw: st.DrawFn, image_sets: st.SearchStrategy[str] | None = None) -> Any:
-    """Any UpdateImageSetMetadataRequest: fields, union member and blobs all drawn."""
+    """Any UpdateImageSetMetadataRequest: fields, union member and blobs all drawn.
+
+    Half are well addressed (valid ids), so that it is their documents that are judged.
+    """
+    addressed = draw(st.booleans())
+    ids = image_set_ids if image_sets is None else image_sets
     request = pb.UpdateImageSetMetadataRequest(
-        datastore_id=draw(datastore_ids),
-        image_set_id=draw(image_set_ids if image_sets is None else image_sets),
-        latest_version_id=draw(versions),
+        datastore_id=DATASTORE_ID if addressed else draw(datastore_ids),
+        image_set_id=draw(st.just("a" * 32) if addressed and image_sets is None else ids),
+        latest_version_id="1" if addressed else draw(versions),
         force=draw(st.booleans()),
         include_study_image_sets=draw(st.booleans()),
         idempotency_key=draw(st.text(max_size=20)),
@@ -148,9 +162,13 @@ def document_requests(draw: st.DrawFn) -> Any:
         latest_version_id="1",
         force=draw(st.booleans()),
     )
-    request.dicom_updates.updatable_attributes = json.dumps(draw(documents)).encode()
     if draw(st.booleans()):
-        request.dicom_updates.removable_attributes = json.dumps(draw(documents)).encode()
+        updatable, removable = draw(valid_document_pairs)
+    else:
+        updatable, removable = draw(documents), draw(st.none() | documents)
+    for name, document in (("updatable", updatable), ("removable", removable)):
+        if document is not None:
+            setattr(request.dicom_updates, f"{name}_attributes", json.dumps(document).encode())
     return request
 
 
@@ -229,7 +247,7 @@ def _level(level: str) -> st.SearchStrategy[dict[str, Any]]:
     return st.dictionaries(_spelled(level), plausible_values, min_size=1, max_size=3)
 
 
-plausible_documents = _optional(
+plausible_documents = valid_documents | _optional(
     Patient=st.builds(lambda a: {"DICOM": a}, _level("patient")),
     Study=_optional(
         DICOM=_level("study"),

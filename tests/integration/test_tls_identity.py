@@ -20,6 +20,7 @@ from service.identity import Authenticator
 from service.tls import server_credentials
 from tests.support.pki import (
     ADMIN_SPIFFE_ID,
+    ISSUER,
     CertificateAuthority,
     CertificateFiles,
     JwtKeys,
@@ -69,7 +70,7 @@ class IdentityProbe:
             caller = self.authenticator.authenticate(
                 context.invocation_metadata(), context.auth_context()
             )
-            return f"{caller.auth_method}:{caller.principal}"
+            return f"{caller.auth_method} {caller.principal}"
         except Unauthenticated as error:
             await context.abort(grpc.StatusCode.UNAUTHENTICATED, error.message)
             raise
@@ -129,7 +130,7 @@ def settings(pki: Pki, keys: JwtKeys) -> IdentitySettings:
 async def test_spiffe_client_is_identified(pki: Pki, settings: IdentitySettings) -> None:
     async with serving(settings) as (target, _):
         principal = await who(target, client_credentials(pki, pki.spiffe_client))
-    assert principal == f"mtls:{ADMIN_SPIFFE_ID}"
+    assert principal == f"mtls {ADMIN_SPIFFE_ID}"
 
 
 async def test_cn_client_only_with_fallback(pki: Pki, settings: IdentitySettings) -> None:
@@ -140,7 +141,8 @@ async def test_cn_client_only_with_fallback(pki: Pki, settings: IdentitySettings
     assert "no SPIFFE ID" in (raised.value.details() or "")
     fallback = dataclasses.replace(settings, spiffe_cn_fallback=True)
     async with serving(fallback) as (target, _):
-        assert await who(target, client_credentials(pki, pki.cn_client)) == "mtls:legacy-service"
+        principal = await who(target, client_credentials(pki, pki.cn_client))
+        assert principal == "mtls x509-cn:legacy-service"
 
 
 @pytest.mark.parametrize("client", ["foreign_client", None])
@@ -163,7 +165,7 @@ async def test_bearer_token_over_mtls_names_the_caller(
     async with serving(settings) as (target, _):
         credentials = client_credentials(pki, pki.spiffe_client)
         principal = await who(target, credentials, [("authorization", f"Bearer {token}")])
-    assert principal == "jwt:end-user-7"
+    assert principal == f"jwt jwt:{ISSUER}#end-user-7"
 
 
 async def test_jwt_over_server_only_tls(
@@ -174,7 +176,7 @@ async def test_jwt_over_server_only_tls(
     async with serving(tls_only) as (target, _):
         credentials = client_credentials(pki)
         assert await who(target, credentials, [("authorization", f"Bearer {token}")]) == (
-            "jwt:svc-batch"
+            f"jwt jwt:{ISSUER}#svc-batch"
         )
         with pytest.raises(grpc.aio.AioRpcError) as raised:
             await who(target, credentials)
@@ -199,13 +201,13 @@ async def test_rotated_files_apply_to_new_connections_without_dropping_streams(
                 "/test.Identity/Follow"
             )
             stream = follow(b"", timeout=RPC_TIMEOUT)
-            assert await stream.read() == f"mtls:{ADMIN_SPIFFE_ID}".encode()
+            assert await stream.read() == f"mtls {ADMIN_SPIFFE_ID}".encode()
 
             _rotate(live, new_ca.issue_server("next-server"), new_ca.cert_path)
             assert await refused(target, old_credentials) == grpc.StatusCode.UNAVAILABLE
             next_credentials = _credentials(new_ca, next_client)
             principal = await who(target, next_credentials)
-            assert principal == "mtls:spiffe://hospital.example/ns/a/sa/b"
+            assert principal == "mtls spiffe://hospital.example/ns/a/sa/b"
 
             probe.release.set()
             assert await stream.read() == b"still here"  # the old session outlived the rotation
@@ -226,9 +228,9 @@ async def test_half_written_rotation_keeps_serving_then_completes(
     async with serving(rotating) as (target, _):
         _replace(live.key, next_server.key.read_bytes())  # the key no longer matches the cert
         credentials = client_credentials(pki, pki.spiffe_client)
-        assert await who(target, credentials) == f"mtls:{ADMIN_SPIFFE_ID}"
+        assert await who(target, credentials) == f"mtls {ADMIN_SPIFFE_ID}"
         _replace(live.cert, next_server.cert.read_bytes())  # rotation complete
-        assert await who(target, trusts_new_ca) == f"mtls:{ADMIN_SPIFFE_ID}"
+        assert await who(target, trusts_new_ca) == f"mtls {ADMIN_SPIFFE_ID}"
 
 
 @dataclass(frozen=True)

@@ -27,7 +27,7 @@ from service._proto.imaging.metadata.v1 import metadata_pb2 as pb
 from service._proto.imaging.metadata.v1 import metadata_pb2_grpc as pb_grpc
 from service.healthimaging import AWS_MODELS
 
-SEEDED_IMAGE_SETS = 40
+SEEDED_IMAGE_SETS = 96
 EMULATOR_ENV = {
     "AWS_ACCESS_KEY_ID": "emulator",
     "AWS_SECRET_ACCESS_KEY": "emulator",

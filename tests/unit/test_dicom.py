@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
+
 import pytest
 from pydicom import datadict
 
@@ -30,14 +33,11 @@ def test_every_spelling_resolves_to_the_same_attribute(spellings: tuple[str, ...
 @pytest.mark.parametrize(
     ("key", "tag", "keyword", "vr", "private", "standard", "home", "categories"),
     [
-        ("PatientName", "00100010", "PatientName", "PN", False, True, "patient",
-         {"patient_identity"}),
+        ("PatientName", "00100010", "PatientName", "PN", False, True, "patient", set()),
         ("PatientAge", "00101010", "PatientAge", "AS", False, True, "study", set()),
         ("PatientWeight", "00101030", "PatientWeight", "DS", False, True, "study", set()),
-        ("ResponsiblePerson", "00102297", "ResponsiblePerson", "PN", False, True, "patient",
-         {"patient_identity"}),
-        ("PatientAddress", "00101040", "PatientAddress", "LO", False, True, None,
-         {"patient_identity"}),
+        ("ResponsiblePerson", "00102297", "ResponsiblePerson", "PN", False, True, "patient", set()),
+        ("PatientAddress", "00101040", "PatientAddress", "LO", False, True, None, set()),
         ("StudyInstanceUID", "0020000D", "StudyInstanceUID", "UI", False, True, "study", {"uid"}),
         ("StudyID", "00200010", "StudyID", "SH", False, True, "study", {"uid"}),
         ("SeriesInstanceUID", "0020000E", "SeriesInstanceUID", "UI", False, True, "series",
@@ -48,7 +48,7 @@ def test_every_spelling_resolves_to_the_same_attribute(spellings: tuple[str, ...
          set()),
         ("ImageType", "00080008", "ImageType", "CS", False, True, None, set()),
         ("OtherPatientIDsSequence", "00101002", "OtherPatientIDsSequence", "SQ", False, True,
-         "patient", {"patient_identity", "sequence"}),
+         "patient", {"sequence"}),
         ("SmallestPixelValueInSeries", "00280108", "SmallestPixelValueInSeries", "US or SS",
          False, True, "series", set()),
         ("001910f9", "001910F9", "", "", True, False, None, {"private"}),
@@ -118,7 +118,7 @@ def test_generated_pixel_data_in_any_spelling() -> None:
 def test_keyword_lists_name_dictionary_attributes() -> None:
     lists = (
         dicom.PATIENT_LEVEL_KEYWORDS, dicom.STUDY_LEVEL_KEYWORDS, dicom.SERIES_LEVEL_KEYWORDS,
-        dicom.PATIENT_IDENTITY_KEYWORDS, dicom.IDENTIFIER_KEYWORDS, dicom.GENERATED_KEYWORDS,
+        dicom.IDENTIFIER_KEYWORDS, dicom.GENERATED_KEYWORDS,
     )  # fmt: skip
     unknown = {k for keywords in lists for k in keywords if datadict.tag_for_keyword(k) is None}
     assert unknown == set()
@@ -147,3 +147,66 @@ def test_vr_options_split_ambiguous_vrs() -> None:
 def test_vrs_are_the_two_letter_codes() -> None:
     assert {"PN", "SQ", "UN", "OB", "UV"} <= dicom.VRS
     assert all(len(vr) == 2 for vr in dicom.VRS)
+
+
+# --- PS3.15 Table E.1-1 (dicom-anonymizer's 2026c table) ----------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("key", "vm", "retired", "profile"),
+    [
+        ("PatientName", "1", False, "Z"),
+        ("StudyDescription", "1", False, "X"),
+        ("ContextGroupVersion", "1", False, "D"),
+        ("StudyInstanceUID", "1", False, "U"),
+        ("PatientID", "1", False, "Z/D"),
+        ("AcquisitionDate", "1", False, "X/Z"),
+        ("SeriesDate", "1", False, "X/D"),
+        ("InstitutionName", "1", False, "X/Z/D"),
+        ("ReferencedImageSequence", "1", False, "X/Z/U*"),
+        ("OtherPatientIDs", "1-n", True, "X"),  # retired, still listed
+        ("PatientReligiousPreference", "1", False, "X"),
+        ("SOPClassUID", "1", False, ""),  # not listed: the VR UI is what the policy judges
+        ("TransferSyntaxUID", "1", False, ""),
+        ("BodyPartExamined", "1", False, ""),
+        ("ImageType", "2-n", False, ""),
+        ("00100044", "", False, "X"),  # newer than pydicom's dictionary, listed by tag
+        ("60003000", "1", False, "X"),  # Overlay Data, the (60xx,3000) mask row
+        ("601E4000", "1", True, "X"),  # Overlay Comments (60xx,4000), any overlay group
+        ("50020010", "1", True, "X"),  # Curve Data (50xx,xxxx)
+        ("60020010", "1", False, ""),  # OverlayRows: a 60xx group, but no row lists it
+        ("001910F9", "", False, ""),  # private: judged by `private`, not by the table
+    ],
+)
+def test_standard_facts(key: str, vm: str, retired: bool, profile: str) -> None:
+    attribute = resolve_key(key)
+    assert (attribute.vm, attribute.retired, attribute.profile) == (vm, retired, profile)
+
+
+def test_profile_is_spelling_independent() -> None:
+    assert {resolve_key(k).profile for k in ("MilitaryRank", "00101080", "00101080".lower())} == {
+        "X"
+    }
+
+
+def test_profile_table_has_every_action_code_and_no_private_rows() -> None:
+    exact, masked = dicom.profile_table()
+    assert set(exact.values()) == set(dicom.PROFILE_ACTIONS.values())
+    assert len(exact) > 600
+    assert not [tag for tag in exact if (tag >> 16) & 1]
+    assert {(g, e, gm, em) for (g, e, gm, em), _ in masked} == {
+        (0x5000, 0x0000, 0xFF00, 0x0000), (0x6000, 0x3000, 0xFF00, 0xFFFF),
+        (0x6000, 0x4000, 0xFF00, 0xFFFF),
+    }  # fmt: skip
+    assert dicom.PS3_15_EDITION == "2026c"
+
+
+def test_profile_table_loads_without_the_anonymizer() -> None:
+    code = (
+        "import sys; from service import dicom; dicom.profile_action(0x00100010); "
+        "print(sorted(m for m in sys.modules if m.startswith('dicomanonymizer')))"
+    )
+    loaded = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=True
+    ).stdout
+    assert loaded.strip() == "[]"

@@ -33,6 +33,8 @@ from tests.support.pki import (
     write_pki,
 )
 
+SVC = f"jwt:{ISSUER}#svc"
+"""The principal of a token from the test issuer whose subject is "svc"."""
 SPIFFE_CONTEXT: AuthContext = {
     "transport_security_type": [b"ssl"],
     "x509_pem_cert": [b"-----BEGIN CERTIFICATE-----..."],
@@ -88,7 +90,8 @@ def test_valid_token_identifies_caller(auth: Authenticator, keys: JwtKeys, key_n
     key = getattr(keys, key_name)
     claims = standard_claims("svc-reporting", roles=["admin", "private-tags"])
     caller = auth.authenticate(bearer(make_token(key, claims)), NO_CERT_CONTEXT)
-    assert caller == Caller("svc-reporting", "jwt", ("admin", "private-tags"), claims)
+    principal = f"jwt:{ISSUER}#svc-reporting"
+    assert caller == Caller(principal, "jwt", ("admin", "private-tags"), claims)
     json.dumps(caller.claims)  # JSON-able for the policy input
 
 
@@ -99,17 +102,17 @@ def test_pem_public_keys_verify_tokens_with_any_kid(keys: JwtKeys) -> None:
     auth = Authenticator.from_settings(settings)
     for key, headers in ((keys.rsa, {"kid": "idp-2024"}), (keys.ec, {})):
         token = make_token(key, standard_claims("svc"), headers=headers)
-        assert auth.authenticate(bearer(token), {}).principal == "svc"
+        assert auth.authenticate(bearer(token), {}).principal == SVC
 
 
 def test_token_without_kid_is_tried_against_every_key(auth: Authenticator, keys: JwtKeys) -> None:
     token = make_token(keys.ec, standard_claims("svc"), headers={"kid": None})
-    assert auth.authenticate(bearer(token), {}).principal == "svc"
+    assert auth.authenticate(bearer(token), {}).principal == SVC
 
 
 def test_expiry_within_leeway_is_accepted(auth: Authenticator, keys: JwtKeys) -> None:
     claims = standard_claims("svc") | {"exp": int(time.time()) - 5}  # leeway is 30 s
-    assert auth.authenticate(bearer(make_token(keys.rsa, claims)), {}).principal == "svc"
+    assert auth.authenticate(bearer(make_token(keys.rsa, claims)), {}).principal == SVC
 
 
 def test_missing_roles_claim_means_no_roles(auth: Authenticator, keys: JwtKeys) -> None:
@@ -124,12 +127,12 @@ def test_custom_principal_and_roles_claims(settings: IdentitySettings, keys: Jwt
     caller = Authenticator.from_settings(custom).authenticate(
         bearer(make_token(keys.ec, claims)), {}
     )
-    assert (caller.principal, caller.roles) == ("svc-pacs", ("imaging-admin",))
+    assert (caller.principal, caller.roles) == (f"jwt:{ISSUER}#svc-pacs", ("imaging-admin",))
 
 
 def test_bearer_scheme_is_case_insensitive(auth: Authenticator, keys: JwtKeys) -> None:
     token = make_token(keys.rsa, standard_claims("svc"))
-    assert auth.authenticate([("authorization", f"bearer {token}")], {}).principal == "svc"
+    assert auth.authenticate([("authorization", f"bearer {token}")], {}).principal == SVC
 
 
 # --- JWT: refused ----------------------------------------------------------------------------
@@ -274,13 +277,13 @@ def test_cn_needs_the_fallback(pki: Pki) -> None:
     with pytest.raises(Unauthenticated, match="no SPIFFE ID"):
         Authenticator.from_settings(_mtls_settings(pki)).authenticate([], CN_CONTEXT)
     fallback = Authenticator.from_settings(_mtls_settings(pki, cn_fallback=True))
-    assert fallback.authenticate([], CN_CONTEXT) == Caller("legacy-service", "mtls")
+    assert fallback.authenticate([], CN_CONTEXT) == Caller("x509-cn:legacy-service", "mtls")
 
 
 def test_non_spiffe_uri_falls_back_to_cn(pki: Pki) -> None:
     context = dict(CN_CONTEXT) | {"peer_uri": [b"https://legacy.example/svc"]}
     fallback = Authenticator.from_settings(_mtls_settings(pki, cn_fallback=True))
-    assert fallback.authenticate([], context).principal == "legacy-service"
+    assert fallback.authenticate([], context).principal == "x509-cn:legacy-service"
 
 
 @pytest.mark.parametrize(
@@ -305,7 +308,7 @@ def test_ambiguous_or_invalid_spiffe_ids_are_refused_even_with_fallback(
 
 def test_bearer_token_takes_precedence_over_certificate(auth: Authenticator, keys: JwtKeys) -> None:
     token = make_token(keys.rsa, standard_claims("end-user"))
-    assert auth.authenticate(bearer(token), SPIFFE_CONTEXT).principal == "end-user"
+    assert auth.authenticate(bearer(token), SPIFFE_CONTEXT).principal == f"jwt:{ISSUER}#end-user"
     expired = make_token(keys.rsa, standard_claims("end-user") | {"exp": 1})
     assert "expired" in refusal(auth, expired, SPIFFE_CONTEXT)
 
@@ -323,7 +326,7 @@ def test_dev_principal_is_ignored_unless_enabled(auth: Authenticator) -> None:
 def test_dev_principal_when_enabled(settings: IdentitySettings) -> None:
     dev = Authenticator.from_settings(dataclasses.replace(settings, insecure_dev_identity=True))
     assert dev.authenticate([("x-dev-principal", "alice")], SPIFFE_CONTEXT) == Caller(
-        "alice", "dev"
+        "dev:alice", "dev"
     )
 
 
@@ -338,9 +341,97 @@ def test_dev_mode_falls_through_to_real_sources(settings: IdentitySettings, keys
 
 def test_dev_only_configuration() -> None:
     dev = Authenticator.from_settings(IdentitySettings(insecure_dev_identity=True))
-    assert dev.authenticate([("x-dev-principal", b"bob")], {}) == Caller("bob", "dev")
+    assert dev.authenticate([("x-dev-principal", b"bob")], {}) == Caller("dev:bob", "dev")
     with pytest.raises(Unauthenticated, match="x-dev-principal"):
         dev.authenticate([], {})
+
+
+# --- principal namespaces: one per identity source -------------------------------------------
+
+NAMES_OF_OTHER_SOURCES = [
+    ADMIN_SPIFFE_ID,
+    "demo-admin",
+    "dev:demo-admin",
+    "x509-cn:legacy-service",
+    f"jwt:{ISSUER}#svc",
+]
+
+
+@pytest.fixture(scope="module")
+def every_source(pki: Pki, keys: JwtKeys) -> Authenticator:
+    """mTLS with the CN fallback, JWT and the dev header, all at once."""
+    settings = dataclasses.replace(
+        identity_settings(pki, keys), spiffe_cn_fallback=True, insecure_dev_identity=True
+    )
+    return Authenticator.from_settings(settings)
+
+
+def test_each_source_names_principals_in_its_own_namespace(
+    every_source: Authenticator, keys: JwtKeys
+) -> None:
+    token = make_token(keys.rsa, standard_claims("svc"))
+    principals = {
+        "mtls": every_source.authenticate([], SPIFFE_CONTEXT).principal,
+        "cn": every_source.authenticate([], CN_CONTEXT).principal,
+        "jwt": every_source.authenticate(bearer(token), NO_CERT_CONTEXT).principal,
+        "dev": every_source.authenticate([("x-dev-principal", "demo-admin")], {}).principal,
+    }
+    assert principals == {
+        "mtls": ADMIN_SPIFFE_ID,
+        "cn": "x509-cn:legacy-service",
+        "jwt": f"jwt:{ISSUER}#svc",
+        "dev": "dev:demo-admin",
+    }
+
+
+@pytest.mark.parametrize("name", NAMES_OF_OTHER_SOURCES)
+def test_a_token_cannot_take_another_sources_principal(
+    every_source: Authenticator, keys: JwtKeys, name: str
+) -> None:
+    caller = every_source.authenticate(
+        bearer(make_token(keys.ec, standard_claims(name))), NO_CERT_CONTEXT
+    )
+    assert caller.principal == f"jwt:{ISSUER}#{name}"
+    assert caller.principal not in NAMES_OF_OTHER_SOURCES
+
+
+@pytest.mark.parametrize("name", NAMES_OF_OTHER_SOURCES)
+def test_the_dev_header_cannot_take_another_sources_principal(
+    every_source: Authenticator, name: str
+) -> None:
+    caller = every_source.authenticate([("x-dev-principal", name)], SPIFFE_CONTEXT)
+    assert (caller.principal, caller.auth_method) == (f"dev:{name}", "dev")
+
+
+def test_a_common_name_cannot_take_a_spiffe_id(every_source: Authenticator) -> None:
+    context = dict(CN_CONTEXT) | {"x509_common_name": [ADMIN_SPIFFE_ID.encode()]}
+    assert every_source.authenticate([], context).principal == f"x509-cn:{ADMIN_SPIFFE_ID}"
+
+
+def test_the_same_subject_from_two_issuers_is_two_principals(keys: JwtKeys) -> None:
+    any_issuer = Authenticator.from_settings(
+        IdentitySettings(jwt_jwks_file=str(keys.jwks_file), jwt_audience=AUDIENCE)
+    )
+    principals = {
+        any_issuer.authenticate(
+            bearer(make_token(keys.rsa, standard_claims("svc", issuer=issuer))), {}
+        ).principal
+        for issuer in (ISSUER, "https://other-idp.example")
+    }
+    assert principals == {f"jwt:{ISSUER}#svc", "jwt:https://other-idp.example#svc"}
+
+
+@pytest.mark.parametrize("issuer", [None, "", "https://idp.example#fragment"])
+def test_the_issuer_is_required_and_unambiguous_even_when_not_pinned(
+    keys: JwtKeys, issuer: object
+) -> None:
+    any_issuer = Authenticator.from_settings(
+        IdentitySettings(jwt_jwks_file=str(keys.jwks_file), jwt_audience=AUDIENCE)
+    )
+    claims = standard_claims("svc") | {"iss": issuer}
+    if issuer is None:
+        del claims["iss"]
+    assert "'iss'" in refusal(any_issuer, make_token(keys.rsa, claims))
 
 
 # --- configuration ---------------------------------------------------------------------------

@@ -20,16 +20,18 @@ from service.journal import (
     OperationRecord,
     RecordedError,
     SqliteJournal,
-    decode,
-    encode,
+    State,
     fingerprint,
     open_journal,
 )
 from service.journal_redis import RedisJournal
 from service.policy import Decision
+from service.records import at_rest, decode, encode
+from service.sealing import Sealer
 from service.updates import UpdateRequest
 from tests.e2e.conftest import redis_server
 
+CLEAR = Sealer({})
 LOCKED = ImageSetStatus("ds", "is", "2", "LOCKED", "UPDATING", 10.0, 11.0)
 UPDATED = ImageSetStatus("ds", "is", "2", "ACTIVE", "UPDATED", 10.0, 13.0)
 
@@ -70,13 +72,30 @@ def record(operation_id: str = "op-1", key: str = "", principal: str = "svc") ->
 def test_a_record_round_trips_through_its_json_form() -> None:
     original = replace(
         record(key="k"),
-        state="failed",
+        state="submitting",
         submitted=LOCKED,
         last_status=UPDATED,
         error=RecordedError("ABORTED", "BACKEND_CONFLICT", "stale", 0.0),
         deadline=123.5,
+        touched=("patient:00100010",),
     )
-    assert decode(encode(original)) == original
+    assert decode(encode(original, CLEAR), original.id, CLEAR) == original
+
+
+@pytest.mark.parametrize("state", ["submitted", "unwatched", "finished", "failed"])
+def test_a_record_past_its_submit_is_stored_without_its_document(state: State) -> None:
+    original = replace(record(), state=state, submitted=LOCKED)
+    stored = decode(encode(original, CLEAR), original.id, CLEAR)
+    assert stored.request.updatable_attributes is None
+    assert b"A^B" not in encode(original, CLEAR).encode()
+    assert stored == at_rest(original)
+    assert stored.fingerprint == original.fingerprint  # a retry with its key still matches
+
+
+@pytest.mark.parametrize("state", ["queued", "submitting"])
+def test_a_record_that_may_still_submit_keeps_its_document(state: State) -> None:
+    original = replace(record(), state=state)
+    assert decode(encode(original, CLEAR), original.id, CLEAR) == original
 
 
 def test_the_fingerprint_ignores_the_key_and_sees_every_byte() -> None:
@@ -104,9 +123,10 @@ def test_events_survive_the_trip_between_replicas() -> None:
 async def check_round_trip(journal: Journal) -> None:
     created = await journal.create(record("op-rt"))
     assert created.id == "op-rt"
+    assert await journal.get("op-rt") == created
     progressed = replace(created, state="submitted", seq=3, submitted=LOCKED, last_status=LOCKED)
     assert await journal.save(progressed)
-    assert await journal.get("op-rt") == progressed
+    assert await journal.get("op-rt") == at_rest(progressed)  # the document is gone
     assert await journal.get("missing") is None
 
 
@@ -175,7 +195,8 @@ async def test_sqlite_after_a_restart_unfinished_operations_are_taken_over_once(
         done = await journal.create(record("op-done"))
         await journal.save(replace(done, state="finished", last_status=UPDATED))
     async with open_journal(sqlite_settings(tmp_path)) as restarted:
-        assert [r.id for r in await restarted.take_over()] == ["op-queued"]
+        [queued] = await restarted.take_over()
+        assert queued.id == "op-queued" and queued.request == request()  # its document is kept
         assert await restarted.take_over() == []
         finished = await restarted.get("op-done")
         assert finished is not None and finished.last_status == UPDATED
@@ -184,7 +205,7 @@ async def test_sqlite_after_a_restart_unfinished_operations_are_taken_over_once(
 async def test_sqlite_directory_is_one_process_s(tmp_path: Path) -> None:
     async with open_journal(sqlite_settings(tmp_path)):
         with pytest.raises(ValueError, match="in use"):
-            async with SqliteJournal.open(sqlite_settings(tmp_path)):
+            async with SqliteJournal.open(sqlite_settings(tmp_path), CLEAR):
                 pass
 
 

@@ -8,12 +8,18 @@ import subprocess
 import sys
 import tomllib
 from pathlib import Path
+from typing import Any
 
 import pytest
 import yaml
 
+from service.config import Settings, load_settings
+from service.health import LIVENESS, READINESS
+
 ROOT = Path(__file__).resolve().parents[2]
 DOCKERFILE = ROOT / "Dockerfile"
+DEPLOY = ROOT / "deploy"
+NAME = "imaging-proxy"
 
 
 def _instructions() -> list[tuple[str, str]]:
@@ -78,3 +84,41 @@ def test_deploy_manifests_parse_and_probe_grpc_health(path: Path) -> None:
     text = path.read_text()
     assert "opa" in text and "redis" in text and "--bundle" in text
     assert "grpc" in text and ("readinessProbe" in text or "healthcheck" in text)
+
+
+def _deploy_settings() -> Settings:
+    return load_settings(DEPLOY / "imaging-proxy.toml")
+
+
+def _proxy_container() -> dict[str, Any]:
+    documents = yaml.safe_load_all((DEPLOY / "kubernetes" / "imaging-proxy.yaml").read_text())
+    deployment = next(
+        doc for doc in documents if doc["kind"] == "Deployment" and doc["metadata"]["name"] == NAME
+    )
+    containers = deployment["spec"]["template"]["spec"]["containers"]
+    return dict(next(c for c in containers if c["name"] == NAME))
+
+
+def test_deploy_settings_open_a_separate_plaintext_health_port() -> None:
+    server = _deploy_settings().server
+    assert server.health_port not in (0, server.port, server.metrics_port)
+
+
+def test_kubernetes_liveness_never_reads_readiness() -> None:
+    container, port = _proxy_container(), _deploy_settings().server.health_port
+    assert container["livenessProbe"]["grpc"] == {"port": port, "service": LIVENESS}
+    assert container["readinessProbe"]["grpc"] == {"port": port, "service": READINESS}
+    assert {"name": "health", "containerPort": port} in container["ports"]
+
+
+def test_compose_healthcheck_reads_readiness_on_the_health_port() -> None:
+    compose = yaml.safe_load((DEPLOY / "docker-compose.yml").read_text())
+    check = " ".join(compose["services"][NAME]["healthcheck"]["test"])
+    assert f"'127.0.0.1:{_deploy_settings().server.health_port}'" in check
+    assert f"service='{READINESS}'" in check
+
+
+def test_operations_doc_names_what_the_deploy_files_probe() -> None:
+    health = (ROOT / "docs" / "OPERATIONS.md").read_text().split("**Health.**")[1]
+    for name in (LIVENESS, READINESS, "health_port", "health_failures"):
+        assert f"`{name}`" in health.split("**Logs worth")[0], name

@@ -21,12 +21,13 @@ LEVELS: tuple[dicom.Level, ...] = ("patient", "study", "series", "instance")
 
 
 def _tags_for(level: dicom.Level) -> list[int]:
-    """Dictionary tags that may appear at `level`: listed there, or listed nowhere."""
+    """Dictionary tags that may appear at `level`: listed there (instances take the unlisted)."""
+    homes = (None, level) if level == "instance" else (level,)
     return sorted(
         tag
         for tag in DicomDictionary
         if not (attribute := dicom.attribute_for_tag(tag)).generated
-        and attribute.home_level in (None, level)
+        and attribute.home_level in homes
     )
 
 
@@ -34,7 +35,7 @@ LEVEL_TAGS = {level: _tags_for(level) for level in LEVELS}
 UIDS = st.from_regex(r"[0-9.]{1,64}", fullmatch=True)
 SCALARS = st.one_of(
     st.none(),
-    st.integers(),
+    st.integers(-(2**63), 2**64 - 1),  # JSON numbers HealthImaging takes
     st.floats(allow_nan=False, allow_infinity=False),
     st.text(max_size=6).map(MARKER.__add__),
 )
@@ -82,6 +83,12 @@ def value_for(draw: st.DrawFn, tag: int) -> object:
     return draw(SCALARS | st.lists(SCALARS, max_size=3))
 
 
+def _any_tag(level: dicom.Level) -> st.SearchStrategy[int]:
+    """A tag HealthImaging takes at `level` (private and non-standard ones: instances only)."""
+    listed = st.sampled_from(LEVEL_TAGS[level])
+    return listed | PRIVATE_TAGS | NON_STANDARD_TAGS if level == "instance" else listed
+
+
 Expected = set[tuple[str, str, str, str]]  # (level, series UID, instance UID, tag)
 
 
@@ -90,13 +97,7 @@ def attributes(
     draw: st.DrawFn, level: dicom.Level, series: str = "", sop: str = ""
 ) -> tuple[dict[str, object], dict[str, str], Expected]:
     """A DICOM map (and DICOMVRs for private tags at instance level) plus the expected tags."""
-    tags = draw(
-        st.lists(
-            st.sampled_from(LEVEL_TAGS[level]) | PRIVATE_TAGS | NON_STANDARD_TAGS,
-            max_size=5,
-            unique=True,
-        )
-    )
+    tags = draw(st.lists(_any_tag(level), max_size=5, unique=True))
     members: dict[str, object] = {}
     vrs: dict[str, str] = {}
     for tag in tags:
@@ -140,7 +141,12 @@ def documents(draw: st.DrawFn, removable: bool) -> tuple[dict[str, object], Expe
 
 
 def _located(changes: tuple[AttributeChange, ...]) -> Expected:
-    return {(c.level, c.series_uid, c.instance_uid, c.tag) for c in changes}
+    """Where the top-level changes are; nested ones must name a top-level sequence beside them."""
+    top = {(c.level, c.series_uid, c.instance_uid, c.tag) for c in changes if not c.within}
+    for change in changes:
+        if change.within:
+            assert (change.level, change.series_uid, change.instance_uid, change.within) in top
+    return top
 
 
 @given(documents(removable=False), documents(removable=True))
@@ -150,12 +156,14 @@ def test_fuzz_plan_covers_every_generated_attribute(
     plan = normalise(request(json.dumps(updatable[0]).encode(), json.dumps(removable[0]).encode()))
     updates = tuple(c for c in plan.changes if c.action == "update")
     removals = tuple(c for c in plan.changes if c.action != "update")
-    assert len(updates) == len(updatable[1]) and _located(updates) == updatable[1]
-    assert len(removals) == len(removable[1]) and _located(removals) == removable[1]
+    assert sum(not c.within for c in updates) == len(updatable[1])
+    assert _located(updates) == updatable[1]
+    assert sum(not c.within for c in removals) == len(removable[1])
+    assert _located(removals) == removable[1]
 
 
 @given(st.sampled_from(LEVELS).flatmap(lambda level: st.tuples(
-    st.just(level), st.sampled_from(LEVEL_TAGS[level]) | PRIVATE_TAGS | NON_STANDARD_TAGS
+    st.just(level), _any_tag(level)
 )), st.data())  # fmt: skip
 def test_fuzz_spellings_classify_identically(
     located: tuple[dicom.Level, int], data: st.DataObject
@@ -164,7 +172,7 @@ def test_fuzz_spellings_classify_identically(
     seen = set()
     for _ in range(3):
         key = data.draw(spelling(tag))
-        members = {key: MARKER}
+        members = {key: None}  # a value could fit the VR (update) and be unchecked (removal)
         document = {
             "patient": {"Patient": {"DICOM": members}},
             "study": {"Study": {"DICOM": members}},

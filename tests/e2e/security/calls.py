@@ -184,10 +184,10 @@ class Stubs:
             await channel.close()
 
 
-async def serving_status(channel: grpc.aio.Channel) -> int:
-    """The proxy's overall grpc.health status (health_pb2.HealthCheckResponse.ServingStatus)."""
+async def serving_status(channel: grpc.aio.Channel, service: str = "") -> int:
+    """The proxy's grpc.health status for `service` ("": overall, which is liveness)."""
     stub = health_pb2_grpc.HealthStub(channel)
-    response = await stub.Check(health_pb2.HealthCheckRequest(service=""), timeout=RPC_TIMEOUT)
+    response = await stub.Check(health_pb2.HealthCheckRequest(service=service), timeout=RPC_TIMEOUT)
     return int(response.status)
 
 
@@ -228,10 +228,10 @@ async def dev_refusal(proxy: Proxy, image_set_id: str = "") -> Refusal:
         )
 
 
-async def health_becomes(proxy: Proxy, status: int) -> None:
+async def health_becomes(proxy: Proxy, status: int, service: str = "") -> None:
     async def reached() -> None:
         async with grpc.aio.insecure_channel(proxy.endpoint) as channel:
-            assert await serving_status(channel) == status
+            assert await serving_status(channel, service) == status
 
     await eventually(reached)
 

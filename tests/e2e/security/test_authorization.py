@@ -8,7 +8,9 @@ token, so each denial can be pinned to one rule's reason.
 
 from __future__ import annotations
 
+import functools
 import json
+import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Literal
@@ -40,12 +42,17 @@ from tests.e2e.security.calls import (
     study,
     update,
 )
+from tests.support.pki import ISSUER
 
 pytestmark = pytest.mark.e2e
 
 ADMIN, EDITOR = "metadata-admin", "metadata-editor"
 PRIVATE, IDENTITY = "private-tag-editor", "patient-identity-editor"
 NO_ROLE = "caller holds no role on this datastore"
+NO_ROLE_CLIENTS = frozenset({"viewer", "stranger", "gateway"})
+"""Certificates whose SPIFFE ID holds no role: the gate refuses them before the policy decides."""
+GRANTED_SUBJECT = "svc-reporting"
+"""policies/data.json grants jwt:<test issuer>#svc-reporting metadata-editor in DATASTORE_ID."""
 EDITOR_REASON = "metadata changes require role metadata-editor"
 Via = Literal["mtls", "jwt"]
 
@@ -111,7 +118,7 @@ RULES = (
     Rule(
         "uid",
         _study_update("StudyID", force=True),
-        (ADMIN, EDITOR),
+        (ADMIN, IDENTITY),  # StudyID is also listed by the PS3.15 profile (Z): identity too
         (EDITOR, PRIVATE, IDENTITY),
         frozenset(
             {"UID changes require role metadata-admin", "force requires role metadata-admin"}
@@ -180,7 +187,12 @@ def credentials(stack: SecureStack, rule: Rule, via: Via, allowed: bool) -> Cred
 
 
 def principal(credentials: Credentials, rule: Rule) -> str:
-    return f"svc-{rule.name}" if credentials.token else spiffe_id(credentials.client)
+    return jwt_principal(f"svc-{rule.name}") if credentials.token else spiffe_id(credentials.client)
+
+
+def jwt_principal(subject: str) -> str:
+    """A token's principal: its own namespace, never a certificate's or a dev name."""
+    return f"jwt:{ISSUER}#{subject}"
 
 
 async def prepare(stack: SecureStack, stubs: Stubs, layout: Layout) -> None:
@@ -190,13 +202,24 @@ async def prepare(stack: SecureStack, stubs: Stubs, layout: Layout) -> None:
     assert_updated(await events_of(call))
 
 
-async def assert_audited(stack: SecureStack, refused: Refusal, principal: str) -> None:
-    """The denial left one audit line: its decision id, the caller's principal, allow false."""
+async def assert_audited(
+    stack: SecureStack, refused: Refusal, principal: str, image_set_id: str | None = None
+) -> None:
+    """The denial left one audit line: its decision id, the caller's principal, allow false.
+
+    A refusal for holding no role reuses the (cached) role decision that found none, so several
+    requests may name one decision id: give `image_set_id` to tell them apart.
+    """
 
     async def audited() -> None:
         lines = stack.proxy_log.read_text(errors="replace").splitlines()
         audits = [json.loads(line) for line in lines if '"event": "audit"' in line]
-        matching = [a for a in audits if a.get("decision_id") == refused.decision_id]
+        matching = [
+            a
+            for a in audits
+            if a.get("decision_id") == refused.decision_id
+            and image_set_id in (None, a.get("image_set_id"))
+        ]
         assert len(matching) == 1, f"no audit line for decision {refused.decision_id}"
         assert matching[0]["principal"] == principal
         assert matching[0]["allow"] is False
@@ -236,11 +259,14 @@ async def test_rule_denies_a_caller_without_its_roles(
         )
     )
 
-    assert_denied(refused, rule.reasons)
+    if via == "mtls" and caller.client in NO_ROLE_CLIENTS:
+        assert_denied(refused, {NO_ROLE})  # refused by the gate, before the policy saw the update
+    else:
+        assert_denied(refused, rule.reasons)
     if via == "jwt":
         assert refused.reasons == rule.reasons
     assert secure_stack.update_calls(layout.image_set_id) == []
-    await assert_audited(secure_stack, refused, principal(caller, rule))
+    await assert_audited(secure_stack, refused, principal(caller, rule), layout.image_set_id)
 
 
 # --- per-datastore grants ------------------------------------------------------------------------
@@ -248,7 +274,7 @@ async def test_rule_denies_a_caller_without_its_roles(
 
 @pytest.mark.parametrize(
     ("subject", "roles"),
-    [("svc-scoped", [f"{EDITOR}@{DATASTORE_ID}"]), ("demo-editor", [])],
+    [("svc-scoped", [f"{EDITOR}@{DATASTORE_ID}"]), (GRANTED_SUBJECT, [])],
     ids=["jwt_role_scoped_to_this_datastore", "data_grant_for_this_datastore"],
 )
 async def test_datastore_grant_allows_in_its_datastore(
@@ -272,7 +298,7 @@ async def test_datastore_grant_allows_in_its_datastore(
     [
         ("svc-scoped", [f"{EDITOR}@{OTHER_DATASTORE_ID}"], DATASTORE_ID),
         ("svc-scoped", [f"{EDITOR}@{DATASTORE_ID}"], OTHER_DATASTORE_ID),
-        ("demo-editor", [], OTHER_DATASTORE_ID),
+        (GRANTED_SUBJECT, [], OTHER_DATASTORE_ID),
     ],
     ids=["jwt_role_scoped_elsewhere", "jwt_role_used_elsewhere", "data_grant_used_elsewhere"],
 )
@@ -290,7 +316,7 @@ async def test_datastore_grant_denies_in_another_datastore(
     )
 
     assert_denied(refused)
-    assert refused.reasons == {NO_ROLE, EDITOR_REASON}
+    assert refused.reasons == {NO_ROLE}
     assert not [r for r in secure_stack.requests() if r["imageSetId"] == image_set]
 
 
@@ -328,9 +354,9 @@ async def test_certificate_principal_without_grants_is_denied(
     )
 
     assert_denied(refused)
-    assert refused.reasons == {NO_ROLE, EDITOR_REASON}
+    assert refused.reasons == {NO_ROLE}  # the gate: refused before the document is read
     assert secure_stack.update_calls(image_set) == []
-    await assert_audited(secure_stack, refused, spiffe_id(caller.client))
+    await assert_audited(secure_stack, refused, spiffe_id(caller.client), image_set)
 
 
 @pytest.mark.parametrize(
@@ -356,6 +382,41 @@ async def test_token_principal_without_known_roles_is_denied(
     )
 
     assert_denied(refused)
-    assert refused.reasons == {NO_ROLE, EDITOR_REASON}
+    assert refused.reasons == {NO_ROLE}
     assert secure_stack.update_calls(image_set) == []
-    await assert_audited(secure_stack, refused, "nobody")
+    await assert_audited(secure_stack, refused, jwt_principal("nobody"), image_set)
+
+
+# --- principal namespaces: a token cannot take another identity source's grants -----------------
+
+
+@pytest.mark.parametrize("client", ["gateway", "admin"], ids=["gateway_cert", "admin_cert"])
+@pytest.mark.parametrize(
+    "subject",
+    [spiffe_id("admin"), spiffe_id("editor"), "demo-admin", "dev:demo-admin", "demo-editor"],
+)
+async def test_a_token_named_like_a_granted_principal_gets_no_grants(
+    secure_stack: SecureStack, stubs: Stubs, subject: str, client: str
+) -> None:
+    """The token names the caller (even over the admin's own certificate): jwt:<iss>#<sub>."""
+    # Ids no image set has: the gate refuses before any backend call, and any call would show
+    # in the emulator's request log under these ids (no seeded image set is used up).
+    evaluated, updated = uuid.uuid4().hex, uuid.uuid4().hex
+    metadata = Credentials(client, secure_stack.token(subject)).metadata()
+    stub = stubs.service(client)
+
+    request = functools.partial(update, updatable=study({"StudyDescription": "TAKEN OVER"}))
+    denials = [
+        await refusal(
+            stub.EvaluateUpdate(request(evaluated), metadata=metadata, timeout=RPC_TIMEOUT)
+        ),
+        await refusal(
+            stub.UpdateImageSetMetadata(request(updated), metadata=metadata, timeout=RPC_TIMEOUT)
+        ),
+    ]
+
+    for denial, image_set in zip(denials, (evaluated, updated), strict=True):
+        assert_denied(denial)
+        assert denial.reasons == {NO_ROLE}
+        assert not [r for r in secure_stack.requests() if r.get("imageSetId") == image_set]
+        await assert_audited(secure_stack, denial, jwt_principal(subject), image_set)

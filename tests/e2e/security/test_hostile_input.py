@@ -344,8 +344,8 @@ async def test_malformed_revert_is_invalid_even_for_an_admin(
 
 def padded_study(size: int) -> bytes:
     """A valid study-level document of exactly `size` bytes."""
-    empty = json.dumps(study({"StudyDescription": ""})).encode()
-    return json.dumps(study({"StudyDescription": "x" * (size - len(empty))})).encode()
+    document = json.dumps(study({"StudyDescription": "PADDED"})).encode()
+    return document[:-1] + b" " * (size - len(document)) + b"}"  # an LO value stays short
 
 
 def nested_sequence(depth: int) -> dict[str, Any]:
@@ -358,7 +358,7 @@ def nested_sequence(depth: int) -> dict[str, Any]:
 @pytest.mark.parametrize(
     "updatable",
     [
-        padded_study(30_001),
+        padded_study(10_241),
         b"[" * 25_000 + b"]" * 25_000,
         b'{"Study":' * 2_500 + b"1" + b"}" * 2_500,
         json.dumps(nested_sequence(9)).encode(),
@@ -368,7 +368,7 @@ def nested_sequence(depth: int) -> dict[str, Any]:
         json.dumps(study({"StudyDescription": "x"})).encode("utf-16"),
     ],
     ids=[
-        "over_30000_bytes",
+        "over_the_10240_byte_payload_quota",
         "deeply_nested_lists",
         "deeply_nested_objects",
         "sequences_nested_9_deep",
@@ -394,9 +394,9 @@ async def test_oversized_nested_or_ambiguous_documents_are_invalid(
     assert secure_stack.update_calls(image_set) == []
 
 
-async def test_a_document_of_exactly_30000_bytes_reaches_the_policy(stubs: Stubs) -> None:
+async def test_a_document_of_exactly_10240_bytes_reaches_the_policy(stubs: Stubs) -> None:
     evaluation = await stubs.service("admin").EvaluateUpdate(
-        update("a" * 32, padded_study(30_000)), timeout=RPC_TIMEOUT
+        update("a" * 32, padded_study(10_240)), timeout=RPC_TIMEOUT
     )
 
     assert evaluation.decision.allow

@@ -64,12 +64,14 @@ async def traffic(secure_stack: SecureStack, stubs: Stubs) -> Traffic:
     allowed, denied = secure_stack.take_image_set(), secure_stack.take_image_set()
     layout = secure_stack.layout(denied)
     named = patient({"PatientName": PHI})
-    admin, viewer = stubs.service("admin"), stubs.service("viewer")
+    # The editor holds a role but not patient identity: the policy reads and denies the document
+    # (a caller without any role is refused before it is read, with nothing to audit but its id).
+    admin, editor = stubs.service("admin"), stubs.service("editor")
     assert_updated(
         await events_of(admin.UpdateImageSetMetadata(update(allowed, named), timeout=RPC_TIMEOUT))
     )
     await admin.EvaluateUpdate(update(denied, named, removable=named), timeout=RPC_TIMEOUT)
-    refusals = [await refusal(viewer.UpdateImageSetMetadata(update(denied, named), timeout=T))]
+    refusals = [await refusal(editor.UpdateImageSetMetadata(update(denied, named), timeout=T))]
     for document in phi_documents(layout):
         request = update(denied, document)
         refusals.append(await refusal(admin.UpdateImageSetMetadata(request, timeout=T)))

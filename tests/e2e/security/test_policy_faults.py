@@ -17,11 +17,13 @@ from dataclasses import dataclass
 import aiohttp
 import grpc
 import pytest
-from aiohttp import web
 
 from service.cli import processes
+from service.health import LIVENESS, READINESS
+from service.server import SERVICE_NAME
 from tests.e2e.secure_stack import (
     RPC_TIMEOUT,
+    TEST_SETTINGS,
     Proxy,
     SecureStack,
     folder,
@@ -39,39 +41,20 @@ from tests.e2e.security.calls import (
     dev_refusal,
     events_of,
     health_becomes,
+    serving_status,
     study,
     update,
 )
+from tests.e2e.security.relay import Relay, serve
 
 pytestmark = pytest.mark.e2e
 
 OPA_TIMEOUT = 0.3
+HEALTH_INTERVAL = float(TEST_SETTINGS["opa"]["health_interval_seconds"])
+HEALTH_READINGS = 10
+"""Readings over five probe intervals: more than the failures readiness needs to go down."""
 DECISION = "package imaging.update\n\ndecision := "
 ALLOW_ALL = DECISION + '{"allow": true, "reasons": []}\n'
-
-
-class Relay:
-    """An HTTP relay in front of a real OPA that can hold decision requests back."""
-
-    def __init__(self, target: str, session: aiohttp.ClientSession) -> None:
-        self.delay = 0.0
-        self._target = target
-        self._session = session
-
-    async def handle(self, request: web.Request) -> web.Response:
-        if request.path.startswith("/v1/data") and self.delay:
-            await asyncio.sleep(self.delay)  # the fault under test, not a wait for state
-        async with self._session.request(
-            request.method,
-            self._target + request.path_qs,
-            data=await request.read(),
-            headers={"Content-Type": request.headers.get("Content-Type", "application/json")},
-        ) as upstream:
-            return web.Response(
-                status=upstream.status,
-                body=await upstream.read(),
-                headers={"Content-Type": upstream.headers.get("Content-Type", "application/json")},
-            )
 
 
 @dataclass
@@ -115,7 +98,7 @@ async def faults(secure_stack: SecureStack) -> AsyncIterator[Faults]:
         opas.append(processes.start_opa(folder(base / "killable-opa"), killable_port))
         cleanup.callback(stop_all, opas)
         relay = Relay(relayed_opa_url, await cleanup.enter_async_context(aiohttp.ClientSession()))
-        relay_port = await _serve(relay, cleanup)
+        relay_port = await serve(relay, cleanup)
         killable_url = f"http://127.0.0.1:{killable_port}"
         killable = start_proxy(base / "killable", [*backend, "--opa-url", killable_url])
         cleanup.callback(killable.child.stop)
@@ -127,21 +110,15 @@ async def faults(secure_stack: SecureStack) -> AsyncIterator[Faults]:
         yield Faults(killable, killable_port, opas, relayed, relay, relayed_opa_url)
 
 
+async def health_of(proxy: Proxy, *services: str) -> list[int]:
+    """The proxy's health status for each of `services`, in order."""
+    async with grpc.aio.insecure_channel(proxy.endpoint) as channel:
+        return [await serving_status(channel, service) for service in services]
+
+
 def stop_all(children: list[processes.Child]) -> None:
     for child in children:
         child.stop()
-
-
-async def _serve(relay: Relay, cleanup: contextlib.AsyncExitStack) -> int:
-    """Serve the relay on a free port until `cleanup` closes; returns the port."""
-    app = web.Application()
-    app.router.add_route("*", "/{tail:.*}", relay.handle)
-    runner = web.AppRunner(app)
-    await runner.setup()
-    cleanup.push_async_callback(runner.cleanup)
-    site = web.TCPSite(runner, "127.0.0.1", 0)
-    await site.start()
-    return int(runner.addresses[0][1])
 
 
 # --- OPA killed and restarted --------------------------------------------------------------------
@@ -152,19 +129,21 @@ async def test_killed_opa_refuses_updates_until_it_is_back(
 ) -> None:
     image_set = secure_stack.take_image_set()
     assert await dev_allows(faults.killable)
-    await health_becomes(faults.killable, SERVING)
+    await health_becomes(faults.killable, SERVING, READINESS)
 
     faults.killable_opa.process.kill()
     faults.killable_opa.process.wait()
 
     assert_policy_unavailable(await dev_refusal(faults.killable))
     assert_policy_unavailable(await dev_refusal(faults.killable, image_set))
-    await health_becomes(faults.killable, NOT_SERVING)
+    await health_becomes(faults.killable, NOT_SERVING, READINESS)
+    await health_becomes(faults.killable, NOT_SERVING, SERVICE_NAME)
+    assert await health_of(faults.killable, "", LIVENESS) == [SERVING, SERVING]
     assert secure_stack.update_calls(image_set) == []
 
     faults.restart_opa()
 
-    await health_becomes(faults.killable, SERVING)
+    await health_becomes(faults.killable, SERVING, READINESS)
 
     assert await dev_allows(faults.killable)
     async with grpc.aio.insecure_channel(faults.killable.endpoint) as channel:
@@ -191,6 +170,11 @@ async def test_opa_slower_than_its_timeout_is_unavailable(
         assert_policy_unavailable(refused)
         assert "timed out" in refused.message
         assert_policy_unavailable(await dev_refusal(faults.relayed, image_set))
+        # Slow decisions are not an outage: OPA still answers its health endpoint.
+        for _ in range(HEALTH_READINGS):
+            names = ("", LIVENESS, READINESS, SERVICE_NAME)
+            assert await health_of(faults.relayed, *names) == [SERVING] * len(names)
+            await asyncio.sleep(HEALTH_INTERVAL)
     finally:
         faults.relay.delay = 0.0
 

@@ -21,14 +21,18 @@ import grpc
 import pytest
 
 from service.cli import processes
+from service.health import LIVENESS, READINESS
 from tests.e2e.secure_stack import (
     RPC_TIMEOUT,
     TEST_SETTINGS,
     Proxy,
     SecureStack,
     SettingsDocument,
+    backend_args,
     bearer,
     channel_credentials,
+    eventually,
+    identity_args,
     image_set_metadata,
     open_tls_channel,
     service_stub,
@@ -51,7 +55,7 @@ from tests.e2e.security.calls import (
     study,
     update,
 )
-from tests.support.pki import CertificateFiles
+from tests.support.pki import ISSUER, CertificateFiles
 
 pytestmark = pytest.mark.e2e
 
@@ -103,6 +107,42 @@ async def test_health_is_behind_mtls_too(secure_stack: SecureStack) -> None:
     assert raised.value.code() == grpc.StatusCode.UNAVAILABLE
 
 
+@pytest.fixture(scope="module")
+def probed_proxy(secure_stack: SecureStack) -> Iterator[tuple[Proxy, int]]:
+    """An mTLS + JWT proxy like the secure stack's, with a plaintext health port for probes."""
+    health_port = processes.free_port()
+    config: SettingsDocument = {**TEST_SETTINGS, "server": {"health_port": health_port}}
+    args = [
+        *identity_args(secure_stack.pki, secure_stack.keys),
+        *backend_args(secure_stack.backend),
+    ]
+    proxy = start_proxy(secure_stack.directory / "probed-proxy", args, config)
+    yield proxy, health_port
+    proxy.child.stop()
+
+
+async def test_probes_read_health_in_plaintext_on_the_health_port_and_nothing_else(
+    secure_stack: SecureStack, probed_proxy: tuple[Proxy, int]
+) -> None:
+    proxy, health_port = probed_proxy
+    async with grpc.aio.insecure_channel(f"127.0.0.1:{health_port}") as channel:
+        for name in ("", LIVENESS):
+            assert await serving_status(channel, name) == SERVING
+        await eventually(lambda: _reads(channel, READINESS, SERVING))
+        request = update(secure_stack.take_image_set(), study({"StudyDescription": "X"}))
+        refused = await refusal(service_stub(channel).EvaluateUpdate(request, timeout=RPC_TIMEOUT))
+
+    assert refused.code == grpc.StatusCode.UNIMPLEMENTED  # no update API on the probe port
+    async with grpc.aio.insecure_channel(proxy.endpoint) as plaintext:
+        with pytest.raises(grpc.aio.AioRpcError) as raised:
+            await serving_status(plaintext)
+    assert raised.value.code() == grpc.StatusCode.UNAVAILABLE  # the main port still needs mTLS
+
+
+async def _reads(channel: grpc.aio.Channel, name: str, status: int) -> None:
+    assert await serving_status(channel, name) == status
+
+
 async def test_a_certificate_without_a_spiffe_id_is_unauthenticated(
     secure_stack: SecureStack, stubs: Stubs
 ) -> None:
@@ -137,7 +177,8 @@ async def test_a_jwt_caller_updates_over_a_server_only_tls_listener(
         for line in jwt_listener.log_path.read_text().splitlines()
         if '"event": "audit"' in line and image_set in line
     ]
-    assert [(a["principal"], a["auth_method"]) for a in audit] == [("svc-jwt-only", "jwt")]
+    principal = f"jwt:{ISSUER}#svc-jwt-only"
+    assert [(a["principal"], a["auth_method"]) for a in audit] == [(principal, "jwt")]
 
 
 # --- TLS from the proxy to OPA -------------------------------------------------------------------
@@ -193,7 +234,7 @@ def tls_opa(secure_stack: SecureStack) -> Iterator[TlsOpa]:
 
 async def test_ssl_cert_file_makes_the_proxy_trust_opas_internal_ca(tls_opa: TlsOpa) -> None:
     assert await dev_allows(tls_opa.trusting)
-    await health_becomes(tls_opa.trusting, SERVING)
+    await health_becomes(tls_opa.trusting, SERVING, READINESS)  # GET /health over the same TLS
 
 
 @pytest.mark.parametrize("case", ["wrong_roots", "no_client_certificate"])
@@ -203,4 +244,5 @@ async def test_tls_to_opa_that_fails_to_verify_fails_closed(tls_opa: TlsOpa, cas
     refused = await dev_refusal(proxy)
 
     assert_policy_unavailable(refused)
-    await health_becomes(proxy, NOT_SERVING)
+    await health_becomes(proxy, NOT_SERVING, READINESS)
+    await health_becomes(proxy, SERVING, LIVENESS)  # OPA out of reach never restarts the proxy

@@ -1,0 +1,140 @@
+"""Health: liveness (the process serves) kept apart from readiness (OPA can be reached).
+
+The names grpc.health.v1 reports:
+
+    "", "liveness"                 SERVING while the process runs; NOT_SERVING only on shutdown
+    "readiness", SERVICE_NAME      NOT_SERVING when OPA cannot be reached: its GET /health failed
+                                   `health_failures` probes in a row (or never answered yet)
+    "opa", "healthimaging"         information: each dependency's reachability, judged the same way
+
+Readiness probes OPA's health endpoint with its own timeout, never a policy decision: a decision
+slowed by load is not an outage, and no probe result ever touches liveness, so a busy OPA can
+neither restart the proxy nor take it out of rotation. HealthImaging is shared by every replica,
+so its outage is reported, not acted on.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import ssl
+
+import aiohttp
+import structlog
+from grpc_health.v1 import health, health_pb2
+
+from service.config import BackendSettings, OpaSettings
+
+log = structlog.get_logger(__name__)
+
+LIVENESS = "liveness"
+READINESS = "readiness"
+SERVING = health_pb2.HealthCheckResponse.SERVING
+NOT_SERVING = health_pb2.HealthCheckResponse.NOT_SERVING
+
+
+class Reachability:
+    """Up after one answered probe, down after `failures` failed ones in a row. Pure."""
+
+    def __init__(self, failures: int) -> None:
+        self._failures = failures
+        self._failed = 0
+        self.up = False
+
+    def observe(self, answered: bool) -> bool:
+        self._failed = 0 if answered else self._failed + 1
+        if answered:
+            self.up = True
+        elif self._failed >= self._failures:
+            self.up = False
+        return self.up
+
+
+class HttpProbe:
+    """Whether an HTTP endpoint answers within its own timeout (optionally: with 200)."""
+
+    def __init__(
+        self,
+        session: aiohttp.ClientSession,
+        url: str,
+        timeout_seconds: float,
+        need_ok: bool,
+        tls: ssl.SSLContext | None = None,
+        headers: dict[str, str] | None = None,
+    ) -> None:
+        self._session = session
+        self._url = url
+        self._timeout = aiohttp.ClientTimeout(total=timeout_seconds)
+        self._need_ok = need_ok
+        self._tls: ssl.SSLContext | bool = tls if tls is not None else True
+        self._headers = headers or {}
+
+    async def answers(self) -> bool:
+        try:
+            async with self._session.get(
+                self._url, timeout=self._timeout, ssl=self._tls, headers=self._headers
+            ) as response:
+                return response.status == 200 or not self._need_ok
+        except (aiohttp.ClientError, OSError, TimeoutError):
+            return False
+
+
+def opa_probe(session: aiohttp.ClientSession, settings: OpaSettings) -> HttpProbe:
+    """GET <opa>/health with the decision client's credentials (token, client certificate)."""
+    tls = None
+    if settings.url.startswith("https://"):
+        tls = ssl.create_default_context()  # honours SSL_CERT_FILE, as the decision client does
+        if settings.client_cert:
+            tls.load_cert_chain(settings.client_cert, settings.client_key or None)
+    headers = {"Authorization": f"Bearer {settings.token}"} if settings.token else {}
+    url = settings.url.rstrip("/") + "/health"
+    return HttpProbe(session, url, settings.health_timeout_seconds, True, tls, headers)
+
+
+def backend_probe(session: aiohttp.ClientSession, settings: BackendSettings) -> HttpProbe:
+    """Any HTTP answer from HealthImaging's endpoint (no API call, so no quota is spent)."""
+    url = settings.endpoint_url or f"https://medical-imaging.{settings.region}.amazonaws.com"
+    return HttpProbe(session, url, 2.0, need_ok=False)
+
+
+class Health:
+    """Sets every health name: liveness once, readiness and the dependencies after each probe."""
+
+    def __init__(
+        self,
+        servicer: health.aio.HealthServicer,
+        service_name: str,
+        probes: dict[str, HttpProbe],
+        failures: int,
+    ) -> None:
+        self._servicer = servicer
+        self._service_name = service_name
+        self._probes = probes
+        self._states = {name: Reachability(failures) for name in probes}
+
+    async def live(self) -> None:
+        """The process serves: liveness SERVING, readiness NOT_SERVING until OPA answers."""
+        for name in ("", LIVENESS):
+            await self._servicer.set(name, SERVING)
+        for name in (READINESS, self._service_name, *self._probes):
+            await self._servicer.set(name, NOT_SERVING)
+
+    async def probe_forever(self, interval: float) -> None:
+        was: dict[str, bool] | None = None
+        while True:
+            now = await self.probe_once()
+            if now != was:
+                log.info("readiness", **now)
+                was = now
+            await asyncio.sleep(interval)
+
+    async def probe_once(self) -> dict[str, bool]:
+        """Probe every dependency at once; readiness follows OPA's reachability."""
+        answered = await asyncio.gather(*(probe.answers() for probe in self._probes.values()))
+        up = {
+            name: state.observe(ok)
+            for (name, state), ok in zip(self._states.items(), answered, strict=True)
+        }
+        statuses = up | {READINESS: up["opa"], self._service_name: up["opa"]}
+        for name, ok in statuses.items():
+            await self._servicer.set(name, SERVING if ok else NOT_SERVING)
+        return up

@@ -1,0 +1,75 @@
+"""Referenced series and instances: an update may only name UIDs its image set holds.
+
+HealthImaging cannot create series or instances: an update naming one the image set lacks fails
+after it has taken a write (0.25/s by default). One GetImageSetMetadata read, made only when the
+document names series or instances, refuses it first: INVALID_ARGUMENT, a field violation per
+missing series or instance, its path naming the key (the UID the caller sent), never a value.
+The latest version is read: a stale `latest_version_id` fails as a conflict anyway.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import gzip
+import json
+from collections.abc import Awaitable, Callable, Mapping
+
+from service.errors import FieldViolation, InvalidArgument
+from service.jsondoc import field_path
+from service.updates import DICOM_UPDATES, MAX_VIOLATIONS, UpdatePlan
+
+Named = Mapping[tuple[str, str], str]
+"""(series UID, instance UID or "") → the field that first names it."""
+Contents = Mapping[str, frozenset[str]]
+"""Series UID → the UIDs of its instances."""
+
+
+def named(plan: UpdatePlan) -> Named:
+    """The series and instances an update names (a series also for each of its instances)."""
+    found: dict[tuple[str, str], str] = {}
+    for change in plan.changes:
+        if not change.series_uid:
+            continue
+        blob = "updatable_attributes" if change.action == "update" else "removable_attributes"
+        series = ("Study", "Series", change.series_uid)
+        found.setdefault((change.series_uid, ""), field_path(f"{DICOM_UPDATES}.{blob}", series))
+        if change.instance_uid:
+            path = (*series, "Instances", change.instance_uid)
+            found.setdefault(
+                (change.series_uid, change.instance_uid),
+                field_path(f"{DICOM_UPDATES}.{blob}", path),
+            )
+    return found
+
+
+def contents(metadata: bytes) -> Contents:
+    """The series and instances of a GetImageSetMetadata blob (gzip-compressed JSON, or JSON)."""
+    document = json.loads(gzip.decompress(metadata) if metadata[:2] == b"\x1f\x8b" else metadata)
+    series = document.get("Study", {}).get("Series", {})
+    return {uid: frozenset(body.get("Instances", {})) for uid, body in series.items()}
+
+
+def missing(wanted: Named, present: Contents) -> list[FieldViolation]:
+    """A violation for each named series the image set lacks, and each instance its series lacks
+    (instances of a missing series are not listed again)."""
+    violations: list[FieldViolation] = []
+    for (series, instance), path in wanted.items():
+        if series not in present:
+            if not instance:
+                violations.append(FieldViolation(path, "no such series in the image set"))
+        elif instance and instance not in present[series]:
+            violations.append(FieldViolation(path, "no such instance in this series"))
+    return violations
+
+
+async def check(plan: UpdatePlan, read: Callable[[], Awaitable[bytes]]) -> None:
+    """Raise InvalidArgument if the update names a series or instance its image set lacks;
+    `read` (the image set's metadata) is called only when the update names any."""
+    wanted = named(plan)
+    if not wanted:
+        return
+    metadata = await read()
+    present = await asyncio.to_thread(contents, metadata)  # up to 50 MB: off the loop
+    violations = missing(wanted, present)
+    if violations:
+        raise InvalidArgument(violations[:MAX_VIOLATIONS], len(violations))

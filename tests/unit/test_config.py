@@ -1,0 +1,60 @@
+"""Settings are type- and range-checked when built, and every refusal names its key."""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from service.config import Settings, load_settings
+
+
+@pytest.mark.parametrize(
+    ("section", "values", "message"),
+    [
+        ("server", {"port": "fifty"}, "server.port: expected a number"),
+        ("server", {"port": 50062.5}, "server.port: expected a whole number"),
+        ("server", {"port": 70_000}, "server.port: must be from 0 to 65535"),
+        ("server", {"metrics_port": -1}, "server.metrics_port: must be from 0 to 65535"),
+        ("opa", {"timeout_seconds": -3}, "opa.timeout_seconds: must be > 0"),
+        ("opa", {"timeout_seconds": 0}, "opa.timeout_seconds: must be > 0"),
+        ("opa", {"timeout_seconds": True}, "opa.timeout_seconds: expected a number"),
+        ("opa", {"url": 8181}, "opa.url: expected a string"),
+        ("budget", {"headroom": 1.5}, "budget.headroom: must be from 0 to 1"),
+        ("budget", {"enabled": "yes"}, "budget.enabled: expected true or false"),
+        ("admission", {"max_queued": 0}, "admission.max_queued: must be ≥ 1"),
+        ("limits", {"max_payload_bytes": float("inf")}, "limits.max_payload_bytes: expected a"),
+        ("identity", {"jwt_public_keys": "k.pem"}, "identity.jwt_public_keys: expected a list"),
+        ("server", {"prot": 1}, "unknown setting(s) in [server]: prot"),
+    ],
+)
+def test_bad_values_are_refused_with_their_key(
+    section: str, values: dict[str, Any], message: str
+) -> None:
+    with pytest.raises(ValueError) as refused:
+        load_settings(None, {section: values})
+    assert str(refused.value).startswith(message)
+
+
+def test_good_values_from_a_file(tmp_path: Path) -> None:
+    config = tmp_path / "proxy.toml"
+    config.write_text(
+        '[server]\nport = 0\ngrace_seconds = 0\n[identity]\njwt_public_keys = ["a.pem"]\n'
+        "[opa]\ntimeout_seconds = 1\n[budget]\nheadroom = 1\n"
+    )
+    settings = load_settings(config)
+    assert settings.server.port == 0
+    assert settings.server.grace_seconds == 0
+    assert settings.identity.jwt_public_keys == ("a.pem",)
+    assert settings.opa.timeout_seconds == 1
+
+
+def test_every_default_passes_its_own_checks() -> None:
+    defaults = Settings()
+    overrides = {
+        section.name: dataclasses.asdict(getattr(defaults, section.name))
+        for section in dataclasses.fields(Settings)
+    }
+    assert load_settings(None, overrides) == defaults
