@@ -10,6 +10,7 @@ COPY pyproject.toml README.md ./
 COPY protos/ protos/
 COPY service/ service/
 COPY emulator/ emulator/
+COPY medical_imaging_model/ medical_imaging_model/
 # The gRPC stubs are generated from the .proto here, exactly as `make protos` does.
 RUN pip install grpcio-tools==1.85.1 \
  && rm -rf service/_proto && mkdir -p service/_proto \

@@ -60,14 +60,14 @@ redis:
 	  if [ "$$(id -u)" = 0 ]; then apt-get update -qq && apt-get install -y -qq redis-server >/dev/null; \
 	  else sudo apt-get update -qq && sudo apt-get install -y -qq redis-server >/dev/null; fi; }
 
-PY_DIRS = $(wildcard service emulator tests benchmarks)
+PY_DIRS = $(wildcard service emulator medical_imaging_model tests benchmarks)
 
 lint: install
 	$(BIN)/ruff check $(PY_DIRS)
 	$(BIN)/ruff format --check $(PY_DIRS)
 
 typecheck: install
-	$(BIN)/mypy service emulator
+	$(BIN)/mypy service emulator medical_imaging_model
 
 # tests/policy/ holds the fact-driven cases (standard_cases.json, made by generate_cases.py) and
 # their Rego test: loaded by `opa test`, never by the OPA server, which loads policies/ only.

@@ -33,7 +33,7 @@ from benchmarks import measure, stack, workload
 from benchmarks.measure import CpuUse, ms, percentile
 from service._proto.imaging.metadata.v1 import metadata_pb2_grpc as pb_grpc
 from service.config import OpaSettings
-from service.identity import Caller
+from service.model import Caller
 from service.policy import build_input
 from service.server import to_update_request
 from service.updates import normalise

@@ -35,8 +35,9 @@ STAGES: tuple[tuple[str, str, str], ...] = (
     ("quota budget", "", "service/budget"),
     ("events (replay, JSON)", "", "service/events"),
     ("metrics", "", "service/metrics"),
-    ("operations: fan-out, heartbeats", "", "service/operations"),
-    ("health monitor", "_watch_policy_health", "service/server"),
+    ("operation runner", "", "service/runner"),
+    ("streams: fan-out, heartbeats", "", "service/streams"),
+    ("health monitor", "", "service/health"),
     ("gRPC handlers", "", "service/server"),
 )
 LIBRARIES: tuple[tuple[str, str, str], ...] = (

@@ -21,6 +21,7 @@ from typing import Any
 import uvloop
 
 from benchmarks import crowd, measure, stack
+from service.devstack.settings import update_quota
 
 UPDATE_DELAY = 1.0
 """Seconds the emulator takes to apply an update (HealthImaging takes seconds too)."""
@@ -40,7 +41,7 @@ class Run:
 
     def options(self) -> stack.StackOptions:
         default = self.rate == 0.25 and self.burst == 1
-        quotas = "default" if default else quota_toml(self.rate, self.burst)
+        quotas = "default" if default else update_quota(self.rate, self.burst)
         budget = {"update_rate": self.rate, "update_burst": self.burst}
         return stack.StackOptions(
             image_sets=self.clients,
@@ -48,11 +49,6 @@ class Run:
             quotas=quotas,
             proxy_config={"budget": budget},
         )
-
-
-def quota_toml(rate: float, burst: float) -> str:
-    """The emulator's default quotas with UpdateImageSetMetadata set to `rate`/`burst`."""
-    return f"[quotas.tps.UpdateImageSetMetadata]\nrate = {rate}\nburst = {burst}\n"
 
 
 async def measure_run(running: stack.Stack, run: Run) -> dict[str, Any]:

@@ -17,6 +17,7 @@ from typing import Any
 import uvloop
 
 from benchmarks import crowd, measure, quota, stack
+from service.devstack.settings import update_quota
 
 RATE, BURST = 2.0, 2.0
 
@@ -26,7 +27,7 @@ def options(clients: int) -> stack.StackOptions:
     return stack.StackOptions(
         image_sets=clients,
         update_delay=quota.UPDATE_DELAY,
-        quotas=quota.quota_toml(RATE, BURST),
+        quotas=update_quota(RATE, BURST),
         proxy_config={"budget": budget},
         replicas=2,
         redis=True,

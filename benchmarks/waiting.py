@@ -38,15 +38,12 @@ import uvloop
 from benchmarks import measure, stack, stream_holder, workload
 from benchmarks.measure import mb, percentile
 from service._proto.imaging.metadata.v1 import metadata_pb2_grpc as pb_grpc
-from service.cli import processes
+from service.devstack import processes
+from service.devstack.settings import update_quota
 
 REPO = Path(__file__).resolve().parents[1]
 HEAP_LINES = 20
-SETUP_WRITE_QUOTA = """
-[quotas.tps.UpdateImageSetMetadata]
-rate = 200
-burst = 200
-"""
+SETUP_WRITE_QUOTA = update_quota(200, 200)
 
 
 @dataclass(frozen=True)

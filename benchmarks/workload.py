@@ -17,7 +17,8 @@ import grpc
 from aiobotocore.config import AioConfig
 
 from service._proto.imaging.metadata.v1 import metadata_pb2 as pb
-from service.healthimaging import AWS_MODELS, TERMINAL_WORKFLOW_STATUSES
+from service.healthimaging import AWS_MODELS
+from service.model import TERMINAL_WORKFLOW_STATUSES
 
 TERMINAL = TERMINAL_WORKFLOW_STATUSES
 UPDATE = "UpdateImageSetMetadata"

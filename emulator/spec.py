@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 from functools import cache
-from pathlib import Path
 
 from botocore.loaders import Loader
 from botocore.model import OperationModel, ServiceModel
 
-MODELS_DIR = Path(__file__).parent / "aws_models"
+from medical_imaging_model import DATA_PATH as MODELS_DIR
+
 SERVICE_NAME = "medical-imaging"
 
 

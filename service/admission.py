@@ -25,10 +25,10 @@ from service.budget import UPDATE, Budget
 from service.config import AdmissionSettings
 from service.errors import DeadlineExceeded, ResourceExhausted, Unavailable
 from service.metrics import Metrics
+from service.model import ImageSetKey
 
 log = structlog.get_logger(__name__)
 
-ImageSetKey = tuple[str, str]
 Notify = Callable[[int, float], None]
 """Told (position, estimated start as epoch seconds) while an update waits."""
 
@@ -50,7 +50,7 @@ class Ticket:
 
     @property
     def key(self) -> ImageSetKey:
-        return (self.datastore_id, self.image_set_id)
+        return ImageSetKey(self.datastore_id, self.image_set_id)
 
 
 class FairQueue:
@@ -372,7 +372,9 @@ class Admission:
         for key in {ticket.key for ticket in self._queue.order()} & in_flight.keys():
             holder = in_flight[key]
             if await self._in_flight.stale(holder):
-                log.warning("stale_hold_released", image_set_id=key[1], operation_id=holder)
+                log.warning(
+                    "stale_hold_released", image_set_id=key.image_set_id, operation_id=holder
+                )
                 await self._in_flight.release(key, holder)
                 self._changed.set()
 

@@ -5,14 +5,9 @@ Tags and levels only, never attribute values: they are patient data.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
-
 import structlog
 
-if TYPE_CHECKING:
-    from service.identity import Caller
-    from service.policy import Decision
-    from service.updates import UpdatePlan
+from service.model import Caller, Decision, UpdatePlan
 
 _log = structlog.get_logger("imaging_proxy.audit")
 

@@ -28,8 +28,8 @@ import structlog
 
 from service.config import BackendSettings, BudgetSettings
 from service.errors import DeadlineExceeded, ResourceExhausted
-from service.journal_redis import blocking_redis
 from service.metrics import Metrics
+from service.redis import blocking_redis, translated
 
 log = structlog.get_logger(__name__)
 
@@ -174,13 +174,17 @@ class LocalStore:
         return await self.peek(key, quota)
 
 
-# One script for every step, so the arithmetic exists once in Lua; times come from Redis's clock.
+# One script for every step, so the arithmetic exists once in Lua; times come from Redis's clock
+# (ARGV[1] empty), so replicas agree, unless the store was given a clock (tests).
 # Numbers travel as strings: Redis truncates Lua numbers to integers.
 _BUCKET_LUA = """
 local function fmt(x) return string.format('%.6f', x) end
-local t = redis.call('TIME')
-local now = tonumber(t[1]) + tonumber(t[2]) / 1000000
-local rate, burst, step = tonumber(ARGV[1]), tonumber(ARGV[2]), ARGV[3]
+local now = tonumber(ARGV[1])
+if not now then
+  local t = redis.call('TIME')
+  now = tonumber(t[1]) + tonumber(t[2]) / 1000000
+end
+local rate, burst, step = tonumber(ARGV[2]), tonumber(ARGV[3]), ARGV[4]
 local state = redis.call('HMGET', KEYS[1], 'tat', 'factor')
 local factor = tonumber(state[2]) or 1
 local interval = 1 / (rate * factor)
@@ -191,12 +195,12 @@ if step == 'reserve' then
 elseif step == 'sent' then
   tat = math.max(tat, now + interval)
 elseif step == 'throttled' then
-  factor = math.max(tonumber(ARGV[6]), factor * tonumber(ARGV[5]))
+  factor = math.max(tonumber(ARGV[7]), factor * tonumber(ARGV[6]))
   interval = 1 / (rate * factor)
-  tat = math.max(tat, now + tonumber(ARGV[4]) + (burst - 1) * interval)
+  tat = math.max(tat, now + tonumber(ARGV[5]) + (burst - 1) * interval)
   start = math.max(now, tat - (burst - 1) * interval)
 elseif step == 'succeeded' then
-  factor = math.min(1, factor + tonumber(ARGV[4]))
+  factor = math.min(1, factor + tonumber(ARGV[5]))
 end
 if step ~= 'peek' then
   redis.call('HSET', KEYS[1], 'tat', fmt(tat), 'factor', fmt(factor))
@@ -210,13 +214,22 @@ return {fmt(start - now), fmt(left), fmt(factor)}
 class RedisStore:
     """Buckets shared by every replica through one atomic Lua script."""
 
-    def __init__(self, client: aioredis.Redis, settings: BudgetSettings, prefix: str) -> None:
+    def __init__(
+        self,
+        client: aioredis.Redis,
+        settings: BudgetSettings,
+        prefix: str,
+        clock: Callable[[], float] | None = None,
+    ) -> None:
         self._script = client.register_script(_BUCKET_LUA)
         self._settings = settings
         self._prefix = prefix
+        self._clock = clock  # None: Redis's own clock, shared by every replica
 
+    @translated("budget")
     async def _run(self, key: str, quota: Quota, step: str, *extra: float) -> Slot:
-        args = [repr(quota.rate), repr(quota.burst), step, *(repr(x) for x in extra)]
+        now = repr(self._clock()) if self._clock else ""
+        args = [now, repr(quota.rate), repr(quota.burst), step, *(repr(x) for x in extra)]
         wait, left, factor = await self._script(keys=[f"{self._prefix}:budget:{key}"], args=args)
         return Slot(float(wait), float(left), float(factor))
 

@@ -24,13 +24,13 @@ from dataclasses import dataclass
 from functools import cache, lru_cache
 from pathlib import Path
 from types import MappingProxyType, ModuleType
-from typing import Final, Literal
+from typing import Final
 
 from pydicom import datadict
 from pydicom._dicom_dict import RepeatersDictionary  # what datadict itself reads
 from pydicom.valuerep import VR as _VR
 
-Level = Literal["patient", "study", "series", "instance"]
+from service.model import Level
 
 # HealthImaging "Metadata normalization": Patient module, Issuer of Patient ID and Patient Group
 # macros, Clinical Trial Subject module.

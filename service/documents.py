@@ -10,14 +10,13 @@ are changes of their own (`within` names the enclosing top-level sequence), so p
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Final, Literal, TypeGuard
 
 from service import dicom, jsondoc, values
 from service.errors import FieldViolation
 from service.jsondoc import Path
-
-Action = Literal["update", "remove", "remove_series", "remove_instance"]
+from service.model import AttributeChange, Level
 
 MAX_BLOB_BYTES: Final = 30_000  # DICOMAttribute max in the API model
 MAX_VALUE_DEPTH: Final = 8  # sequences nested inside one attribute value
@@ -32,27 +31,6 @@ _ITEM_VRS: Final = frozenset({"SQ", "UN", ""})  # a list of objects needs a sequ
 _SCHEMA_VERSIONS: Final = (1.1, "1.1")
 _UID = re.compile(r"[0-9.]{1,64}")
 _NONCONFORMING: Final = "nonconforming_value"  # HealthImaging takes it only with force
-
-
-@dataclass(frozen=True, slots=True)
-class AttributeChange:
-    """One touched attribute (or one removed series/instance), classified."""
-
-    action: Action
-    level: dicom.Level
-    series_uid: str  # "" when not at series/instance level
-    instance_uid: str  # "" when not at instance level
-    tag: str  # 8 upper-case hex digits; "" for remove_series/remove_instance
-    keyword: str  # "" for private/unknown tags
-    vr: str  # dictionary VR, DICOMVRs for private tags, "" if unknown
-    private: bool  # odd group
-    requires_force: bool  # HealthImaging refuses it without force
-    categories: tuple[str, ...]  # sorted
-    vm: str = ""  # dictionary VM ("1", "1-n"); "" if unknown or not an attribute change
-    retired: bool = False  # the dictionary marks the attribute retired
-    profile: str = ""  # PS3.15 Table E.1-1 action ("X", "Z", "D", "U", "X/Z"...); "" = not listed
-    within: str = ""  # tag of the top-level sequence this attribute is nested in; "" = top level
-    value: object = field(default=None, repr=False, compare=False)  # patient data: never logged
 
 
 class Violations:
@@ -70,7 +48,7 @@ class Violations:
 
 @dataclass(frozen=True, slots=True)
 class _Place:
-    level: dicom.Level
+    level: Level
     series_uid: str = ""
     instance_uid: str = ""
 

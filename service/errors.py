@@ -1,6 +1,6 @@
-"""Domain errors: one tree, each class carrying the gRPC status it becomes.
+"""Domain errors: one tree, each class naming the gRPC status it becomes (pure: no gRPC import).
 
-    ProxyError                      (code)
+    ProxyError                      (status)
     ├── InvalidArgument             INVALID_ARGUMENT  + BadRequest field violations
     ├── Unauthenticated             UNAUTHENTICATED
     ├── PermissionDenied            PERMISSION_DENIED + ErrorInfo(reason, decision id, reasons)
@@ -13,21 +13,26 @@
     ├── BackendRejected             FAILED_PRECONDITION (HealthImaging refused the request)
     └── Internal                    INTERNAL
 
-Foreign errors are translated at their edges (healthimaging.py, policy.py); exactly one
-wrapper in server.py turns a ProxyError into a gRPC status. Messages never carry attribute
-values: they are patient data.
+Like h11's `error_status_hint`, a class carries its status as a name and its details as plain
+fields (violations, decision id and reasons, retry delay, AWS error code, reason); the server's
+one edge (service/status.py) builds the google.rpc Status from them. Foreign errors are
+translated at their edges (healthimaging.py, policy.py). Messages never carry attribute values:
+they are patient data.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Literal, cast, get_args
 
-import grpc
-from google.protobuf import any_pb2, duration_pb2
-from google.rpc import error_details_pb2, status_pb2
-
-ERROR_DOMAIN = "imaging-proxy"
+StatusName = Literal[
+    "CANCELLED", "UNKNOWN", "INVALID_ARGUMENT", "DEADLINE_EXCEEDED", "NOT_FOUND",
+    "ALREADY_EXISTS", "PERMISSION_DENIED", "RESOURCE_EXHAUSTED", "FAILED_PRECONDITION",
+    "ABORTED", "OUT_OF_RANGE", "UNIMPLEMENTED", "INTERNAL", "UNAVAILABLE", "DATA_LOSS",
+    "UNAUTHENTICATED",
+]  # fmt: skip
+"""The names of gRPC's status codes but OK: what an error may become."""
 
 
 @dataclass(frozen=True)
@@ -41,21 +46,20 @@ class FieldViolation:
 class ProxyError(Exception):
     """Base of every error the proxy reports to a caller."""
 
-    code: grpc.StatusCode = grpc.StatusCode.INTERNAL
+    status: StatusName = "INTERNAL"
     reason: str = "INTERNAL"
+    """ErrorInfo.reason: what a client branches on."""
 
     def __init__(self, message: str) -> None:
         super().__init__(message)
         self.message = message
 
-    def details(self) -> list[any_pb2.Any]:
-        """Rich error details (google.rpc.*) sent with the status."""
-        return [_pack(error_details_pb2.ErrorInfo(reason=self.reason, domain=ERROR_DOMAIN))]
 
-    def to_status(self) -> status_pb2.Status:
-        return status_pb2.Status(
-            code=self.code.value[0], message=self.message, details=self.details()
-        )
+def status_named(name: str) -> StatusName:
+    """A status name read back from a record or a pub/sub payload, checked."""
+    if name not in get_args(StatusName):
+        raise ValueError(f"not a gRPC status name: {name!r}")
+    return cast(StatusName, name)
 
 
 class InvalidArgument(ProxyError):
@@ -66,7 +70,7 @@ class InvalidArgument(ProxyError):
     MESSAGE_BUDGET characters, however many violations a document has.
     """
 
-    code = grpc.StatusCode.INVALID_ARGUMENT
+    status = "INVALID_ARGUMENT"
     reason = "INVALID_ARGUMENT"
 
     def __init__(self, violations: Sequence[FieldViolation], total: int = 0) -> None:
@@ -80,17 +84,6 @@ class InvalidArgument(ProxyError):
         more = self.total - min(5, len(self.violations))
         message = summary + (f" (and {more} more)" if more > 0 else "")
         super().__init__(_shorten(message, MESSAGE_BUDGET))
-
-    def details(self) -> list[any_pb2.Any]:
-        bad_request = error_details_pb2.BadRequest(
-            field_violations=[
-                error_details_pb2.BadRequest.FieldViolation(
-                    field=v.field, description=v.description
-                )
-                for v in self.reported
-            ]
-        )
-        return [*super().details(), _pack(bad_request)]
 
 
 MAX_REPORTED_VIOLATIONS = 20
@@ -131,12 +124,12 @@ def invalid(field: str, description: str) -> InvalidArgument:
 
 
 class Unauthenticated(ProxyError):
-    code = grpc.StatusCode.UNAUTHENTICATED
+    status = "UNAUTHENTICATED"
     reason = "UNAUTHENTICATED"
 
 
 class PermissionDenied(ProxyError):
-    code = grpc.StatusCode.PERMISSION_DENIED
+    status = "PERMISSION_DENIED"
     reason = "POLICY_DENIED"
 
     def __init__(self, message: str, decision_id: str = "", reasons: Sequence[str] = ()) -> None:
@@ -144,22 +137,14 @@ class PermissionDenied(ProxyError):
         self.decision_id = decision_id
         self.reasons = tuple(reasons)
 
-    def details(self) -> list[any_pb2.Any]:
-        metadata = {"decision_id": self.decision_id}
-        metadata.update({f"reason_{i}": r for i, r in enumerate(self.reasons)})
-        info = error_details_pb2.ErrorInfo(
-            reason=self.reason, domain=ERROR_DOMAIN, metadata=metadata
-        )
-        return [_pack(info)]
-
 
 class NotFound(ProxyError):
-    code = grpc.StatusCode.NOT_FOUND
+    status = "NOT_FOUND"
     reason = "NOT_FOUND"
 
 
 class Aborted(ProxyError):
-    code = grpc.StatusCode.ABORTED
+    status = "ABORTED"
     reason = "CONFLICT"
 
     def __init__(self, message: str, reason: str = "CONFLICT") -> None:
@@ -168,7 +153,7 @@ class Aborted(ProxyError):
 
 
 class ResourceExhausted(ProxyError):
-    code = grpc.StatusCode.RESOURCE_EXHAUSTED
+    status = "RESOURCE_EXHAUSTED"
     reason = "RESOURCE_EXHAUSTED"
 
     def __init__(self, message: str, retry_after_seconds: float, reason: str = "") -> None:
@@ -177,14 +162,9 @@ class ResourceExhausted(ProxyError):
         if reason:
             self.reason = reason
 
-    def details(self) -> list[any_pb2.Any]:
-        delay = duration_pb2.Duration()
-        delay.FromNanoseconds(int(self.retry_after_seconds * 1e9))
-        return [*super().details(), _pack(error_details_pb2.RetryInfo(retry_delay=delay))]
-
 
 class Unavailable(ProxyError):
-    code = grpc.StatusCode.UNAVAILABLE
+    status = "UNAVAILABLE"
     reason = "BACKEND_UNAVAILABLE"
 
 
@@ -193,35 +173,23 @@ class PolicyUnavailable(Unavailable):
 
 
 class DeadlineExceeded(ProxyError):
-    code = grpc.StatusCode.DEADLINE_EXCEEDED
+    status = "DEADLINE_EXCEEDED"
     reason = "DEADLINE_EXCEEDED"
 
 
 class BackendRejected(ProxyError):
     """HealthImaging refused the request (validation, quota, state)."""
 
-    code = grpc.StatusCode.FAILED_PRECONDITION
+    status: StatusName = "FAILED_PRECONDITION"  # or what the AWS error code maps to
     reason = "BACKEND_REJECTED"
 
-    def __init__(self, message: str, aws_code: str, code: grpc.StatusCode | None = None) -> None:
+    def __init__(self, message: str, aws_code: str, status: StatusName | None = None) -> None:
         super().__init__(message)
         self.aws_code = aws_code
-        if code is not None:
-            self.code = code
-
-    def details(self) -> list[any_pb2.Any]:
-        info = error_details_pb2.ErrorInfo(
-            reason=self.reason, domain=ERROR_DOMAIN, metadata={"aws_error_code": self.aws_code}
-        )
-        return [_pack(info)]
+        if status is not None:
+            self.status = status
 
 
 class Internal(ProxyError):
-    code = grpc.StatusCode.INTERNAL
+    status = "INTERNAL"
     reason = "INTERNAL"
-
-
-def _pack(message: object) -> any_pb2.Any:
-    packed = any_pb2.Any()
-    packed.Pack(message)  # type: ignore[arg-type]
-    return packed

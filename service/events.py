@@ -9,12 +9,8 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass
 from typing import Any
 
-import grpc
-
-from service.errors import ProxyError, ResourceExhausted
-from service.healthimaging import ImageSetStatus
-from service.journal import OperationRecord, RecordedError
-from service.policy import Decision
+from service.errors import ProxyError, ResourceExhausted, status_named
+from service.model import Decision, ImageSetStatus, OperationRecord, RecordedError
 
 
 @dataclass(frozen=True)
@@ -75,13 +71,13 @@ class RecordedFailure(ProxyError):
 
     def __init__(self, recorded: RecordedError) -> None:
         super().__init__(recorded.message)
-        self.code = grpc.StatusCode[recorded.code]
+        self.status = status_named(recorded.code)
         self.reason = recorded.reason
 
 
 def record_error(error: ProxyError) -> RecordedError:
     retry = error.retry_after_seconds if isinstance(error, ResourceExhausted) else 0.0
-    return RecordedError(error.code.name, error.reason, error.message, retry)
+    return RecordedError(error.status, error.reason, error.message, retry)
 
 
 def error_from(recorded: RecordedError) -> ProxyError:

@@ -19,8 +19,8 @@ from contextlib import asynccontextmanager
 from service import audit
 from service.config import LimitSettings
 from service.errors import PermissionDenied, ResourceExhausted
-from service.identity import Caller
 from service.metrics import Metrics
+from service.model import Caller
 from service.policy import RoleAnswer
 
 NO_ROLE = "caller holds no role on this datastore"

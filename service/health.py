@@ -17,12 +17,14 @@ from __future__ import annotations
 
 import asyncio
 import ssl
+from collections.abc import Mapping
+from typing import Protocol
 
 import aiohttp
 import structlog
 from grpc_health.v1 import health, health_pb2
 
-from service.config import BackendSettings, OpaSettings
+from service.config import OpaSettings
 
 log = structlog.get_logger(__name__)
 
@@ -49,22 +51,26 @@ class Reachability:
         return self.up
 
 
+class Probe(Protocol):
+    """A dependency's reachability check (HttpProbe for OPA, healthimaging.BackendProbe)."""
+
+    async def answers(self) -> bool: ...
+
+
 class HttpProbe:
-    """Whether an HTTP endpoint answers within its own timeout (optionally: with 200)."""
+    """Whether an HTTP endpoint answers 200 within its own timeout."""
 
     def __init__(
         self,
         session: aiohttp.ClientSession,
         url: str,
         timeout_seconds: float,
-        need_ok: bool,
         tls: ssl.SSLContext | None = None,
         headers: dict[str, str] | None = None,
     ) -> None:
         self._session = session
         self._url = url
         self._timeout = aiohttp.ClientTimeout(total=timeout_seconds)
-        self._need_ok = need_ok
         self._tls: ssl.SSLContext | bool = tls if tls is not None else True
         self._headers = headers or {}
 
@@ -73,7 +79,7 @@ class HttpProbe:
             async with self._session.get(
                 self._url, timeout=self._timeout, ssl=self._tls, headers=self._headers
             ) as response:
-                return response.status == 200 or not self._need_ok
+                return response.status == 200
         except (aiohttp.ClientError, OSError, TimeoutError):
             return False
 
@@ -87,13 +93,7 @@ def opa_probe(session: aiohttp.ClientSession, settings: OpaSettings) -> HttpProb
             tls.load_cert_chain(settings.client_cert, settings.client_key or None)
     headers = {"Authorization": f"Bearer {settings.token}"} if settings.token else {}
     url = settings.url.rstrip("/") + "/health"
-    return HttpProbe(session, url, settings.health_timeout_seconds, True, tls, headers)
-
-
-def backend_probe(session: aiohttp.ClientSession, settings: BackendSettings) -> HttpProbe:
-    """Any HTTP answer from HealthImaging's endpoint (no API call, so no quota is spent)."""
-    url = settings.endpoint_url or f"https://medical-imaging.{settings.region}.amazonaws.com"
-    return HttpProbe(session, url, 2.0, need_ok=False)
+    return HttpProbe(session, url, settings.health_timeout_seconds, tls, headers)
 
 
 class Health:
@@ -103,7 +103,7 @@ class Health:
         self,
         servicer: health.aio.HealthServicer,
         service_name: str,
-        probes: dict[str, HttpProbe],
+        probes: Mapping[str, Probe],
         failures: int,
     ) -> None:
         self._servicer = servicer

@@ -4,16 +4,15 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator, Iterator, Mapping
 from contextlib import asynccontextmanager, contextmanager
-from dataclasses import dataclass
 from datetime import datetime
-from pathlib import Path
 from typing import Any
 
 import aioboto3
+import aiohttp
 import botocore.exceptions
-import grpc
 from aiobotocore.config import AioConfig
 
+from medical_imaging_model import DATA_PATH
 from service.config import BackendSettings
 from service.errors import (
     Aborted,
@@ -21,34 +20,14 @@ from service.errors import (
     NotFound,
     ProxyError,
     ResourceExhausted,
+    StatusName,
     Unavailable,
 )
-from service.updates import UpdatePlan
+from service.model import ImageSetStatus, UpdatePlan
 
 # botocore data path holding a newer medical-imaging model (it adds includeStudyImageSets) than
 # the botocore release aioboto3 pins; botocore prefers the first search path that has the model.
-AWS_MODELS = Path(__file__).parent / "aws_models"
-
-TERMINAL_WORKFLOW_STATUSES = frozenset({"UPDATED", "UPDATE_FAILED", "DELETED"})
-
-
-@dataclass(frozen=True)
-class ImageSetStatus:
-    """An image set version as HealthImaging reports it."""
-
-    datastore_id: str
-    image_set_id: str
-    version_id: str
-    state: str
-    workflow_status: str
-    created_at: float | None = None
-    updated_at: float | None = None
-    message: str = ""
-
-    @property
-    def terminal(self) -> bool:
-        """The update that produced this version has finished (or the image set is gone)."""
-        return self.state != "LOCKED" and self.workflow_status in TERMINAL_WORKFLOW_STATUSES
+AWS_MODELS = DATA_PATH  # the newer medical-imaging model, first on botocore's data path
 
 
 class HealthImaging:
@@ -115,6 +94,29 @@ class HealthImaging:
         return raw
 
 
+class BackendProbe:
+    """Whether HealthImaging's endpoint answers HTTP at all: no API call, so no quota is spent.
+
+    Readiness information only (every replica shares HealthImaging, so its outage is reported,
+    not acted on); any HTTP answer, even an error status, proves the endpoint reachable."""
+
+    TIMEOUT_SECONDS = 2.0
+
+    def __init__(self, session: aiohttp.ClientSession, settings: BackendSettings) -> None:
+        self._session = session
+        self._url = (
+            settings.endpoint_url or f"https://medical-imaging.{settings.region}.amazonaws.com"
+        )
+        self._timeout = aiohttp.ClientTimeout(total=self.TIMEOUT_SECONDS)
+
+    async def answers(self) -> bool:
+        try:
+            async with self._session.get(self._url, timeout=self._timeout):
+                return True
+        except (aiohttp.ClientError, OSError, TimeoutError):
+            return False
+
+
 def _updates_member(plan: UpdatePlan) -> dict[str, Any]:
     if plan.kind == "revert":
         return {"revertToVersionId": plan.revert_to_version_id}
@@ -142,11 +144,11 @@ def _epoch(value: datetime | None) -> float | None:
     return value.timestamp() if value is not None else None
 
 
-_CODE_TO_ERROR: Mapping[str, tuple[type[ProxyError], grpc.StatusCode | None]] = {
+_CODE_TO_ERROR: Mapping[str, tuple[type[ProxyError], StatusName | None]] = {
     "ConflictException": (Aborted, None),
     "ResourceNotFoundException": (NotFound, None),
-    "ValidationException": (BackendRejected, grpc.StatusCode.INVALID_ARGUMENT),
-    "AccessDeniedException": (BackendRejected, grpc.StatusCode.PERMISSION_DENIED),
+    "ValidationException": (BackendRejected, "INVALID_ARGUMENT"),
+    "AccessDeniedException": (BackendRejected, "PERMISSION_DENIED"),
     "ThrottlingException": (ResourceExhausted, None),
     "ServiceQuotaExceededException": (ResourceExhausted, None),
     "InternalServerException": (Unavailable, None),
@@ -172,11 +174,11 @@ def _translate_errors() -> Iterator[None]:
 def _from_client_error(exc: botocore.exceptions.ClientError) -> ProxyError:
     code = exc.response.get("Error", {}).get("Code", "Unknown")
     message = f"HealthImaging {code}: {exc.response.get('Error', {}).get('Message', '')}".strip()
-    error_class, grpc_code = _CODE_TO_ERROR.get(code, (Unavailable, None))
+    error_class, status = _CODE_TO_ERROR.get(code, (Unavailable, None))
     if error_class is ResourceExhausted:
         return ResourceExhausted(message, THROTTLE_RETRY_SECONDS, reason="BACKEND_THROTTLED")
     if error_class is BackendRejected:
-        return BackendRejected(message, code, grpc_code)
+        return BackendRejected(message, code, status)
     if error_class is Aborted:
         return Aborted(message, reason="BACKEND_CONFLICT")
     return error_class(message)

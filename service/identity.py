@@ -21,9 +21,8 @@ from __future__ import annotations
 import json
 import re
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
 
 import jwt
 from cryptography import x509
@@ -32,8 +31,8 @@ from cryptography.hazmat.primitives.asymmetric import ec, rsa
 
 from service.config import IdentitySettings
 from service.errors import Unauthenticated
+from service.model import Caller
 
-AuthMethod = Literal["mtls", "jwt", "dev"]
 PublicKey = rsa.RSAPublicKey | ec.EllipticCurvePublicKey
 Metadata = Iterable[tuple[str, str | bytes]]
 AuthContext = Mapping[str, Iterable[bytes]]
@@ -52,18 +51,6 @@ CN_PREFIX = "x509-cn:"
 # SPIFFE ID for a workload (X509-SVID leaf): lowercase trust domain, non-empty path.
 _SPIFFE_ID = re.compile(r"spiffe://[a-z0-9._-]+(/[A-Za-z0-9._-]+)+")
 _SPIFFE_MAX_LENGTH = 2048
-
-
-@dataclass(frozen=True)
-class Caller:
-    """Who is calling, as proven by one identity source."""
-
-    principal: str
-    auth_method: AuthMethod
-    roles: tuple[str, ...] = ()
-    """From a verified JWT's roles claim; () otherwise."""
-    claims: Mapping[str, object] = field(default_factory=dict, hash=False)
-    """Verified JWT claims (JSON-able); {} otherwise."""
 
 
 class Authenticator:

@@ -1,10 +1,12 @@
-"""The update pipeline below the transport: gate → normalise → (same key?) → decide → admit →
-stream. The gate (service/gate.py) refuses callers without a role and bounds the requests being
-normalised and decided, before any of that work starts."""
+"""Request path: gate → normalise → same idempotency key? → decide → admit → record → launch →
+follow, each step one line of `Pipeline.update`. The gate (service/gate.py) refuses callers
+without a role and bounds the requests being normalised and decided, before that work starts.
+The pipeline calls the runner and the streams; neither calls back."""
 
 from __future__ import annotations
 
 import time
+import uuid
 from collections.abc import AsyncIterator
 
 from service import audit
@@ -12,12 +14,13 @@ from service.config import LimitSettings
 from service.errors import PermissionDenied
 from service.events import Event
 from service.gate import Gate
-from service.identity import Caller
-from service.journal import OperationRecord
+from service.journal import fingerprint
 from service.metrics import Metrics
-from service.operations import Operations
-from service.policy import Decision, PolicyClient
-from service.updates import UpdatePlan, UpdateRequest, normalise
+from service.model import Caller, Decision, OperationRecord, UpdatePlan, UpdateRequest
+from service.policy import PolicyClient
+from service.runner import Runner
+from service.streams import Streams
+from service.updates import normalise
 
 ADMIN_ROLE = "metadata-admin"
 
@@ -26,13 +29,41 @@ class Pipeline:
     """What the gRPC handlers call, with protobuf-free values."""
 
     def __init__(
-        self, policy: PolicyClient, operations: Operations, metrics: Metrics, limits: LimitSettings
+        self,
+        policy: PolicyClient,
+        runner: Runner,
+        streams: Streams,
+        metrics: Metrics,
+        limits: LimitSettings,
     ) -> None:
         self._policy = policy
-        self._operations = operations
+        self._runner = runner
+        self._streams = streams
         self._metrics = metrics
         self._limits = limits
         self._gate = Gate(policy.role_answer, limits, metrics)
+
+    async def update(
+        self, caller: Caller, request: UpdateRequest, time_remaining: float | None
+    ) -> AsyncIterator[Event]:
+        """One update, start to end. `time_remaining`: seconds left of the call's deadline.
+
+        A retry with the same idempotency key follows the first operation, undecided again.
+        """
+        async with self._gate.entry(caller, request.datastore_id, request.image_set_id):
+            plan = normalise(request, self._limits)
+            record = await self._runner.existing(caller.principal, request)
+            decision = await self._allowed(caller, plan) if record is None else None
+        if decision is not None:  # a new operation, allowed
+            deadline = time.time() + time_remaining if time_remaining is not None else None
+            await self._runner.admit(caller.principal, plan, deadline)
+            fresh = new_record(caller, request, plan, decision, deadline)
+            record = await self._runner.record(fresh)
+            if record.id == fresh.id:  # otherwise the same key won a race: follow the winner
+                self._runner.launch(record, caller, plan)
+        assert record is not None  # the twin of an earlier call, or the one recorded above
+        async for event in self._streams.follow(record):
+            yield event
 
     async def evaluate(self, caller: Caller, request: UpdateRequest) -> tuple[UpdatePlan, Decision]:
         """Validate, classify and decide; nothing is submitted."""
@@ -40,36 +71,12 @@ class Pipeline:
             plan = normalise(request, self._limits)
             return plan, await self._decide(caller, plan)
 
-    async def _decide(self, caller: Caller, plan: UpdatePlan) -> Decision:
-        started = time.perf_counter()
-        try:
-            return await self._policy.decide(caller, plan)
-        finally:
-            self._metrics.decision_seconds.observe(time.perf_counter() - started)
-
-    async def update(
-        self, caller: Caller, request: UpdateRequest, time_remaining: float | None
-    ) -> AsyncIterator[Event]:
-        """`time_remaining`: seconds left of the call's deadline (None: no deadline).
-
-        A retry with the same idempotency key re-streams the first operation, undecided again.
-        """
-        record = await self._operation(caller, request, time_remaining)
-        async for event in self._operations.stream(record):
+    async def watch(self, caller: Caller, operation_id: str) -> AsyncIterator[Event]:
+        """Re-attach to an operation by id (its owner, or an admin on its data store)."""
+        record = await self._runner.lookup(operation_id)
+        await self._may_watch(caller, record)
+        async for event in self._streams.follow(record):
             yield event
-
-    async def _operation(
-        self, caller: Caller, request: UpdateRequest, time_remaining: float | None
-    ) -> OperationRecord:
-        """The first operation of a repeated idempotency key, or a new allowed one (admitted)."""
-        async with self._gate.entry(caller, request.datastore_id, request.image_set_id):
-            plan = normalise(request, self._limits)
-            record = await self._operations.existing(caller.principal, request)
-            if record is not None:
-                return record
-            decision = await self._allowed(caller, plan)
-        deadline = time.time() + time_remaining if time_remaining is not None else None
-        return await self._operations.start(caller, request, plan, decision, deadline)
 
     async def _allowed(self, caller: Caller, plan: UpdatePlan) -> Decision:
         """OPA's decision when it allows the update; PermissionDenied (audited) otherwise."""
@@ -83,11 +90,12 @@ class Pipeline:
             )
         return decision
 
-    async def watch(self, caller: Caller, operation_id: str) -> AsyncIterator[Event]:
-        record = await self._operations.lookup(operation_id)
-        await self._may_watch(caller, record)
-        async for event in self._operations.stream(record):
-            yield event
+    async def _decide(self, caller: Caller, plan: UpdatePlan) -> Decision:
+        started = time.perf_counter()
+        try:
+            return await self._policy.decide(caller, plan)
+        finally:
+            self._metrics.decision_seconds.observe(time.perf_counter() - started)
 
     async def _may_watch(self, caller: Caller, record: OperationRecord) -> None:
         """Its owner, or an admin on its data store (roles as OPA grants them)."""
@@ -98,3 +106,26 @@ class Pipeline:
         raise PermissionDenied(
             "only the caller who started an operation (or an admin) may watch it"
         )
+
+
+def new_record(
+    caller: Caller,
+    request: UpdateRequest,
+    plan: UpdatePlan,
+    decision: Decision,
+    deadline: float | None,
+) -> OperationRecord:
+    """The first record of an allowed update: queued, with the audit's tag list (no values)."""
+    return OperationRecord(
+        id=str(uuid.uuid4()),
+        principal=caller.principal,
+        auth_method=caller.auth_method,
+        roles=caller.roles,
+        request=request,
+        decision=decision,
+        fingerprint=fingerprint(request),
+        created_at=time.time(),
+        deadline=deadline,
+        seq=1,
+        touched=plan.touched_tags(),
+    )

@@ -18,18 +18,8 @@ from opa_client.opa_async import AsyncOpaClient
 
 from service.config import OpaSettings
 from service.errors import PolicyUnavailable
-from service.identity import Caller
+from service.model import Caller, Decision, UpdatePlan
 from service.policy_input import build_input, caller_input
-from service.updates import UpdatePlan
-
-
-@dataclass(frozen=True)
-class Decision:
-    """OPA's verdict on one update."""
-
-    allow: bool
-    reasons: tuple[str, ...]
-    decision_id: str
 
 
 @dataclass(frozen=True)

@@ -12,8 +12,7 @@ from collections.abc import Iterable
 from typing import Any, Final
 
 from service import dicom
-from service.identity import Caller
-from service.updates import AttributeChange, UpdatePlan
+from service.model import AttributeChange, Caller, UpdatePlan
 
 # The facts that make two changes the same for policy, in the order OPA sees them.
 FACT_FIELDS: Final = (

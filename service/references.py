@@ -16,7 +16,8 @@ from collections.abc import Awaitable, Callable, Mapping
 
 from service.errors import FieldViolation, InvalidArgument
 from service.jsondoc import field_path
-from service.updates import DICOM_UPDATES, MAX_VIOLATIONS, UpdatePlan
+from service.model import UpdatePlan
+from service.updates import DICOM_UPDATES, MAX_VIOLATIONS
 
 Named = Mapping[tuple[str, str], str]
 """(series UID, instance UID or "") → the field that first names it."""

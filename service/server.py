@@ -2,17 +2,13 @@
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import functools
-import signal
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
-from contextlib import AsyncExitStack
 from dataclasses import dataclass
 from typing import Any, NoReturn, TypeVar
 
-import aiohttp
 import grpc
 import structlog
 from google.protobuf import timestamp_pb2
@@ -23,22 +19,15 @@ from grpc_status import rpc_status
 from service import audit
 from service._proto.imaging.metadata.v1 import metadata_pb2 as pb
 from service._proto.imaging.metadata.v1 import metadata_pb2_grpc as pb_grpc
-from service.admission import Admission
-from service.budget import Budget
-from service.config import Settings
+from service.config import ServerSettings, Settings
 from service.errors import Internal, ProxyError
 from service.events import Authorized, Event, Finished, Heartbeat, Queued, StatusChanged, Submitted
-from service.health import Health, HttpProbe, backend_probe, opa_probe
-from service.healthimaging import HealthImaging, ImageSetStatus
-from service.identity import Authenticator, Caller
-from service.journal import open_journal
+from service.identity import Authenticator
 from service.metrics import Metrics
-from service.operations import Operations
+from service.model import Caller, Decision, ImageSetStatus, UpdatePlan, UpdateRequest
 from service.pipeline import Pipeline
-from service.policy import Decision, PolicyClient
+from service.status import to_status
 from service.tls import server_credentials
-from service.updates import UpdatePlan, UpdateRequest
-from service.watch import Watcher
 
 log = structlog.get_logger(__name__)
 
@@ -48,7 +37,7 @@ T = TypeVar("T")
 
 async def _abort(context: grpc.aio.ServicerContext[Any, Any], error: ProxyError) -> NoReturn:
     """The only place a domain error becomes a gRPC status (with its rich details)."""
-    await context.abort_with_status(rpc_status.to_status(error.to_status()))
+    await context.abort_with_status(rpc_status.to_status(to_status(error)))
     raise AssertionError("unreachable: abort raises")  # pragma: no cover
 
 
@@ -116,7 +105,7 @@ class _Outcome:
         self._code = "OK"
 
     def failed(self, error: ProxyError) -> None:
-        self._code = error.code.name
+        self._code = error.status
 
     def count(self) -> None:
         self._metrics.requests.labels(self._rpc, self._code).inc()
@@ -277,84 +266,62 @@ def to_pb_evaluation(plan: UpdatePlan, decision: Decision) -> pb.Evaluation:
     )
 
 
-# --- lifecycle ---------------------------------------------------------------------------------
+# --- listeners ---------------------------------------------------------------------------------
 
 
-def _server_options(settings: Settings) -> list[tuple[str, Any]]:
-    server = settings.server
+def _server_options(settings: ServerSettings) -> list[tuple[str, Any]]:
     options: list[tuple[str, Any]] = [
-        ("grpc.max_receive_message_length", server.max_message_bytes),
-        ("grpc.max_send_message_length", server.max_message_bytes),
-        ("grpc.server.max_pending_requests", server.max_pending_requests),
-        ("grpc.server.max_pending_requests_hard_limit", server.max_pending_requests * 3),
-        ("grpc.keepalive_time_ms", int(server.keepalive_seconds * 1000)),
+        ("grpc.max_receive_message_length", settings.max_message_bytes),
+        ("grpc.max_send_message_length", settings.max_message_bytes),
+        ("grpc.server.max_pending_requests", settings.max_pending_requests),
+        ("grpc.server.max_pending_requests_hard_limit", settings.max_pending_requests * 3),
+        ("grpc.keepalive_time_ms", int(settings.keepalive_seconds * 1000)),
         ("grpc.http2.max_pings_without_data", 0),
         ("grpc.keepalive_permit_without_calls", 1),
     ]
-    if server.max_connection_age_seconds > 0:
+    if settings.max_connection_age_seconds > 0:
         options.append(
-            ("grpc.max_connection_age_ms", int(server.max_connection_age_seconds * 1000))
+            ("grpc.max_connection_age_ms", int(settings.max_connection_age_seconds * 1000))
         )
     return options
 
 
 @dataclass(frozen=True)
-class _Core:
-    """The long-lived parts behind the servicer."""
+class Listeners:
+    """The gRPC server (service, health, reflection) and an optional plaintext health-only one."""
 
-    pipeline: Pipeline
-    operations: Operations
-    admission: Admission
-    probes: dict[str, HttpProbe]
-    """Reachability of each dependency, by health name ("opa", "healthimaging")."""
-    shared: bool
+    server: grpc.aio.Server
+    health: health.aio.HealthServicer
+    probes_only: grpc.aio.Server | None
+    """grpc.health.v1 alone, in plaintext on `health_port`: for probes without a certificate."""
+    port: int
+    tls: bool
 
+    async def start(self) -> None:
+        for listener in (self.server, self.probes_only):
+            if listener is not None:
+                await listener.start()
 
-async def _open_core(settings: Settings, stack: AsyncExitStack, metrics: Metrics) -> _Core:
-    """Open every long-lived part once, in dependency order; `stack` closes them in reverse."""
-    journal_settings = settings.journal
-    policy = await stack.enter_async_context(PolicyClient.open(settings.opa))
-    backend = await stack.enter_async_context(HealthImaging.open(settings.backend))
-    session = await stack.enter_async_context(aiohttp.ClientSession())
-    journal = await stack.enter_async_context(open_journal(journal_settings))
-    redis_url = settings.budget.url or (journal_settings.url if journal.shared else "")
-    budget = await stack.enter_async_context(
-        Budget.open(
-            settings.budget, settings.backend, redis_url, journal_settings.key_prefix, metrics
-        )
-    )
-    watcher = Watcher(backend, budget, settings.watch, metrics)
-    stack.push_async_callback(watcher.close)
-    admission = Admission(settings.admission, budget, journal, metrics)
-    stack.push_async_callback(admission.close)
-    operations = Operations(
-        backend, watcher, admission, budget, journal, settings.watch, metrics, settings.limits
-    )
-    stack.push_async_callback(operations.close)
-    pipeline = Pipeline(policy, operations, metrics, settings.limits)
-    probes = {
-        "opa": opa_probe(session, settings.opa),
-        "healthimaging": backend_probe(session, settings.backend),
-    }
-    return _Core(pipeline, operations, admission, probes, journal.shared)
+    async def not_serving(self) -> None:
+        """Every health name NOT_SERVING (the first step of a shutdown)."""
+        await self.health.enter_graceful_shutdown()
+
+    async def stop(self, grace_seconds: float) -> None:
+        """Stop accepting, with a grace period for open streams; the probes-only listener
+        answers NOT_SERVING throughout it."""
+        started = time.monotonic()
+        await self.server.stop(grace_seconds)
+        log.info("stopped", waited_seconds=round(time.monotonic() - started, 3))
+        if self.probes_only is not None:
+            await self.probes_only.stop(None)
 
 
-def _background(core: _Core, settings: Settings, checks: Health) -> list[asyncio.Task[None]]:
-    interval = settings.opa.health_interval_seconds
-    tasks = [asyncio.create_task(checks.probe_forever(interval), name="health")]
-    if core.shared:  # take over the operations of replicas that went away
-        interval = settings.journal.lease_seconds / 2
-        tasks.append(
-            asyncio.create_task(core.operations.take_over_forever(interval), name="takeover")
-        )
-    return tasks
-
-
-def _build_server(
-    settings: Settings, core: _Core, metrics: Metrics, authenticator: Authenticator
-) -> tuple[grpc.aio.Server, health.aio.HealthServicer, int, bool]:
-    server = grpc.aio.server(options=_server_options(settings))
-    servicer = MetadataUpdateServicer(core.pipeline, authenticator, metrics)
+def listeners(
+    settings: Settings, pipeline: Pipeline, authenticator: Authenticator, metrics: Metrics
+) -> Listeners:
+    """Bind the ports (port 0: any free one); nothing is served before `start`."""
+    server = grpc.aio.server(options=_server_options(settings.server))
+    servicer = MetadataUpdateServicer(pipeline, authenticator, metrics)
     pb_grpc.add_MetadataUpdateServiceServicer_to_server(servicer, server)
     health_servicer = health.aio.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
@@ -368,77 +335,16 @@ def _build_server(
         if credentials is not None
         else server.add_insecure_port(address)
     )
-    return server, health_servicer, port, credentials is not None
+    probes_only = _probes_only(settings.server, health_servicer)
+    return Listeners(server, health_servicer, probes_only, port, credentials is not None)
 
 
-def _probe_listener(
-    settings: Settings, health_servicer: health.aio.HealthServicer
+def _probes_only(
+    settings: ServerSettings, health_servicer: health.aio.HealthServicer
 ) -> grpc.aio.Server | None:
-    """grpc.health.v1 alone, in plaintext on `health_port`: for probes without a certificate."""
-    if not settings.server.health_port:
+    if not settings.health_port:
         return None
     server = grpc.aio.server()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
-    server.add_insecure_port(f"{settings.server.host}:{settings.server.health_port}")
+    server.add_insecure_port(f"{settings.host}:{settings.health_port}")
     return server
-
-
-async def run_server(
-    settings: Settings,
-    ready: Callable[[int], None] | None = None,
-    stop: asyncio.Event | None = None,
-) -> None:
-    """Serve until `stop` is set (or SIGINT/SIGTERM), then shut down in a fixed order."""
-    stop = stop or asyncio.Event()
-    authenticator = Authenticator.from_settings(settings.identity)
-    metrics = Metrics()
-    async with AsyncExitStack() as stack:
-        if settings.server.metrics_port:
-            stack.enter_context(metrics.serving(settings.server.host, settings.server.metrics_port))
-        core = await _open_core(settings, stack, metrics)
-        core.admission.start()
-        resumed = await core.operations.resume()
-        server, health_servicer, port, tls = _build_server(settings, core, metrics, authenticator)
-        checks = Health(health_servicer, SERVICE_NAME, core.probes, settings.opa.health_failures)
-        await checks.live()  # before the first call can ask
-        probes_only = _probe_listener(settings, health_servicer)
-        for listener in (server, probes_only):
-            if listener is not None:
-                await listener.start()
-        background = _background(core, settings, checks)
-        _install_signal_handlers(stop)
-        log.info("serving", address=f"{settings.server.host}:{port}", tls=tls, resumed=resumed)
-        if ready is not None:
-            ready(port)
-        await stop.wait()
-        await _shut_down(settings, server, health_servicer, core, background)
-        if probes_only is not None:  # answered NOT_SERVING throughout the grace period
-            await probes_only.stop(None)
-
-
-async def _shut_down(
-    settings: Settings,
-    server: grpc.aio.Server,
-    health_servicer: health.aio.HealthServicer,
-    core: _Core,
-    background: list[asyncio.Task[None]],
-) -> None:
-    """Health NOT_SERVING → no new submits (queued callers are told to re-attach) → stop
-    accepting, grace for open streams → then the exit stack cancels operations (their journal
-    records stay as they were, for the next owner) and closes the clients."""
-    log.info("shutting_down", grace_seconds=settings.server.grace_seconds)
-    for task in background:
-        task.cancel()
-    await asyncio.gather(*background, return_exceptions=True)
-    await health_servicer.enter_graceful_shutdown()
-    await core.admission.close()
-    started = time.monotonic()
-    await server.stop(settings.server.grace_seconds)
-    log.info("stopped", waited_seconds=round(time.monotonic() - started, 3))
-
-
-def _install_signal_handlers(stop: asyncio.Event) -> None:
-    loop = asyncio.get_running_loop()
-    for signum in (signal.SIGINT, signal.SIGTERM):
-        with contextlib.suppress(NotImplementedError, RuntimeError):
-            loop.add_signal_handler(signum, stop.set)

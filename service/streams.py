@@ -1,16 +1,15 @@
-"""Operation streams: the events so far, then live ones until the end, with heartbeats.
+"""Streams: an operation's events so far, then live ones until it ends, with heartbeats.
 
-An operation this process runs (an `Operation`, holding what has been observed of it) is
-followed through its subscribers; one run by another replica (or already over) is replayed from
-its record, then followed on the journal's pub/sub.
+Read one way from the runner: an operation this process runs (an `Operation`, holding what has
+been observed of it) is followed through its subscribers; one run by another replica (or already
+over) is replayed from its record, then followed on the journal's pub/sub.
 """
 
 from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
-from dataclasses import dataclass, field
+from collections.abc import AsyncIterator
 from typing import Any
 
 from service.admission import Draining
@@ -20,62 +19,34 @@ from service.events import (
     Finished,
     Heartbeat,
     Item,
-    Queued,
     StatusChanged,
     Submitted,
     from_payload,
     replay,
 )
-from service.healthimaging import ImageSetStatus
-from service.identity import Caller
-from service.journal import Journal, OperationRecord
-from service.updates import UpdatePlan
-
-
-@dataclass(eq=False)
-class Operation:
-    """One update this process runs, and everything observed of it."""
-
-    record: OperationRecord
-    caller: Caller
-    plan: UpdatePlan
-    events: list[Event] = field(default_factory=list)
-    error: ProxyError | None = None
-    subscribers: set[asyncio.Queue[Item]] = field(default_factory=set)
-    task: asyncio.Task[None] | None = None
-    seq: int = 0
-
-    @property
-    def id(self) -> str:
-        return self.record.id
-
-    @property
-    def last_status(self) -> ImageSetStatus | None:
-        return self.record.last_status
-
-    def publish(self, item: Item) -> None:
-        if isinstance(item, ProxyError):
-            self.error = item
-        elif isinstance(item, Queued) and self.events and isinstance(self.events[-1], Queued):
-            self.events[-1] = item  # a replay needs only the latest position
-        else:
-            self.events.append(item)
-        for queue in self.subscribers:
-            queue.put_nowait(item)
+from service.journal import Journal
+from service.model import ImageSetStatus, OperationRecord
+from service.runner import Operation, Runner
 
 
 class Streams:
-    """Streams of operations, local or recorded; `lookup` reads a record (NotFound if none)."""
+    """Streams of operations: local (run here), recorded (run elsewhere or over) and remote."""
 
-    def __init__(
-        self,
-        journal: Journal,
-        lookup: Callable[[str], Awaitable[OperationRecord]],
-        heartbeat_seconds: float,
-    ) -> None:
+    def __init__(self, runner: Runner, journal: Journal, heartbeat_seconds: float) -> None:
+        self._runner = runner
         self._journal = journal
-        self._lookup = lookup
         self._heartbeat_seconds = heartbeat_seconds
+
+    async def follow(self, record: OperationRecord) -> AsyncIterator[Event]:
+        """Events so far, then live ones until the operation ends; heartbeats during silences.
+
+        An `unwatched` operation (its watch timed out) is adopted: watched again, here."""
+        local = self._runner.operation(record.id)
+        if local is None and record.state == "unwatched":
+            local = await self._runner.adopt(record.id)
+        events = self.local(local) if local is not None else self.recorded(record.id)
+        async for event in events:
+            yield event
 
     async def local(self, operation: Operation) -> AsyncIterator[Event]:
         queue: asyncio.Queue[Item] = asyncio.Queue()
@@ -96,14 +67,15 @@ class Streams:
     async def recorded(self, operation_id: str) -> AsyncIterator[Event]:
         """An operation run elsewhere (another replica) or already over: replay, then listen."""
         if not self._journal.shared:
-            record = await self._lookup(operation_id)
+            record = await self._runner.lookup(operation_id)
             if not record.finished:
                 raise Unavailable("the operation is not running in this process; retry")
             async for event in _replayed(record):
                 yield event
             return
         async with self._journal.subscribe(operation_id) as payloads:
-            record = await self._lookup(operation_id)  # after subscribing: nothing falls between
+            # Read after subscribing, so no event falls between the record and the channel.
+            record = await self._runner.lookup(operation_id)
             async for event in _replayed(record):
                 yield event
             if record.finished:

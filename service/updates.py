@@ -11,78 +11,21 @@ first, before parsing; then the number of changes).
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass, field
 from typing import Final, Literal
 
 from service.config import LimitSettings
 from service.documents import MAX_BLOB_BYTES as MAX_BLOB_BYTES
 from service.documents import MAX_VALUE_DEPTH as MAX_VALUE_DEPTH
 from service.documents import MAX_VIOLATIONS as MAX_VIOLATIONS
-from service.documents import Action as Action
-from service.documents import AttributeChange as AttributeChange
 from service.documents import DocumentReader, Violations
 from service.errors import InvalidArgument
-
-Kind = Literal["dicom_updates", "revert"]
+from service.model import AttributeChange, Kind, UpdatePlan, UpdateRequest
 
 DICOM_UPDATES: Final = "updates.dicom_updates"
 DEFAULT_LIMITS: Final = LimitSettings()
 
 _DATASTORE_OR_IMAGE_SET = re.compile(r"[0-9a-z]{32}")
 _VERSION = re.compile(r"[0-9]+")  # the API's \d+, ASCII only
-
-
-@dataclass(frozen=True)
-class UpdateRequest:
-    """The gRPC request without protobufs, built by the server."""
-
-    datastore_id: str
-    image_set_id: str
-    latest_version_id: str
-    force: bool
-    include_study_image_sets: bool
-    updatable_attributes: bytes | None  # None = not given; b"" is given and empty (invalid)
-    removable_attributes: bytes | None
-    revert_to_version_id: str | None
-    kind: Kind | None  # which union member was set; None = neither
-    idempotency_key: str = ""
-
-
-@dataclass(frozen=True, slots=True)
-class UpdatePlan:
-    """A validated update: what is forwarded to HealthImaging and what policy judges."""
-
-    datastore_id: str
-    image_set_id: str
-    latest_version_id: str
-    force: bool
-    include_study_image_sets: bool
-    kind: Kind
-    revert_to_version_id: str  # "" unless kind == "revert"
-    changes: tuple[AttributeChange, ...]
-    # The very bytes that were classified, forwarded as they are; patient data, so not in repr.
-    updatable_attributes: bytes | None = field(repr=False)
-    removable_attributes: bytes | None = field(repr=False)
-    idempotency_key: str
-
-    def summary(self) -> dict[str, object]:
-        """Counts and sets for policy and logs (JSON-able, no values)."""
-        changes = self.changes
-        categories = sorted({c for change in changes for c in change.categories})
-        return {
-            "change_count": len(changes),
-            "categories": categories,
-            "actions": sorted({change.action for change in changes}),
-            "levels": sorted({change.level for change in changes}),
-            "private": "private" in categories,
-            "requires_force": any(change.requires_force for change in changes),
-            "removed_series": sum(change.action == "remove_series" for change in changes),
-            "removed_instances": sum(change.action == "remove_instance" for change in changes),
-        }
-
-    def touched_tags(self) -> tuple[str, ...]:
-        """Sorted unique "level:TAG" strings for the audit log (removals: "level:action")."""
-        return tuple(sorted({f"{c.level}:{c.tag or c.action}" for c in self.changes}))
 
 
 def normalise(request: UpdateRequest, limits: LimitSettings = DEFAULT_LIMITS) -> UpdatePlan:

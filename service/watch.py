@@ -20,12 +20,11 @@ import structlog
 from service.budget import GET_IMAGE_SET, Budget
 from service.config import WatchSettings
 from service.errors import NotFound, ProxyError, Unavailable
-from service.healthimaging import HealthImaging, ImageSetStatus
+from service.healthimaging import HealthImaging
 from service.metrics import Metrics
+from service.model import ImageSetKey, ImageSetStatus
 
 log = structlog.get_logger(__name__)
-
-ImageSetKey = tuple[str, str]
 
 
 @dataclass
@@ -82,7 +81,7 @@ class Watcher:
         `submitted` is the submit's own answer (the first poll waits a typical update's
         duration); None means the update was submitted earlier (poll at once).
         """
-        key = (datastore_id, image_set_id)
+        key = ImageSetKey(datastore_id, image_set_id)
         subscriber = _Subscriber(version_id, submitted)
         self._subscribers.setdefault(key, set()).add(subscriber)
         if key not in self._loops:
@@ -138,13 +137,15 @@ class Watcher:
         try:
             latest = await self._get(key)
         except Unavailable as exc:
-            log.warning("poll_failed", image_set_id=key[1], error=type(exc).__name__)
+            log.warning("poll_failed", image_set_id=key.image_set_id, error=type(exc).__name__)
             return False
         except ProxyError as exc:
             self._fail_all(key, exc)
             return True
         except Exception as exc:  # noqa: BLE001 - an untranslated failure must not end the loop
-            log.warning("poll_failed_unexpectedly", image_set_id=key[1], error=type(exc).__name__)
+            log.warning(
+                "poll_failed_unexpectedly", image_set_id=key.image_set_id, error=type(exc).__name__
+            )
             return False
         changed = False
         for subscriber in list(self._subscribers.get(key, ())):
@@ -167,7 +168,7 @@ class Watcher:
             return None  # the new version is not visible yet
         try:
             return await self._get(
-                (latest.datastore_id, latest.image_set_id), subscriber.version_id
+                ImageSetKey(latest.datastore_id, latest.image_set_id), subscriber.version_id
             )
         except (NotFound, Unavailable):
             return None

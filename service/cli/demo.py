@@ -11,20 +11,9 @@ import tempfile
 import threading
 from pathlib import Path
 
-from pydicom import dcmread
-from pydicom.data import get_testdata_file
-from pydicom.uid import generate_uid
-
-from service.cli import processes
-
-DEMO_DATASTORE_ID = "12345678901234567890123456789012"  # the id of the AWS CLI examples
-DEMO_SAMPLES = ("CT_small.dcm", "MR_small.dcm")
-# Fake credentials: the emulator ignores signatures, botocore still wants something to sign with.
-EMULATOR_AWS_ENV = {
-    "AWS_ACCESS_KEY_ID": "emulator",
-    "AWS_SECRET_ACCESS_KEY": "emulator",
-    "AWS_DEFAULT_REGION": "us-east-1",
-}
+from service.devstack.processes import Child, stop_all, write_json_atomically
+from service.devstack.seeds import SAMPLES, samples_then_copies
+from service.devstack.stack import StackSpec, start_stack
 
 
 def add_demo_verb(verbs: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -40,7 +29,7 @@ def add_demo_verb(verbs: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     demo.add_argument(
         "--image-sets",
         type=int,
-        default=len(DEMO_SAMPLES),
+        default=len(SAMPLES),
         help="how many image sets to seed (copies of the samples with fresh UIDs)",
     )
     demo.add_argument(
@@ -73,17 +62,17 @@ def add_demo_verb(verbs: argparse._SubParsersAction[argparse.ArgumentParser]) ->
 def run_demo(args: argparse.Namespace) -> int:
     log_dir = args.log_dir or Path(tempfile.mkdtemp(prefix="imaging-proxy-demo-"))
     log_dir.mkdir(parents=True, exist_ok=True)
-    children: list[processes.Child] = []
+    children: list[Child] = []
     stop = threading.Event()
     for signum in (signal.SIGINT, signal.SIGTERM):
         signal.signal(signum, lambda *_: stop.set())
     try:
         ready = _start_all(args, log_dir, children)
         if args.ready_file:
-            processes.write_json_atomically(args.ready_file, ready)
+            write_json_atomically(args.ready_file, ready)
         print(_banner(ready, log_dir), flush=True)
         while not stop.wait(0.5):
-            dead = [c for c in children if c.process.poll() is not None]
+            dead = [c for c in children if not c.running()]
             if dead:
                 print(f"{dead[0].name} exited; see {dead[0].log_path}", file=sys.stderr)
                 return 1
@@ -93,70 +82,30 @@ def run_demo(args: argparse.Namespace) -> int:
         print(f"imaging-proxy demo: {exc}", file=sys.stderr)
         return 1
     finally:
-        for child in reversed(children):  # proxy first, then emulator, then OPA
-            child.stop()
+        stop_all(children)  # proxy first, then emulator, then OPA
 
 
-def _start_all(
-    args: argparse.Namespace, log_dir: Path, children: list[processes.Child]
-) -> dict[str, object]:
-    opa_port, emulator_port = processes.free_port(), processes.free_port()
-    children.append(processes.start_opa(log_dir, opa_port))
-    emulator, seeded = processes.start_emulator(
-        log_dir,
-        emulator_port,
-        _emulator_args(args, log_dir),
+def _start_all(args: argparse.Namespace, log_dir: Path, children: list[Child]) -> dict[str, object]:
+    spec = StackSpec(
+        image_sets=args.image_sets,
+        seeds=samples_then_copies,
+        update_delay=args.update_delay,
+        quotas=not args.no_quotas,
+        emulator_args=tuple(args.emulator_arg),
     )
-    children.append(emulator)
-    proxy_args = [
-        "--port",
-        str(args.port),
-        "--insecure-dev-identity",
-        "--opa-url",
-        f"http://127.0.0.1:{opa_port}",
-        "--endpoint-url",
-        seeded["url"],
-        "--data-dir",
-        str(log_dir / "journal"),
-        *(["--no-budget"] if args.no_quotas else []),
-        *args.proxy_arg,
-    ]
-    proxy, port = processes.start_proxy(log_dir, proxy_args, EMULATOR_AWS_ENV)
-    children.append(proxy)
+    stack = start_stack(spec, log_dir, children)
+    proxy_args = ["--data-dir", str(log_dir / "journal")]
+    proxy_args += ["--no-budget"] if args.no_quotas else []
+    proxy = stack.add_proxy(log_dir, [*proxy_args, *args.proxy_arg], port=args.port)
     return {
-        "endpoint": f"127.0.0.1:{port}",
-        "datastoreId": seeded["datastoreId"],
-        "imageSetIds": seeded["imageSetIds"],
-        "emulatorUrl": seeded["url"],
-        "opaUrl": f"http://127.0.0.1:{opa_port}",
+        "endpoint": proxy.endpoint,
+        "datastoreId": stack.datastore_id,
+        "imageSetIds": list(stack.image_set_ids),
+        "emulatorUrl": stack.emulator_url,
+        "opaUrl": stack.opa_url,
         "pids": {c.name: c.pid for c in children},
         "logDir": str(log_dir),
     }
-
-
-def _emulator_args(args: argparse.Namespace, log_dir: Path) -> list[str]:
-    seeds = _seed_files(args.image_sets, log_dir / "seed")
-    options = ["--datastore-id", DEMO_DATASTORE_ID, "--non-primary"]
-    options += ["--update-delay", str(args.update_delay)]
-    options += ["--no-quotas"] if args.no_quotas else []
-    return [*options, *(f"--seed={path}" for path in seeds), *args.emulator_arg]
-
-
-def _seed_files(count: int, folder: Path) -> list[Path]:
-    """pydicom's samples, then copies of them with fresh UIDs: one image set each."""
-    samples = [Path(str(get_testdata_file(name))) for name in DEMO_SAMPLES]
-    if count <= len(samples):
-        return samples[:count]
-    folder.mkdir(parents=True, exist_ok=True)
-    copies = []
-    for index in range(count - len(samples)):
-        dataset = dcmread(samples[index % len(samples)])
-        for keyword in ("StudyInstanceUID", "SeriesInstanceUID", "SOPInstanceUID"):
-            setattr(dataset, keyword, generate_uid())
-        dataset.file_meta.MediaStorageSOPInstanceUID = dataset.SOPInstanceUID
-        copies.append(folder / f"copy-{index:05d}.dcm")
-        dataset.save_as(copies[-1])
-    return [*samples, *copies]
 
 
 def _banner(ready: dict[str, object], log_dir: Path) -> str:

@@ -6,7 +6,8 @@ import argparse
 import sys
 from collections.abc import Sequence
 
-from service.cli import client_verbs, server_verbs
+from service.cli import serve
+from service.cli.client import verbs
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -14,9 +15,9 @@ def build_parser() -> argparse.ArgumentParser:
         prog="imaging-proxy",
         description="A policy-enforcing gRPC front door for AWS HealthImaging metadata updates.",
     )
-    verbs = parser.add_subparsers(dest="verb", metavar="VERB", required=True)
-    server_verbs.add_server_verbs(verbs)
-    client_verbs.add_client_verbs(verbs)
+    subparsers = parser.add_subparsers(dest="verb", metavar="VERB", required=True)
+    serve.add_server_verbs(subparsers)
+    verbs.add_client_verbs(subparsers)
     return parser
 
 
@@ -25,7 +26,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     if args_list[:1] == ["emulator"]:
         # The emulator parses its own options (and --help): argparse's REMAINDER would refuse
         # a first argument that looks like an option (`emulator --port 0`).
-        sys.exit(server_verbs.run_emulator_args(args_list[1:]))
+        sys.exit(serve.run_emulator_args(args_list[1:]))
     parser = build_parser()
     args = parser.parse_args(args_list)
     sys.exit(args.run(args))

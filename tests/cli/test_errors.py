@@ -9,9 +9,10 @@ import grpc.aio
 import pytest
 
 from service import errors
-from service.cli.client_errors import EndpointError, ServiceError
+from service.cli.client.connection import retry_plan, translate
+from service.cli.client.errors import EndpointError, ServiceError
 from service.cli.main import main
-from service.cli.proxy_client import retry_plan, translate
+from service.status import to_status
 
 
 def rpc_error(
@@ -19,12 +20,12 @@ def rpc_error(
 ) -> grpc.aio.AioRpcError:
     trailing = grpc.aio.Metadata()
     if error is not None:
-        trailing.add("grpc-status-details-bin", error.to_status().SerializeToString())
+        trailing.add("grpc-status-details-bin", to_status(error).SerializeToString())
     return grpc.aio.AioRpcError(code, grpc.aio.Metadata(), trailing, details)
 
 
 def proxy_error(error: errors.ProxyError) -> grpc.aio.AioRpcError:
-    return rpc_error(error, error.code, error.message)
+    return rpc_error(error, grpc.StatusCode[error.status], error.message)
 
 
 def test_policy_denial_names_the_decision_and_reasons() -> None:

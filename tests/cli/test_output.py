@@ -19,9 +19,9 @@ from awscli.text import format_text as aws_format_text  # type: ignore[import-un
 from google.protobuf import timestamp_pb2
 
 from service._proto.imaging.metadata.v1 import metadata_pb2
-from service.cli import output
-from service.cli.client_errors import ConfigError, ParamError
-from service.cli.output import OutputSettings
+from service.cli.client import output
+from service.cli.client.errors import ConfigError, ParamError
+from service.cli.client.output import OutputSettings
 
 GOLDEN = Path(__file__).parent / "golden"
 

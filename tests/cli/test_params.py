@@ -10,8 +10,8 @@ from typing import Any
 import pytest
 import yaml
 
-from service.cli import params
-from service.cli.client_errors import ParamError, ParamValidationError
+from service.cli.client import params, shapes
+from service.cli.client.errors import ParamError, ParamValidationError
 
 DOCUMENT = '{"SchemaVersion":1.1,"Patient":{"DICOM":{"PatientName":"MX^MX"}}}'
 # The v1 page's example blob: the same document, base64 encoded.
@@ -152,7 +152,7 @@ def test_json_and_yaml_input_together_are_rejected() -> None:
 
 def test_input_skeleton_matches_the_aws_cli() -> None:
     # `aws medical-imaging update-image-set-metadata --generate-cli-skeleton` (awscli 1.46)
-    assert params.input_skeleton(params.UPDATE_INPUT) == {
+    assert shapes.input_skeleton(shapes.UPDATE_INPUT) == {
         "datastoreId": "",
         "imageSetId": "",
         "latestVersionId": "",
@@ -166,12 +166,12 @@ def test_input_skeleton_matches_the_aws_cli() -> None:
 
 
 def test_yaml_skeleton_loads_to_the_json_skeleton() -> None:
-    loaded = yaml.safe_load(params.yaml_input_skeleton(params.UPDATE_INPUT))
-    assert loaded == params.input_skeleton(params.UPDATE_INPUT)
+    loaded = yaml.safe_load(shapes.yaml_input_skeleton(shapes.UPDATE_INPUT))
+    assert loaded == shapes.input_skeleton(shapes.UPDATE_INPUT)
 
 
 def test_a_filled_in_skeleton_prunes_unset_members() -> None:
-    skeleton = params.input_skeleton(params.UPDATE_INPUT)
+    skeleton = shapes.input_skeleton(shapes.UPDATE_INPUT)
     skeleton.update(IDS, force=False, includeStudyImageSets=False)
     skeleton["updateImageSetMetadataUpdates"]["DICOMUpdates"]["updatableAttributes"] = V1_BLOB
     update = params.update_params(skeleton, "base64")

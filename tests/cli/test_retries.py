@@ -18,9 +18,9 @@ from grpc_status import rpc_status
 
 from service._proto.imaging.metadata.v1 import metadata_pb2 as pb
 from service._proto.imaging.metadata.v1 import metadata_pb2_grpc as pb_grpc
-from service.cli.client_errors import EndpointError, ServiceError
-from service.cli.progress import Progress
-from service.cli.proxy_client import Connection, Tracker, follow_update
+from service.cli.client.connection import Connection, Tracker, follow_update
+from service.cli.client.errors import EndpointError, ServiceError
+from service.cli.client.progress import Progress
 from service.errors import (
     FieldViolation,
     InvalidArgument,
@@ -28,6 +28,7 @@ from service.errors import (
     ProxyError,
     ResourceExhausted,
 )
+from service.status import to_status
 
 Script = Callable[[Any, grpc.aio.ServicerContext[Any, Any]], AsyncIterator[pb.UpdateEvent]]
 
@@ -166,7 +167,7 @@ async def test_no_wait_returns_the_submit_response() -> None:
 
 def refused_with(error: ProxyError) -> Script:
     async def script(_request: Any, context: Any) -> AsyncIterator[pb.UpdateEvent]:
-        await context.abort_with_status(rpc_status.to_status(error.to_status()))
+        await context.abort_with_status(rpc_status.to_status(to_status(error)))
         yield pb.UpdateEvent()  # pragma: no cover - abort raises
 
     return script

@@ -10,8 +10,8 @@ from awscli.shorthand import (  # type: ignore[import-untyped]
 )
 from awscli.shorthand import ShorthandParser as AwsShorthandParser
 
-from service.cli.params import load_paramfile
-from service.cli.shorthand import ShorthandParseError, ShorthandParser
+from service.cli.client.params import load_paramfile
+from service.cli.client.shorthand import ShorthandParseError, ShorthandParser
 
 SAME_AS_AWS = [
     "DICOMUpdates={updatableAttributes=eyJTY2hlbWFWZXJzaW9uIjoxLjF9}",

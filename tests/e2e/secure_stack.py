@@ -3,47 +3,44 @@
 `running_secure_stack` runs what a hospital would deploy: a proxy whose listener requires client
 certificates from the test CA (SPIFFE IDs) and also accepts JWT bearer tokens (the token names the
 caller when present), in front of a real OPA with `policies/` and the emulator. Fixtures wrapping
-it live in `tests/e2e/security/conftest.py`; the processes, channels, credentials and polling
-helpers here are shared by the security and the fuzz tests.
+it live in `tests/e2e/security/conftest.py`; the processes (started by `service.devstack`),
+channels, credentials and polling helpers here are shared by the security and the fuzz tests.
 """
 
 from __future__ import annotations
 
-import asyncio
 import gzip
 import json
-import socket
-import time
 import urllib.request
-from collections.abc import Awaitable, Callable, Iterator, Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
 import grpc
-from pydicom import dcmread
-from pydicom.data import get_testdata_file
-from pydicom.uid import generate_uid
 
 from service._proto.imaging.metadata.v1 import metadata_pb2_grpc as pb_grpc
-from service.cli import processes
-from service.cli.demo import EMULATOR_AWS_ENV
-from tests.support.pki import (
-    AUDIENCE,
-    ISSUER,
+from service.devstack import servers
+from service.devstack.admin import EmulatorAdmin
+from service.devstack.pki import (
     CertificateFiles,
     JwtKeys,
     Pki,
+    identity_args,
     make_token,
     standard_claims,
     write_jwt_keys,
     write_pki,
 )
+from service.devstack.polling import eventually as eventually
+from service.devstack.processes import Child
+from service.devstack.proxies import ProxyProcess, launch_proxy
+from service.devstack.seeds import two_series_studies
+from service.devstack.settings import Sections
+from service.devstack.stack import DEMO_DATASTORE_ID, StackSpec, running_stack
 
-T = TypeVar("T")
-
-DATASTORE_ID = "12345678901234567890123456789012"
+DATASTORE_ID = DEMO_DATASTORE_ID
 """The emulator's data store: the demo id, so the `demo-*` grants in policies/data.json apply."""
 OTHER_DATASTORE_ID = "0123456789abcdef0123456789abcdef"
 """A data store no grant names (and the emulator does not have)."""
@@ -63,34 +60,10 @@ def spiffe_id(name: str) -> str:
 # --- processes -----------------------------------------------------------------------------------
 
 
-@dataclass(frozen=True)
-class Proxy:
-    """One `imaging-proxy serve` child process."""
+Proxy = ProxyProcess
+"""One `imaging-proxy serve` child process."""
 
-    child: processes.Child
-    port: int
-
-    @property
-    def endpoint(self) -> str:
-        return f"127.0.0.1:{self.port}"
-
-    @property
-    def log_path(self) -> Path:
-        return self.child.log_path
-
-
-def toml_document(sections: SettingsDocument) -> str:
-    """A TOML settings file from scalar values (all `serve --config` needs here)."""
-    lines: list[str] = []
-    for name, values in sections.items():
-        lines.append(f"[{name}]")
-        for key, value in values.items():
-            shown = str(value).lower() if isinstance(value, bool) else json.dumps(value)
-            lines.append(f"{key} = {shown}")
-    return "\n".join(lines) + "\n"
-
-
-SettingsDocument = Mapping[str, Mapping[str, str | float | bool]]
+SettingsDocument = Sections
 """A `serve --config` TOML document: section → setting → value."""
 
 TEST_SETTINGS: SettingsDocument = {
@@ -113,50 +86,23 @@ def start_proxy(
     config: SettingsDocument = TEST_SETTINGS,
     env: Mapping[str, str] | None = None,
 ) -> Proxy:
-    """`imaging-proxy serve --port 0 --config <directory>/proxy.toml ARGS`, logging there."""
-    config_path = folder(directory) / "proxy.toml"
-    config_path.write_text(toml_document(config))
-    argv = ["--port", "0", "--config", str(config_path), *args]
-    child, port = processes.start_proxy(directory, argv, {**EMULATOR_AWS_ENV, **(env or {})})
-    return Proxy(child, port)
+    """`imaging-proxy serve --port 0 --config <settings file> ARGS`, logging in `directory`."""
+    return launch_proxy(directory, ["--port", "0", *args], config, env)
 
 
 def start_opa(
     directory: Path, port: int, args: Sequence[str] = (), paths: Sequence[Path] = ()
-) -> processes.Child:
-    """A real OPA server on 127.0.0.1:`port` loading `paths` (default policies/); ready when it
-    accepts TCP connections (an HTTP probe would need its TLS client settings)."""
-    folder(directory)
-    loaded = [str(path) for path in paths] or [str(processes.find_policies())]
-    argv = [processes.find_opa(), "run", "--server", "--addr", f"127.0.0.1:{port}", *args]
-    child = processes.spawn("opa", [*argv, *loaded], directory)
-    processes.wait_until(lambda: _accepts(port), child)
-    return child
-
-
-def _accepts(port: int) -> bool:
-    with socket.create_connection(("127.0.0.1", port), timeout=1):
-        return True
+) -> Child:
+    """A real OPA server on 127.0.0.1:`port` loading `paths` (default policies/), without a
+    decision log; ready when it accepts TCP connections (`args` may make it serve TLS)."""
+    return servers.start_opa(
+        folder(directory), port, paths, args, decision_log=False, http_health=False
+    )
 
 
 def write_seed_studies(directory: Path, count: int) -> list[Path]:
-    """`count` studies, each one image set of two series: "A" with two instances, "B" with one.
-
-    Two of each let tests remove a series or an instance and still leave a valid image set.
-    """
-    directory.mkdir(parents=True, exist_ok=True)
-    sample = dcmread(str(get_testdata_file("CT_small.dcm")))
-    written = []
-    for study in range(count):
-        study_uid = generate_uid()
-        for series, instances in (("A", 2), ("B", 1)):
-            series_uid = generate_uid()
-            for instance in range(instances):
-                sample.StudyInstanceUID, sample.SeriesInstanceUID = study_uid, series_uid
-                sample.SOPInstanceUID = sample.file_meta.MediaStorageSOPInstanceUID = generate_uid()
-                written.append(directory / f"study-{study:03d}-{series}{instance}.dcm")
-                sample.save_as(written[-1])
-    return written
+    """`count` studies of two series each (see `two_series_studies`), in `directory`."""
+    return two_series_studies(count, directory)
 
 
 def folder(path: Path) -> Path:
@@ -178,30 +124,11 @@ class Backend:
 @contextmanager
 def running_backend(directory: Path, image_sets: int) -> Iterator[Backend]:
     """OPA with policies/ and the emulator seeded with `image_sets` studies; stopped on exit."""
-    children: list[processes.Child] = []
-    try:
-        opa_port = processes.free_port()
-        children.append(processes.start_opa(folder(directory / "opa"), opa_port))
-        seeds = write_seed_studies(directory / "seed", image_sets)
-        emulator, ready = processes.start_emulator(
-            folder(directory / "emulator"),
-            processes.free_port(),
-            [
-                *("--datastore-id", DATASTORE_ID, "--non-primary", "--no-quotas"),
-                *("--update-delay", "0.05", f"--seed={directory / 'seed'}"),
-            ],
-        )
-        children.append(emulator)
-        assert len(ready["imageSetIds"]) == len(seeds) // 3
-        yield Backend(
-            emulator_url=ready["url"],
-            opa_url=f"http://127.0.0.1:{opa_port}",
-            image_set_ids=tuple(ready["imageSetIds"]),
-            opa_log=children[0].log_path,
-        )
-    finally:
-        for child in reversed(children):
-            child.stop()
+    spec = StackSpec(image_sets, seeds=two_series_studies, update_delay=0.05)
+    with running_stack(spec, directory) as local:
+        assert len(local.image_set_ids) == image_sets
+        opa_log = local.children[0].log_path
+        yield Backend(local.emulator_url, local.opa_url, local.image_set_ids, opa_log)
 
 
 # --- the stack -----------------------------------------------------------------------------------
@@ -254,14 +181,10 @@ class SecureStack:
 
     def requests(self) -> list[dict[str, Any]]:
         """The emulator's log of every API call it received."""
-        return emulator_requests(self.backend.emulator_url)
+        return EmulatorAdmin(self.backend.emulator_url, timeout=5).requests()
 
     def update_calls(self, image_set_id: str) -> list[dict[str, Any]]:
-        return [
-            r
-            for r in self.requests()
-            if r["operation"] == "UpdateImageSetMetadata" and r["imageSetId"] == image_set_id
-        ]
+        return EmulatorAdmin(self.backend.emulator_url, timeout=5).update_calls(image_set_id)
 
     def layout(self, image_set_id: str) -> Layout:
         document = image_set_metadata(self.backend.emulator_url, image_set_id)
@@ -271,11 +194,6 @@ class SecureStack:
             document["Study"]["DICOM"]["StudyInstanceUID"],
             {uid: tuple(body["Instances"]) for uid, body in series.items()},
         )
-
-
-def emulator_requests(emulator_url: str) -> list[dict[str, Any]]:
-    with urllib.request.urlopen(f"{emulator_url}/_emulator/requests", timeout=5) as response:
-        return list(json.load(response)["requests"])
 
 
 def image_set_metadata(emulator_url: str, image_set_id: str) -> Any:
@@ -288,15 +206,6 @@ def image_set_metadata(emulator_url: str, image_set_id: str) -> Any:
 def issue_clients(pki: Pki) -> dict[str, CertificateFiles]:
     clients = {name: pki.ca.issue_client(name, name, [spiffe_id(name)]) for name in CLIENT_NAMES}
     return clients | {"no-spiffe": pki.cn_client, "foreign": pki.foreign_client}
-
-
-def identity_args(pki: Pki, keys: JwtKeys, client_ca: bool = True) -> list[str]:
-    """`serve` options for a TLS listener (mTLS when `client_ca`) that also accepts JWTs."""
-    args = ["--tls-cert", str(pki.server.cert), "--tls-key", str(pki.server.key)]
-    if client_ca:
-        args += ["--client-ca", str(pki.ca.cert_path)]
-    jwt = ["--jwt-jwks-file", str(keys.jwks_file), "--jwt-issuer", ISSUER]
-    return [*args, *jwt, "--jwt-audience", AUDIENCE]
 
 
 @contextmanager
@@ -373,19 +282,3 @@ class Credentials:
 
     def metadata(self) -> tuple[tuple[str, str], ...]:
         return bearer(self.token) if self.token else ()
-
-
-# --- polling -------------------------------------------------------------------------------------
-
-
-async def eventually(check: Callable[[], Awaitable[T]], within: float = 30.0) -> T:
-    """Run `check` until it stops raising AssertionError; the last failure is raised after
-    `within` seconds."""
-    deadline = time.monotonic() + within
-    while True:
-        try:
-            return await check()
-        except AssertionError:
-            if time.monotonic() > deadline:
-                raise
-        await asyncio.sleep(0.05)

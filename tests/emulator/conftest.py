@@ -7,9 +7,7 @@ import dataclasses
 import json
 import shutil
 import threading
-import time
-import urllib.request
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -21,13 +19,15 @@ import pydicom
 import pytest
 from aiobotocore.config import AioConfig
 from botocore.config import Config
-from pydicom.data import get_testdata_file
 from pydicom.uid import UID
 
 from emulator.config import Quotas, Settings, with_update_delay
 from emulator.models import Backend
 from emulator.server import running
-from emulator.spec import MODELS_DIR
+from medical_imaging_model import DATA_PATH as MODELS_DIR
+from service.devstack.admin import EmulatorAdmin
+from service.devstack.polling import eventually_sync
+from service.devstack.seeds import sample_path
 
 DEMO_DATASTORE = "12345678901234567890123456789012"
 EXAMPLE_SERIES = "1.1.1.1.1.1.12345.123456789012.123.12345678901234.1"
@@ -38,22 +38,16 @@ CREDENTIALS = {"aws_access_key_id": "emulator", "aws_secret_access_key": "emulat
 T = TypeVar("T")
 
 
-def sample(name: str) -> Path:
-    return Path(str(get_testdata_file(name)))
+sample = sample_path
+"""One of pydicom's test files."""
 
 
-@dataclass
-class Emulator:
+@dataclass(frozen=True)
+class Emulator(EmulatorAdmin):
     """An emulator serving on 127.0.0.1 from a background thread."""
 
-    url: str
-    backend: Backend
-
-    def admin(self, method: str, path: str, body: Any = None) -> Any:
-        data = None if body is None else json.dumps(body).encode()
-        request = urllib.request.Request(f"{self.url}/_emulator/{path}", data=data, method=method)
-        with urllib.request.urlopen(request, timeout=10) as response:
-            return json.load(response)
+    backend: Backend | None = None
+    """Its state, for tests that look behind the wire."""
 
     def reset_and_seed(
         self,
@@ -69,11 +63,9 @@ class Emulator:
             body["imageSetId"] = image_set_id
         return list(self.admin("POST", "seed", body)["imageSetIds"])
 
-    def requests(self) -> list[dict[str, Any]]:
-        return list(self.admin("GET", "requests")["requests"])
-
-    def set_faults(self, **faults: Any) -> None:
-        self.admin("PUT", "faults", faults)
+    def set_faults(self, knobs: Mapping[str, object] | None = None, **faults: object) -> None:
+        """Replace every fault knob, given as a mapping or as keywords."""
+        super().set_faults({**(knobs or {}), **faults})
 
 
 @contextmanager
@@ -87,7 +79,7 @@ def emulator_thread(settings: Settings) -> Iterator[Emulator]:
         stop = asyncio.Event()
         started["stop"] = stop
         async with running(settings) as emu:
-            started["emulator"] = Emulator(emu.url, emu.backend)
+            started["emulator"] = Emulator(emu.url, backend=emu.backend)
             ready.set()
             await stop.wait()
 
@@ -151,18 +143,9 @@ async def aio_client(emulator: Emulator) -> AsyncIterator[Any]:
 
 def eventually(check: Callable[[], T | None], timeout: float = 10.0) -> T:
     """Polls `check` until it returns a truthy value (AssertionError meanwhile)."""
-    deadline = time.monotonic() + timeout
-    while True:
-        try:
-            result = check()
-            if result:
-                return result
-        except AssertionError:
-            if time.monotonic() > deadline:
-                raise
-        if time.monotonic() > deadline:
-            raise AssertionError("condition never became true")
-        time.sleep(0.02)
+    result = eventually_sync(check, timeout, until=bool)
+    assert result is not None
+    return result
 
 
 def settled(client: Any, datastore_id: str, image_set_id: str) -> dict[str, Any]:

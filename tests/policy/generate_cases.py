@@ -18,9 +18,9 @@ from typing import Any, Final
 
 from service import dicom
 from service.errors import InvalidArgument
-from service.identity import Caller
+from service.model import Caller, UpdatePlan, UpdateRequest
 from service.policy_input import build_input
-from service.updates import UpdatePlan, UpdateRequest, normalise
+from service.updates import normalise
 
 FIXTURE: Final = Path(__file__).with_name("standard_cases.json")
 DATA: Final = Path(__file__).parents[2] / "policies" / "data.json"

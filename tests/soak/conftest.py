@@ -6,23 +6,22 @@ from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
 
-import aioboto3
 import grpc
 import pytest
-from aiobotocore.config import AioConfig
 
 from service._proto.imaging.metadata.v1 import metadata_pb2_grpc as pb_grpc
-from service.cli import processes
-from service.healthimaging import AWS_MODELS
+from service.devstack.processes import free_port
+from service.devstack.stack import LocalStack, running_stack
 from tests.e2e.faults.harness import (
+    PROXY_ARGS,
+    RAISED_BUDGETS,
     Emulator,
     Proxy,
     environ_seconds,
-    seed_files,
-    start_emulator,
-    start_proxy,
+    fault_spec,
 )
 from tests.soak.load import LoadSettings
+from tests.support.stack import emulator_client
 
 SOAK_IMAGE_SETS = 16
 WATCH_TIMEOUT_SECONDS = 3.0
@@ -35,39 +34,31 @@ def soak_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 @pytest.fixture(scope="module")
-def soak_opa(soak_dir: Path) -> Iterator[str]:
-    port, log_dir = processes.free_port(), soak_dir / "opa"
-    log_dir.mkdir()
-    child = processes.start_opa(log_dir, port)
-    try:
-        yield f"http://127.0.0.1:{port}"
-    finally:
-        child.stop()
+def soak_stack(soak_dir: Path) -> Iterator[LocalStack]:
+    """The soak's own OPA and emulator (the fault tests' settings)."""
+    with running_stack(fault_spec(SOAK_IMAGE_SETS), soak_dir) as stack:
+        yield stack
 
 
 @pytest.fixture(scope="module")
-def soak_emulator(soak_dir: Path) -> Iterator[Emulator]:
-    log_dir = soak_dir / "emulator"
-    log_dir.mkdir()
-    seeds = seed_files(SOAK_IMAGE_SETS, soak_dir / "seed")
-    running = start_emulator(log_dir, seeds, ["--no-quotas", "--update-delay", "0.3"])
-    try:
-        yield running
-    finally:
-        running.child.stop()
+def soak_opa(soak_stack: LocalStack) -> str:
+    return soak_stack.opa_url
+
+
+@pytest.fixture(scope="module")
+def soak_emulator(soak_stack: LocalStack) -> Emulator:
+    return Emulator.of(soak_stack)
 
 
 @pytest.fixture(scope="module")
 def metrics_port() -> int:
-    return processes.free_port()
+    return free_port()
 
 
 @pytest.fixture(scope="module")
-def soak_proxy(
-    soak_dir: Path, soak_opa: str, soak_emulator: Emulator, metrics_port: int
-) -> Iterator[Proxy]:
+def soak_proxy(soak_dir: Path, soak_stack: LocalStack, metrics_port: int) -> Iterator[Proxy]:
     args = ["--watch-timeout", str(WATCH_TIMEOUT_SECONDS), "--metrics-port", str(metrics_port)]
-    running = start_proxy(soak_dir / "proxy", soak_opa, soak_emulator, args)
+    running = soak_stack.add_proxy(soak_dir / "proxy", [*PROXY_ARGS, *args], RAISED_BUDGETS)
     try:
         yield running
     finally:
@@ -82,14 +73,7 @@ async def soak_stub(soak_proxy: Proxy) -> AsyncIterator[pb_grpc.MetadataUpdateSe
 
 @pytest.fixture(scope="module")
 async def soak_healthimaging(soak_emulator: Emulator) -> AsyncIterator[Any]:
-    session = aioboto3.Session(
-        region_name="us-east-1", aws_access_key_id="emulator", aws_secret_access_key="emulator"
-    )
-    session._session.get_component("data_loader").search_paths.insert(0, str(AWS_MODELS))
-    config = AioConfig(inject_host_prefix=False, retries={"mode": "standard", "max_attempts": 1})
-    async with session.client(
-        "medical-imaging", endpoint_url=soak_emulator.url, config=config
-    ) as client:
+    async with emulator_client(soak_emulator.url) as client:
         yield client
 
 

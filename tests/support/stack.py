@@ -5,14 +5,12 @@ Registered as a pytest plugin by tests/conftest.py: the fixtures are shared by e
 
 from __future__ import annotations
 
+import contextlib
 import gzip
 import json
 import os
-import signal
-import subprocess
+import shutil
 import sys
-import time
-import urllib.request
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -25,14 +23,13 @@ from aiobotocore.config import AioConfig
 
 from service._proto.imaging.metadata.v1 import metadata_pb2 as pb
 from service._proto.imaging.metadata.v1 import metadata_pb2_grpc as pb_grpc
+from service.devstack.admin import EmulatorAdmin
+from service.devstack.processes import spawn, wait_for_json
+from service.devstack.servers import EMULATOR_AWS_ENV, start_redis
 from service.healthimaging import AWS_MODELS
 
 SEEDED_IMAGE_SETS = 96
-EMULATOR_ENV = {
-    "AWS_ACCESS_KEY_ID": "emulator",
-    "AWS_SECRET_ACCESS_KEY": "emulator",
-    "AWS_DEFAULT_REGION": "us-east-1",
-}
+EMULATOR_ENV = EMULATOR_AWS_ENV
 
 
 @dataclass
@@ -56,57 +53,30 @@ class Stack:
 
     def requests(self) -> list[dict[str, Any]]:
         """The emulator's log of every API call it received."""
-        with urllib.request.urlopen(f"{self.emulator_url}/_emulator/requests", timeout=5) as resp:
-            return list(json.load(resp)["requests"])
+        return EmulatorAdmin(self.emulator_url, timeout=5).requests()
 
     def update_calls(self, image_set_id: str) -> list[dict[str, Any]]:
-        return [
-            r
-            for r in self.requests()
-            if r["operation"] == "UpdateImageSetMetadata" and r["imageSetId"] == image_set_id
-        ]
+        return EmulatorAdmin(self.emulator_url, timeout=5).update_calls(image_set_id)
 
 
-def _wait_for(path: Path, process: subprocess.Popen[bytes], timeout: float = 120) -> Any:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if process.poll() is not None:
-            raise RuntimeError(f"demo exited with {process.returncode}")
-        try:
-            return json.loads(path.read_text())
-        except (OSError, ValueError):
-            time.sleep(0.1)
-    raise TimeoutError("demo not ready")
+DEMO_OPTIONS = (
+    *("--image-sets", str(SEEDED_IMAGE_SETS), "--update-delay", "0.2"),
+    "--proxy-arg=--log-level=debug",
+    # Quotas are exercised by the concurrency tests; here they would only slow things down.
+    "--no-quotas",
+)
 
 
 @pytest.fixture(scope="session")
 def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
+    """`imaging-proxy demo` itself, as a user runs it (the demo is a caller of service.devstack)."""
     work = tmp_path_factory.mktemp("stack")
     ready_file, log_dir = work / "ready.json", work / "logs"
-    process = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "service.cli.main",
-            "demo",
-            "--port",
-            "0",
-            "--ready-file",
-            str(ready_file),
-            "--log-dir",
-            str(log_dir),
-            "--image-sets",
-            str(SEEDED_IMAGE_SETS),
-            "--update-delay",
-            "0.2",
-            "--proxy-arg=--log-level=debug",
-            # Quotas are exercised by the concurrency tests; here they would only slow things down.
-            "--no-quotas",
-        ],
-        env={**os.environ, **EMULATOR_ENV},
-    )
+    argv = [sys.executable, "-m", "service.cli.main", "demo", "--port", "0"]
+    argv += ["--ready-file", str(ready_file), "--log-dir", str(log_dir), *DEMO_OPTIONS]
+    demo = spawn("demo", argv, work)
     try:
-        ready = _wait_for(ready_file, process)
+        ready = wait_for_json(ready_file, demo, timeout=120)
         yield Stack(
             endpoint=ready["endpoint"],
             datastore_id=ready["datastoreId"],
@@ -118,11 +88,30 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
             _unused=list(ready["imageSetIds"]),
         )
     finally:
-        process.send_signal(signal.SIGINT)
-        try:
-            process.wait(30)
-        except subprocess.TimeoutExpired:
-            process.kill()
+        demo.stop(timeout=30)
+
+
+def require_redis_server() -> None:
+    """Skip a test without redis-server, except under CI, where that is an error (`make test`
+    installs it: a missing one means the Redis tests silently never ran)."""
+    if shutil.which("redis-server") is None:
+        if os.environ.get("CI"):
+            pytest.fail("redis-server is not installed (CI must run the Redis tests)")
+        pytest.skip("redis-server is not installed (`make redis` installs it)")
+
+
+@contextlib.contextmanager
+def redis_server(log_dir: Path) -> Iterator[str]:
+    """A fresh redis-server child (no persistence); yields its URL.
+
+    Skips when redis-server is missing, except under CI, where that is an error.
+    """
+    require_redis_server()
+    child, url = start_redis(log_dir)
+    try:
+        yield url
+    finally:
+        child.stop()
 
 
 @pytest.fixture(scope="session")
@@ -134,14 +123,20 @@ async def stub(stack: Stack) -> AsyncIterator[pb_grpc.MetadataUpdateServiceStub]
 @pytest.fixture(scope="session")
 async def healthimaging(stack: Stack) -> AsyncIterator[Any]:
     """An aioboto3 client talking to the emulator directly (to check what the proxy did)."""
+    async with emulator_client(stack.emulator_url, retries=True) as client:
+        yield client
+
+
+@contextlib.asynccontextmanager
+async def emulator_client(url: str, retries: bool = False) -> AsyncIterator[Any]:
+    """aioboto3 straight to the emulator at `url`, with botocore's retries or one attempt."""
     session = aioboto3.Session(
         region_name="us-east-1", aws_access_key_id="emulator", aws_secret_access_key="emulator"
     )
     session._session.get_component("data_loader").search_paths.insert(0, str(AWS_MODELS))
-    config = AioConfig(inject_host_prefix=False)
-    async with session.client(
-        "medical-imaging", endpoint_url=stack.emulator_url, config=config
-    ) as client:
+    once = None if retries else {"mode": "standard", "max_attempts": 1}
+    config = AioConfig(inject_host_prefix=False, retries=once)
+    async with session.client("medical-imaging", endpoint_url=url, config=config) as client:
         yield client
 
 

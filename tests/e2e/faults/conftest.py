@@ -2,29 +2,24 @@
 
 from __future__ import annotations
 
-import shutil
-import socket
 from collections.abc import AsyncIterator, Iterator, Sequence
 from pathlib import Path
 from typing import Any, Protocol
 
-import aioboto3
 import grpc
 import pytest
-from aiobotocore.config import AioConfig
 
 from service._proto.imaging.metadata.v1 import metadata_pb2_grpc as pb_grpc
-from service.cli import processes
-from service.healthimaging import AWS_MODELS
+from service.devstack.stack import LocalStack, running_stack
 from tests.e2e.faults.harness import (
+    PROXY_ARGS,
     RAISED_BUDGETS,
     Config,
     Emulator,
     Proxy,
-    seed_files,
-    start_emulator,
-    start_proxy,
+    fault_spec,
 )
+from tests.support.stack import emulator_client, redis_server
 
 SEEDED_IMAGE_SETS = 48
 UPDATE_DELAY_SECONDS = 0.3
@@ -42,28 +37,20 @@ def fault_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 @pytest.fixture(scope="session")
-def opa_url(fault_dir: Path) -> Iterator[str]:
-    port, log_dir = processes.free_port(), fault_dir / "opa"
-    log_dir.mkdir()
-    child = processes.start_opa(log_dir, port)
-    try:
-        yield f"http://127.0.0.1:{port}"
-    finally:
-        child.stop()
+def fault_stack(fault_dir: Path) -> Iterator[LocalStack]:
+    """OPA and the fault tests' emulator (see `fault_spec`), shared by the whole session."""
+    with running_stack(fault_spec(SEEDED_IMAGE_SETS, UPDATE_DELAY_SECONDS), fault_dir) as stack:
+        yield stack
 
 
 @pytest.fixture(scope="session")
-def emulator(fault_dir: Path) -> Iterator[Emulator]:
-    """The fault tests' emulator: quotas off (faults are injected explicitly), fast updates."""
-    seeds = seed_files(SEEDED_IMAGE_SETS, fault_dir / "seed")
-    log_dir = fault_dir / "emulator"
-    log_dir.mkdir()
-    args = ["--no-quotas", "--update-delay", str(UPDATE_DELAY_SECONDS)]
-    running = start_emulator(log_dir, seeds, args)
-    try:
-        yield running
-    finally:
-        running.child.stop()
+def opa_url(fault_stack: LocalStack) -> str:
+    return fault_stack.opa_url
+
+
+@pytest.fixture(scope="session")
+def emulator(fault_stack: LocalStack) -> Emulator:
+    return Emulator.of(fault_stack)
 
 
 @pytest.fixture(autouse=True)
@@ -80,9 +67,9 @@ def faults_off(request: pytest.FixtureRequest) -> Iterator[None]:
 
 
 @pytest.fixture(scope="session")
-def proxy(fault_dir: Path, opa_url: str, emulator: Emulator) -> Iterator[Proxy]:
+def proxy(fault_dir: Path, fault_stack: LocalStack) -> Iterator[Proxy]:
     """The shared proxy, on default settings."""
-    running = start_proxy(fault_dir / "proxy", opa_url, emulator)
+    running = fault_stack.add_proxy(fault_dir / "proxy", PROXY_ARGS, RAISED_BUDGETS)
     try:
         yield running
     finally:
@@ -90,13 +77,13 @@ def proxy(fault_dir: Path, opa_url: str, emulator: Emulator) -> Iterator[Proxy]:
 
 
 @pytest.fixture
-def launch_proxy(tmp_path: Path, opa_url: str, emulator: Emulator) -> Iterator[ProxyFactory]:
+def launch_proxy(tmp_path: Path, fault_stack: LocalStack) -> Iterator[ProxyFactory]:
     """Start extra proxies with the options a test needs; all are stopped at the end of the test."""
     started: list[Proxy] = []
 
     def launch(args: Sequence[str] = (), config: Config = RAISED_BUDGETS) -> Proxy:
         log_dir = tmp_path / f"proxy-{len(started)}"
-        started.append(start_proxy(log_dir, opa_url, emulator, args, config))
+        started.append(fault_stack.add_proxy(log_dir, [*PROXY_ARGS, *args], config))
         return started[-1]
 
     yield launch
@@ -107,23 +94,8 @@ def launch_proxy(tmp_path: Path, opa_url: str, emulator: Emulator) -> Iterator[P
 @pytest.fixture
 def redis_url(tmp_path: Path) -> Iterator[str]:
     """A fresh redis-server of the test's own (no persistence), as the replicas' journal."""
-    if shutil.which("redis-server") is None:
-        pytest.skip("redis-server is not installed (`make test` installs it)")
-    port, log_dir = processes.free_port(), tmp_path / "redis"
-    log_dir.mkdir()
-    argv = ["redis-server", "--port", str(port), "--bind", "127.0.0.1"]
-    child = processes.spawn("redis", [*argv, "--save", "", "--appendonly", "no"], log_dir)
-    processes.wait_until(lambda: _answers(port), child)
-    try:
-        yield f"redis://127.0.0.1:{port}/0"
-    finally:
-        child.stop()
-
-
-def _answers(port: int) -> bool:
-    with socket.create_connection(("127.0.0.1", port), timeout=1) as sock:
-        sock.sendall(b"PING\r\n")
-        return sock.recv(16).startswith(b"+PONG")
+    with redis_server(tmp_path / "redis") as url:
+        yield url
 
 
 @pytest.fixture(scope="session")
@@ -135,10 +107,5 @@ async def stub(proxy: Proxy) -> AsyncIterator[pb_grpc.MetadataUpdateServiceStub]
 @pytest.fixture(scope="session")
 async def healthimaging(emulator: Emulator) -> AsyncIterator[Any]:
     """aioboto3 straight to the emulator, to check what really happened there."""
-    session = aioboto3.Session(
-        region_name="us-east-1", aws_access_key_id="emulator", aws_secret_access_key="emulator"
-    )
-    session._session.get_component("data_loader").search_paths.insert(0, str(AWS_MODELS))
-    config = AioConfig(inject_host_prefix=False, retries={"mode": "standard", "max_attempts": 1})
-    async with session.client("medical-imaging", endpoint_url=emulator.url, config=config) as c:
-        yield c
+    async with emulator_client(emulator.url) as client:
+        yield client

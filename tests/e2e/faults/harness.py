@@ -1,8 +1,8 @@
 """Fault-injection harness: OPA, the emulator and the proxy as real processes, and their knobs.
 
 Shared by the fault tests (`tests/e2e/faults/`) and the soak (`tests/soak/`). Processes are started
-with `service/cli/processes.py`, the same helpers `imaging-proxy demo` uses; the emulator's faults
-are changed at run time through its admin endpoint (`PUT /_emulator/faults`).
+by `service.devstack`, the builder `imaging-proxy demo` uses; the emulator's faults are changed at
+run time through its admin endpoint (`PUT /_emulator/faults`).
 """
 
 from __future__ import annotations
@@ -10,11 +10,9 @@ from __future__ import annotations
 import asyncio
 import json
 import os
-import signal
 import sys
-import time
 import urllib.request
-from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -24,22 +22,19 @@ import grpc
 from google.rpc import error_details_pb2
 from grpc_status import rpc_status
 from prometheus_client.parser import text_string_to_metric_families
-from pydicom import dcmread
-from pydicom.data import get_testdata_file
-from pydicom.uid import generate_uid
 
 from service._proto.imaging.metadata.v1 import metadata_pb2 as pb
 from service._proto.imaging.metadata.v1 import metadata_pb2_grpc as pb_grpc
-from service.cli import processes
+from service.devstack import polling
+from service.devstack.admin import EmulatorAdmin
+from service.devstack.proxies import ProxyProcess
+from service.devstack.servers import EMULATOR_AWS_ENV
+from service.devstack.settings import Sections
+from service.devstack.stack import DEMO_DATASTORE_ID, LocalStack, StackSpec
 
 T = TypeVar("T")
-DATASTORE_ID = "12345678901234567890123456789012"
-EMULATOR_ENV = {
-    "AWS_ACCESS_KEY_ID": "emulator",
-    "AWS_SECRET_ACCESS_KEY": "emulator",
-    "AWS_DEFAULT_REGION": "us-east-1",
-}
-SAMPLES = ("CT_small.dcm", "MR_small.dcm")
+DATASTORE_ID = DEMO_DATASTORE_ID
+EMULATOR_ENV = EMULATOR_AWS_ENV
 TERMINAL = frozenset({"UPDATED", "UPDATE_FAILED"})
 ADMIN = "demo-admin"
 STREAM_TIMEOUT = 30.0
@@ -51,170 +46,49 @@ STREAM_TIMEOUT = 30.0
 
 async def eventually(check: Callable[[], Awaitable[T | None]], within: float = 30.0) -> T:
     """Poll `check` until it returns something other than None (or stops raising AssertionError)."""
-    deadline = time.monotonic() + within
-    while True:
-        try:
-            result = await check()
-            if result is not None:
-                return result
-        except AssertionError:
-            if time.monotonic() > deadline:
-                raise
-        if time.monotonic() > deadline:
-            raise AssertionError(f"condition not met within {within:g} s")
-        await asyncio.sleep(0.05)
+    result = await polling.eventually(check, within, until=polling.not_none)
+    assert result is not None
+    return result
 
 
-# --- seeding -------------------------------------------------------------------------------------
+# --- the stack -----------------------------------------------------------------------------------
 
 
-def seed_files(count: int, folder: Path) -> list[Path]:
-    """Copies of pydicom's samples with fresh study/series/instance UIDs: one image set each."""
-    folder.mkdir(parents=True, exist_ok=True)
-    samples = [Path(str(get_testdata_file(name))) for name in SAMPLES]
-    paths = []
-    for index in range(count):
-        dataset = dcmread(samples[index % len(samples)])
-        for keyword in ("StudyInstanceUID", "SeriesInstanceUID", "SOPInstanceUID"):
-            setattr(dataset, keyword, generate_uid())
-        dataset.file_meta.MediaStorageSOPInstanceUID = dataset.SOPInstanceUID
-        paths.append(folder / f"seed-{index:05d}.dcm")
-        dataset.save_as(paths[-1])
-    return paths
+def fault_spec(image_sets: int, update_delay: float = 0.3) -> StackSpec:
+    """OPA and an emulator without quotas (faults are injected explicitly), a fixed random seed."""
+    return StackSpec(image_sets, update_delay=update_delay, emulator_args=("--random-seed", "7"))
 
 
-# --- the emulator --------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class Emulator(EmulatorAdmin):
+    """A running emulator: its admin endpoint, the seeded ids and the ones no test touched yet."""
 
+    datastore_id: str = DATASTORE_ID
+    image_set_ids: tuple[str, ...] = ()
+    unused: list[str] = field(default_factory=list)
 
-@dataclass
-class Emulator:
-    """A running emulator process: its URL, the seeded ids and its admin endpoint."""
-
-    child: processes.Child
-    url: str
-    datastore_id: str
-    image_set_ids: list[str]
-    _unused: list[str] = field(default_factory=list)
+    @classmethod
+    def of(cls, stack: LocalStack) -> Emulator:
+        """The stack's emulator, drawing from the stack's pool of unused image sets."""
+        return cls(stack.emulator_url, 10.0, stack.datastore_id, stack.image_set_ids, stack.unused)
 
     def take_image_set(self) -> str:
         """An image set no other test has touched (latest version "1")."""
-        if not self._unused:
+        if not self.unused:
             raise RuntimeError("the emulator ran out of fresh image sets; seed more")
-        return self._unused.pop(0)
-
-    def admin(self, method: str, path: str, body: object = None) -> Any:
-        data = None if body is None else json.dumps(body).encode()
-        request = urllib.request.Request(
-            f"{self.url}/_emulator/{path}",
-            data=data,
-            method=method,
-            headers={"Content-Type": "application/json"},
-        )
-        with urllib.request.urlopen(request, timeout=10) as response:
-            return json.load(response)
-
-    def set_faults(self, knobs: Mapping[str, object]) -> None:
-        """Replace every fault knob (left-out knobs return to 'no fault')."""
-        self.admin("PUT", "faults", dict(knobs))
-
-    def clear_faults(self) -> None:
-        self.admin("PUT", "faults", {})
-
-    def release_stalled(self) -> int:
-        return int(self.admin("POST", "release-stalled", {})["released"])
-
-    def requests(self) -> list[dict[str, Any]]:
-        return list(self.admin("GET", "requests")["requests"])
-
-    def calls(self, operation: str, image_set_id: str) -> list[dict[str, Any]]:
-        """Every `operation` call the emulator received for one image set, in order."""
-        return [
-            r
-            for r in self.requests()
-            if r["operation"] == operation and r["imageSetId"] == image_set_id
-        ]
+        return self.unused.pop(0)
 
 
-def start_emulator(
-    log_dir: Path, seeds: Sequence[Path], extra_args: Sequence[str] = ()
-) -> Emulator:
-    args = ["--datastore-id", DATASTORE_ID, "--non-primary", "--random-seed", "7"]
-    args += [f"--seed={path}" for path in seeds]
-    child, ready = processes.start_emulator(log_dir, processes.free_port(), [*args, *extra_args])
-    ids = list(ready["imageSetIds"])
-    return Emulator(child, ready["url"], ready["datastoreId"], ids, list(ids))
+Proxy = ProxyProcess
+"""A running `imaging-proxy serve` process."""
 
-
-# --- the proxy -----------------------------------------------------------------------------------
-
-
-@dataclass
-class Proxy:
-    """A running `imaging-proxy serve` process."""
-
-    child: processes.Child
-    port: int
-    log_dir: Path
-
-    @property
-    def endpoint(self) -> str:
-        return f"127.0.0.1:{self.port}"
-
-    @property
-    def pid(self) -> int:
-        return self.child.pid
-
-    def kill(self) -> None:
-        """SIGKILL: no shutdown code runs (a crash, an OOM kill, a lost node)."""
-        self.child.process.send_signal(signal.SIGKILL)
-        self.child.process.wait(30)
-
-    def stop(self) -> None:
-        self.child.stop(timeout=30)
-
-    def log_events(self) -> list[dict[str, Any]]:
-        """The proxy's structured log lines (JSON objects) so far."""
-        events = []
-        for line in self.child.log_path.read_text(errors="replace").splitlines():
-            if line.startswith("{"):
-                try:
-                    events.append(json.loads(line))
-                except ValueError:
-                    continue
-        return events
-
-
-Config = Mapping[str, Mapping[str, object]]
+Config = Sections
 """A settings file's sections (as in service/config.py): section → field → value."""
 
 RAISED_BUDGETS: Config = {"budget": {"update_rate": 50.0, "update_burst": 50.0}}
 """The emulator runs without quotas here; the proxy's budgets must not be the bottleneck either."""
 
-
-def write_config(path: Path, sections: Config) -> Path:
-    """A TOML settings file (JSON scalars are valid TOML values)."""
-    lines = []
-    for section, values in sections.items():
-        lines.append(f"[{section}]")
-        lines += [f"{name} = {json.dumps(value)}" for name, value in values.items()]
-    path.write_text("\n".join(lines) + "\n")
-    return path
-
-
-def start_proxy(
-    log_dir: Path,
-    opa_url: str,
-    emulator: Emulator,
-    extra_args: Sequence[str] = (),
-    config: Config = RAISED_BUDGETS,
-) -> Proxy:
-    """A proxy on a free port with development identity, talking to this OPA and emulator."""
-    log_dir.mkdir(parents=True, exist_ok=True)
-    settings = write_config(log_dir / "imaging-proxy.toml", config)
-    args = ["--port", "0", "--insecure-dev-identity", "--opa-url", opa_url, "--config"]
-    args += [str(settings), "--endpoint-url", emulator.url, "--log-level", "info", *extra_args]
-    child, port = processes.start_proxy(log_dir, args, EMULATOR_ENV)
-    return Proxy(child, port, log_dir)
+PROXY_ARGS = ("--log-level", "info")
 
 
 def rss_bytes(pid: int) -> int:

@@ -8,7 +8,7 @@ import pytest
 
 from service._proto.imaging.metadata.v1 import metadata_pb2 as pb
 from service._proto.imaging.metadata.v1 import metadata_pb2_grpc as pb_grpc
-from service.cli import processes
+from service.devstack import processes
 from tests.e2e.faults.conftest import ProxyFactory
 from tests.e2e.faults.harness import (
     Emulator,

@@ -18,6 +18,7 @@ from typing import Literal
 import pytest
 
 from service._proto.imaging.metadata.v1 import metadata_pb2 as pb
+from service.devstack.pki import ISSUER
 from tests.e2e.secure_stack import (
     DATASTORE_ID,
     OTHER_DATASTORE_ID,
@@ -42,7 +43,6 @@ from tests.e2e.security.calls import (
     study,
     update,
 )
-from tests.support.pki import ISSUER
 
 pytestmark = pytest.mark.e2e
 

@@ -31,9 +31,9 @@ from hypothesis import strategies as st
 from service._proto.imaging.metadata.v1 import metadata_pb2 as pb
 from service._proto.imaging.metadata.v1 import metadata_pb2_grpc as pb_grpc
 from service.healthimaging import AWS_MODELS
+from tests.e2e.fuzz.documents import Case, Layout, Plan, plans
+from tests.e2e.fuzz.oracle import touched, uncovered
 from tests.e2e.secure_stack import write_seed_studies
-from tests.fuzz.documents import Case, Layout, Plan, plans
-from tests.fuzz.oracle import touched, uncovered
 from tests.support.stack import Stack, dev
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]

@@ -17,6 +17,13 @@ import pytest
 
 from service._proto.imaging.metadata.v1 import metadata_pb2 as pb
 from service._proto.imaging.metadata.v1 import metadata_pb2_grpc as pb_grpc
+from service.devstack.pki import (
+    AUDIENCE,
+    ISSUER,
+    generate_signing_key,
+    make_token,
+    standard_claims,
+)
 from tests.e2e.secure_stack import (
     RPC_TIMEOUT,
     Credentials,
@@ -40,15 +47,7 @@ from tests.e2e.security.calls import (
     study,
     update,
 )
-from tests.support.pki import (
-    AUDIENCE,
-    ISSUER,
-    forge_hs256_token,
-    generate_signing_key,
-    make_token,
-    make_unsigned_token,
-    standard_claims,
-)
+from tests.support.tokens import forge_hs256_token, make_unsigned_token
 
 pytestmark = pytest.mark.e2e
 

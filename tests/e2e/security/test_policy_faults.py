@@ -18,7 +18,7 @@ import aiohttp
 import grpc
 import pytest
 
-from service.cli import processes
+from service.devstack import processes, servers
 from service.health import LIVENESS, READINESS
 from service.server import SERVICE_NAME
 from tests.e2e.secure_stack import (
@@ -76,7 +76,7 @@ class Faults:
     def restart_opa(self) -> None:
         """Start OPA again on the same port, as a supervisor would."""
         directory = self.killable_opa.log_path.parent
-        self.opas.append(processes.start_opa(directory, self.killable_opa_port))
+        self.opas.append(servers.start_opa(directory, self.killable_opa_port))
 
     def put_policy(self, module: str) -> None:
         """Replace the relayed OPA's decision module through OPA's REST API."""
@@ -95,7 +95,7 @@ async def faults(secure_stack: SecureStack) -> AsyncIterator[Faults]:
     relayed_opa_url = f"http://127.0.0.1:{relayed_port}"
     async with contextlib.AsyncExitStack() as cleanup:
         opas = [start_opa(base / "relayed-opa", relayed_port, paths=[folder(base / "no-policies")])]
-        opas.append(processes.start_opa(folder(base / "killable-opa"), killable_port))
+        opas.append(servers.start_opa(folder(base / "killable-opa"), killable_port))
         cleanup.callback(stop_all, opas)
         relay = Relay(relayed_opa_url, await cleanup.enter_async_context(aiohttp.ClientSession()))
         relay_port = await serve(relay, cleanup)

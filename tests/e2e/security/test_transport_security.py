@@ -1,7 +1,7 @@
 """Issue 7, transport security: the mTLS listener through the product, and TLS from proxy to OPA.
 
 The identity unit and handshake details (rotation, CN fallback) are covered in
-tests/integration/test_tls_identity.py; here the whole product runs: `imaging-proxy serve`, real
+tests/e2e/security/test_tls_identity.py; here the whole product runs: `imaging-proxy serve`, real
 OPA, the emulator.
 
 TLS to OPA: opa-python-client builds its context with `ssl.create_default_context()` and offers no
@@ -20,7 +20,8 @@ from pathlib import Path
 import grpc
 import pytest
 
-from service.cli import processes
+from service.devstack import processes
+from service.devstack.pki import ISSUER, CertificateFiles
 from service.health import LIVENESS, READINESS
 from tests.e2e.secure_stack import (
     RPC_TIMEOUT,
@@ -55,7 +56,6 @@ from tests.e2e.security.calls import (
     study,
     update,
 )
-from tests.support.pki import ISSUER, CertificateFiles
 
 pytestmark = pytest.mark.e2e
 

@@ -1,0 +1,139 @@
+"""Composition root: one AsyncExitStack opens every long-lived part once and closes it in order.
+
+Opened in dependency order (OPA client, aioboto3 client, journal, budget, admission, watcher,
+runner, server), so the stack closes them in reverse, which is DESIGN.md's shutdown: health
+NOT_SERVING → no new submits (queued callers are told to re-attach) → stop accepting, grace for
+open streams → operations cancelled (their records stay as they were, for the next owner) →
+clients closed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import signal
+from collections.abc import AsyncIterator, Callable, Mapping
+from contextlib import AsyncExitStack
+from dataclasses import dataclass
+
+import aiohttp
+import structlog
+
+from service.admission import Admission
+from service.budget import Budget
+from service.config import Settings
+from service.health import Health, Probe, opa_probe
+from service.healthimaging import BackendProbe, HealthImaging
+from service.identity import Authenticator
+from service.journal import open_journal
+from service.metrics import Metrics
+from service.pipeline import Pipeline
+from service.policy import PolicyClient
+from service.runner import Runner
+from service.server import SERVICE_NAME, Listeners, listeners
+from service.streams import Streams
+from service.watch import Watcher
+
+log = structlog.get_logger(__name__)
+
+
+@dataclass(frozen=True)
+class Parts:
+    """The long-lived parts behind the server."""
+
+    pipeline: Pipeline
+    runner: Runner
+    admission: Admission
+    probes: Mapping[str, Probe]
+    """Reachability of each dependency, by health name ("opa", "healthimaging")."""
+    shared: bool
+    """The journal is shared with other replicas (their operations may need taking over)."""
+
+
+async def open_parts(settings: Settings, stack: AsyncExitStack, metrics: Metrics) -> Parts:
+    """Open every long-lived part once, in dependency order; `stack` closes them in reverse."""
+    policy = await stack.enter_async_context(PolicyClient.open(settings.opa))
+    backend = await stack.enter_async_context(HealthImaging.open(settings.backend))
+    session = await stack.enter_async_context(aiohttp.ClientSession())  # the health probes'
+    journal = await stack.enter_async_context(open_journal(settings.journal))
+    redis_url = settings.budget.url or (settings.journal.url if journal.shared else "")
+    budget = await stack.enter_async_context(
+        Budget.open(
+            settings.budget, settings.backend, redis_url, settings.journal.key_prefix, metrics
+        )
+    )
+    admission = Admission(settings.admission, budget, journal, metrics)
+    admission.start()
+    stack.push_async_callback(admission.close)
+    watcher = Watcher(backend, budget, settings.watch, metrics)
+    stack.push_async_callback(watcher.close)
+    runner = Runner(
+        backend, watcher, admission, budget, journal, settings.watch, metrics, settings.limits
+    )
+    stack.push_async_callback(runner.close)
+    streams = Streams(runner, journal, settings.watch.heartbeat_seconds)
+    pipeline = Pipeline(policy, runner, streams, metrics, settings.limits)
+    probes: dict[str, Probe] = {
+        "opa": opa_probe(session, settings.opa),
+        "healthimaging": BackendProbe(session, settings.backend),
+    }
+    return Parts(pipeline, runner, admission, probes, journal.shared)
+
+
+async def run(
+    settings: Settings,
+    ready: Callable[[int], None] | None = None,
+    stop: asyncio.Event | None = None,
+) -> None:
+    """Serve until `stop` is set (or SIGINT/SIGTERM), then shut down in a fixed order."""
+    stop = stop or asyncio.Event()
+    authenticator = Authenticator.from_settings(settings.identity)  # bad keys stop the start here
+    metrics = Metrics()
+    async with AsyncExitStack() as stack:
+        if settings.server.metrics_port:
+            stack.enter_context(metrics.serving(settings.server.host, settings.server.metrics_port))
+        parts = await open_parts(settings, stack, metrics)
+        resumed = await parts.runner.resume()
+        served = listeners(settings, parts.pipeline, authenticator, metrics)
+        await stack.enter_async_context(_serving(settings, parts, served))
+        _install_signal_handlers(stop)
+        address = f"{settings.server.host}:{served.port}"
+        log.info("serving", address=address, tls=served.tls, resumed=resumed)
+        if ready is not None:
+            ready(served.port)
+        await stop.wait()
+
+
+@contextlib.asynccontextmanager
+async def _serving(settings: Settings, parts: Parts, served: Listeners) -> AsyncIterator[None]:
+    """Serve (with the health probes and the takeover loop); leave in the shutdown's order."""
+    checks = Health(served.health, SERVICE_NAME, parts.probes, settings.opa.health_failures)
+    await checks.live()  # before the first call can ask
+    await served.start()
+    background = _background(settings, parts, checks)
+    try:
+        yield
+    finally:
+        log.info("shutting_down", grace_seconds=settings.server.grace_seconds)
+        for task in background:
+            task.cancel()
+        await asyncio.gather(*background, return_exceptions=True)
+        await served.not_serving()
+        await parts.admission.close()
+        await served.stop(settings.server.grace_seconds)
+
+
+def _background(settings: Settings, parts: Parts, checks: Health) -> list[asyncio.Task[None]]:
+    interval = settings.opa.health_interval_seconds
+    tasks = [asyncio.create_task(checks.probe_forever(interval), name="health")]
+    if parts.shared:  # take over the operations of replicas that went away
+        interval = settings.journal.lease_seconds / 2
+        tasks.append(asyncio.create_task(parts.runner.take_over_forever(interval), name="takeover"))
+    return tasks
+
+
+def _install_signal_handlers(stop: asyncio.Event) -> None:
+    loop = asyncio.get_running_loop()
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        with contextlib.suppress(NotImplementedError, RuntimeError):
+            loop.add_signal_handler(signum, stop.set)

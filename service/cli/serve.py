@@ -1,0 +1,153 @@
+"""Server verbs: `serve` (the proxy), `emulator` (local HealthImaging) and `demo` (all three)."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import sys
+from pathlib import Path
+from typing import Any
+
+from service.config import Settings, load_settings
+
+
+def add_server_verbs(verbs: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    serve = verbs.add_parser("serve", help="run the proxy", description=_SERVE_HELP)
+    _add_serve_options(serve)
+    serve.set_defaults(run=run_serve)
+
+    emulator = verbs.add_parser(
+        "emulator",
+        help="run the local HealthImaging emulator",
+        add_help=False,
+        description="Run the local HealthImaging emulator (see docs/EMULATOR.md).",
+    )
+    emulator.add_argument("emulator_args", nargs=argparse.REMAINDER)
+    emulator.set_defaults(run=run_emulator)
+
+    from service.cli import demo
+
+    demo.add_demo_verb(verbs)
+
+
+_SERVE_HELP = """Run the policy-enforcing gRPC proxy. Settings come from --config (TOML; sections
+[server], [identity], [opa], [backend], [watch], [admission], [budget], [journal] as in
+service/config.py) overridden by options.
+AWS credentials and region come from the usual AWS sources (environment, profile, instance role)."""
+
+
+def _add_serve_options(parser: argparse.ArgumentParser) -> None:
+    add = parser.add_argument
+    add("--config", type=Path, help="TOML settings file")
+    add("--host", help="listen address (default 127.0.0.1)")
+    add("--port", type=int, help="listen port (default 50051; 0 = any free port)")
+    add("--ready-file", type=Path, help='write {"port": P} here once serving')
+    add("--log-level", default="info", choices=["debug", "info", "warning", "error"])
+    add("--metrics-port", type=int, help="serve Prometheus metrics on this port")
+    add("--opa-url", help="OPA base URL (default http://127.0.0.1:8181)")
+    add("--opa-timeout", type=float, help="seconds to wait for a decision before refusing")
+    add("--endpoint-url", help="HealthImaging endpoint override (e.g. the emulator)")
+    add("--region", help="AWS region (default us-east-1)")
+    add(
+        "--insecure-dev-identity",
+        action="store_true",
+        default=None,
+        help="trust the x-dev-principal metadata as the caller: local development only",
+    )
+    add("--tls-cert", help="server certificate (PEM): enables TLS")
+    add("--tls-key", help="server private key (PEM)")
+    add("--client-ca", help="CA bundle for client certificates: requires mTLS")
+    add("--jwt-public-key", action="append", help="PEM public key for bearer tokens (repeatable)")
+    add("--jwt-jwks-file", help="JWKS file with the keys for bearer tokens")
+    add("--jwt-issuer", help="required iss claim")
+    add("--jwt-audience", help="required aud claim")
+    add("--watch-timeout", type=float, help="seconds to follow an update before giving up")
+    add("--data-dir", help="directory of the SQLite journal (operations survive restarts)")
+    add("--journal", help="journal URL: redis://host:port/db shares operations between replicas")
+    add("--budget", help="Redis URL of the shared quota budgets (default: the journal's Redis)")
+    add(
+        "--no-budget",
+        dest="budget_enabled",
+        action="store_false",
+        default=None,
+        help="do not pace calls to HealthImaging (only for an emulator without quotas)",
+    )
+
+
+def settings_from_args(args: argparse.Namespace) -> Settings:
+    """Options given on the command line override the config file."""
+    mapping: dict[str, dict[str, str]] = {
+        "server": {"host": "host", "port": "port", "metrics_port": "metrics_port"},
+        "opa": {"url": "opa_url", "timeout_seconds": "opa_timeout"},
+        "backend": {"endpoint_url": "endpoint_url", "region": "region"},
+        "watch": {"timeout_seconds": "watch_timeout"},
+        "journal": {"data_dir": "data_dir", "url": "journal"},
+        "budget": {"url": "budget", "enabled": "budget_enabled"},
+        "identity": {
+            "insecure_dev_identity": "insecure_dev_identity",
+            "tls_cert": "tls_cert",
+            "tls_key": "tls_key",
+            "client_ca": "client_ca",
+            "jwt_public_keys": "jwt_public_key",
+            "jwt_jwks_file": "jwt_jwks_file",
+            "jwt_issuer": "jwt_issuer",
+            "jwt_audience": "jwt_audience",
+        },
+    }
+    overrides: dict[str, dict[str, Any]] = {}
+    for section, fields in mapping.items():
+        for field_name, arg in fields.items():
+            value = getattr(args, arg, None)
+            if value is not None:
+                overrides.setdefault(section, {})[field_name] = (
+                    tuple(value) if isinstance(value, list) else value
+                )
+    return load_settings(args.config, overrides)
+
+
+def run_serve(args: argparse.Namespace) -> int:
+    from service import app, logs
+    from service.devstack.processes import write_json_atomically
+
+    logs.configure(args.log_level)
+    try:
+        settings = settings_from_args(args)
+    except (ValueError, OSError) as exc:
+        print(f"imaging-proxy serve: bad configuration: {exc}", file=sys.stderr)
+        return 253
+    if settings.identity.insecure_dev_identity:
+        print(
+            "WARNING: --insecure-dev-identity: callers are whoever x-dev-principal says. "
+            "Never use this outside local development.",
+            file=sys.stderr,
+        )
+
+    def ready(port: int) -> None:
+        if args.ready_file:
+            write_json_atomically(args.ready_file, {"port": port})
+
+    try:
+        _run(app.run(settings, ready))
+    except ValueError as exc:  # refused configuration, e.g. no identity source
+        print(f"imaging-proxy serve: {exc}", file=sys.stderr)
+        return 253
+    return 0
+
+
+def _run(coroutine: Any) -> None:
+    try:
+        import uvloop
+
+        uvloop.run(coroutine)
+    except ImportError:  # pragma: no cover - uvloop is a dependency; keep the stdlib path working
+        asyncio.run(coroutine)
+
+
+def run_emulator(args: argparse.Namespace) -> int:
+    return run_emulator_args(list(args.emulator_args))
+
+
+def run_emulator_args(argv: list[str]) -> int:
+    from emulator.cli import main as emulator_main
+
+    return emulator_main(argv)

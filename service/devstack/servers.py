@@ -1,0 +1,125 @@
+"""Local stack: the four servers as children (OPA, the emulator, the proxy, redis-server)."""
+
+from __future__ import annotations
+
+import shutil
+import socket
+import sys
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+from service.devstack.processes import (
+    Child,
+    accepts,
+    free_port,
+    http_ok,
+    spawn,
+    wait_for_json,
+    wait_until,
+)
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
+EMULATOR_AWS_ENV = {
+    "AWS_ACCESS_KEY_ID": "emulator",
+    "AWS_SECRET_ACCESS_KEY": "emulator",
+    "AWS_DEFAULT_REGION": "us-east-1",
+}
+"""Fake credentials: the emulator ignores signatures; botocore still wants something to sign."""
+PROXY_COMMAND = ("-m", "service.cli.main")
+"""How `python` runs `imaging-proxy`; a wrapper (a profiler) goes in front of it."""
+
+
+def find_opa() -> str:
+    """The OPA binary: on PATH, else the one `make` installs into .tools/bin."""
+    found = shutil.which("opa") or REPO_ROOT / ".tools" / "bin" / "opa"
+    if not Path(found).exists():
+        raise FileNotFoundError("OPA not found: run `make run` (installs it into .tools/bin)")
+    return str(found)
+
+
+def find_policies() -> Path:
+    for candidate in (Path.cwd() / "policies", REPO_ROOT / "policies"):
+        if candidate.is_dir():
+            return candidate
+    raise FileNotFoundError("no policies/ directory found")
+
+
+def start_opa(
+    log_dir: Path,
+    port: int,
+    policies: Sequence[Path] = (),
+    args: Sequence[str] = (),
+    *,
+    decision_log: bool = True,
+    http_health: bool = True,
+) -> Child:
+    """A real OPA server on 127.0.0.1:`port` loading `policies` (default: policies/).
+
+    Ready when /health answers 200, or (`http_health=False`, e.g. OPA serving TLS, whose HTTP
+    probe would need client settings) when it accepts TCP connections.
+    """
+    argv = [find_opa(), "run", "--server", "--addr", f"127.0.0.1:{port}", *args]
+    if decision_log:
+        argv += ["--set", "decision_logs.console=true"]
+    loaded = [str(path) for path in policies] or [str(find_policies())]
+    child = spawn("opa", [*argv, *loaded], log_dir)
+    if http_health:
+        wait_until(lambda: http_ok(f"http://127.0.0.1:{port}/health"), child)
+    else:
+        wait_until(lambda: accepts(port), child)
+    return child
+
+
+@dataclass(frozen=True)
+class EmulatorProcess:
+    """A running `python -m emulator` and what its ready file says."""
+
+    child: Child
+    url: str
+    datastore_id: str
+    image_set_ids: tuple[str, ...]
+
+
+def start_emulator(log_dir: Path, args: Sequence[str] = (), port: int = 0) -> EmulatorProcess:
+    """The emulator on 127.0.0.1:`port` (0: any free port) with these options."""
+    ready_file = log_dir / "emulator-ready.json"
+    ready_file.unlink(missing_ok=True)
+    argv = [sys.executable, "-m", "emulator", "--host", "127.0.0.1", "--port", str(port)]
+    child = spawn("emulator", [*argv, "--ready-file", str(ready_file), *args], log_dir)
+    ready = wait_for_json(ready_file, child)
+    return EmulatorProcess(child, ready["url"], ready["datastoreId"], tuple(ready["imageSetIds"]))
+
+
+def start_proxy(
+    log_dir: Path,
+    args: Sequence[str],
+    env: Mapping[str, str] | None = None,
+    *,
+    name: str = "proxy",
+    command: Sequence[str] = PROXY_COMMAND,
+) -> tuple[Child, int]:
+    """`imaging-proxy serve ARGS` as a child (run by `python COMMAND`); it and its gRPC port."""
+    ready_file = log_dir / "proxy-ready.json"
+    ready_file.unlink(missing_ok=True)
+    argv = [sys.executable, *command, "serve", "--ready-file", str(ready_file), *args]
+    child = spawn(name, argv, log_dir, {**EMULATOR_AWS_ENV, **(env or {})})
+    return child, int(wait_for_json(ready_file, child)["port"])
+
+
+def start_redis(log_dir: Path, name: str = "redis") -> tuple[Child, str]:
+    """A fresh redis-server on 127.0.0.1 without persistence; it and its URL."""
+    server = shutil.which("redis-server")
+    if server is None:
+        raise FileNotFoundError("redis-server not found: `make redis` installs it")
+    port = free_port()
+    argv = [server, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"]
+    child = spawn(name, argv, log_dir)
+    wait_until(lambda: _pong(port), child)
+    return child, f"redis://127.0.0.1:{port}/0"
+
+
+def _pong(port: int) -> bool:
+    with socket.create_connection(("127.0.0.1", port), timeout=1) as sock:
+        sock.sendall(b"PING\r\n")
+        return sock.recv(16).startswith(b"+PONG")

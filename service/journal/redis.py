@@ -1,0 +1,316 @@
+"""Redis journal, shared by replicas: records, idempotency keys, in-flight image sets, leases.
+
+Each replica holds a lease; when it lapses (or the replica leaves cleanly) another replica takes
+its unfinished operations over. Every change of an operation is saved only by its owner (a
+replica that lost the lease learns so on its next save), and its events travel on one pub/sub
+channel per operation so any replica can stream any operation.
+
+Records are stored as `codec.encode` makes them (sealed when keys are set; without their
+document once submitted); the hash's `owner` and `state` fields, the idempotency key's SHA-256
+and the pub/sub events (no document) stay in clear. The connection (TLS, ACL user) comes from
+`service.redis`; every call the journal answers goes through its `translated` edge, so a Redis
+failure reaches callers as a domain error (`RedisUnavailable`, or `Internal` for a refused command).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hashlib
+import json
+import uuid
+from collections.abc import AsyncIterator, Mapping
+from typing import Any
+
+import redis.asyncio as aioredis
+import structlog
+
+from service.config import JournalSettings
+from service.journal.codec import decode, decode_readable, encode, is_stale
+from service.journal.sealing import Sealer
+from service.model import ImageSetKey, OperationRecord
+from service.redis import blocking_redis, translated
+
+log = structlog.get_logger(__name__)
+
+
+def _text(value: bytes | str) -> str:
+    """Replies are str (decode_responses=True); redis-py's types also allow bytes."""
+    return value.decode() if isinstance(value, bytes) else value
+
+
+_CREATE_LUA = """
+if #KEYS == 3 then
+  local earlier = redis.call('GET', KEYS[3])
+  if earlier then
+    local body = redis.call('HGET', ARGV[4] .. earlier, 'body')
+    if body then return {earlier, body} end
+  end
+  redis.call('SET', KEYS[3], ARGV[1], 'PX', ARGV[5])
+end
+redis.call('HSET', KEYS[1], 'body', ARGV[2], 'owner', ARGV[3], 'state', 'queued')
+redis.call('SADD', KEYS[2], ARGV[1])
+return {ARGV[1], ARGV[2]}
+"""
+
+_SAVE_LUA = """
+if redis.call('HGET', KEYS[1], 'owner') ~= ARGV[3] then return 0 end
+redis.call('HSET', KEYS[1], 'body', ARGV[2], 'state', ARGV[6])
+if ARGV[4] == '1' then
+  redis.call('SREM', KEYS[2], ARGV[1])
+  redis.call('PEXPIRE', KEYS[1], ARGV[5])
+end
+return 1
+"""
+
+_TAKE_OVER_LUA = """
+local taken = {}
+for _, id in ipairs(redis.call('SMEMBERS', KEYS[1])) do
+  local op = ARGV[2] .. id
+  local owner = redis.call('HGET', op, 'owner')
+  if not owner then
+    redis.call('SREM', KEYS[1], id)
+  elseif owner ~= ARGV[1] and redis.call('EXISTS', ARGV[3] .. owner) == 0 then
+    redis.call('HSET', op, 'owner', ARGV[1])
+    table.insert(taken, id)
+    table.insert(taken, redis.call('HGET', op, 'body'))
+  end
+end
+return taken
+"""
+
+_ADOPT_LUA = """
+if redis.call('HGET', KEYS[1], 'state') ~= 'unwatched' then return false end
+redis.call('HSET', KEYS[1], 'owner', ARGV[1], 'state', 'adopted')
+return redis.call('HGET', KEYS[1], 'body')
+"""
+
+_RELEASE_LUA = """
+if redis.call('HGET', KEYS[1], ARGV[1]) == ARGV[2] then redis.call('HDEL', KEYS[1], ARGV[1]) end
+return 1
+"""
+
+
+class RedisJournal:
+    """The journal shared by every replica; this one is `replica_id`."""
+
+    shared = True
+
+    def __init__(self, client: aioredis.Redis, settings: JournalSettings, sealer: Sealer) -> None:
+        self._client = client
+        self._settings = settings
+        self._sealer = sealer
+        self._prefix = settings.key_prefix
+        self.replica_id = uuid.uuid4().hex[:12]
+        self._create = client.register_script(_CREATE_LUA)
+        self._save = client.register_script(_SAVE_LUA)
+        self._take_over = client.register_script(_TAKE_OVER_LUA)
+        self._release = client.register_script(_RELEASE_LUA)
+        self._adopt = client.register_script(_ADOPT_LUA)
+        self._bus = _Bus(client)
+        self._tasks: list[asyncio.Task[None]] = []
+
+    @classmethod
+    @contextlib.asynccontextmanager
+    async def open(cls, settings: JournalSettings, sealer: Sealer) -> AsyncIterator[RedisJournal]:
+        async with contextlib.AsyncExitStack() as stack:
+            client = blocking_redis(settings.url)
+            stack.push_async_callback(client.aclose)
+            journal = cls(client, settings, sealer)
+            await journal._join()
+            stack.push_async_callback(journal._leave)
+            stack.push_async_callback(journal._stop)
+            yield journal
+
+    @translated("journal")
+    async def _join(self) -> None:
+        """Take a lease (a refused connection stops the start here), then keep it."""
+        await self._renew_lease()
+        self._tasks = [
+            asyncio.create_task(self._lease_forever(), name="journal-lease"),
+            asyncio.create_task(self._bus.send_forever(), name="journal-publish"),
+        ]
+
+    async def _stop(self) -> None:
+        for task in self._tasks:
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        await self._bus.close()
+
+    @translated("journal")
+    async def _leave(self) -> None:
+        """Leaving cleanly: the other replicas take our unfinished operations over at once."""
+        await self._client.delete(self._key("replica", self.replica_id))
+
+    def _key(self, *parts: str) -> str:
+        return ":".join((self._prefix, *parts))
+
+    def _idempotency_key(self, principal: str, key: str) -> str:
+        digest = hashlib.sha256(f"{principal}\0{key}".encode()).hexdigest()
+        return self._key("key", digest)
+
+    async def _renew_lease(self) -> None:
+        lease_ms = int(self._settings.lease_seconds * 1000)
+        await self._client.set(self._key("replica", self.replica_id), "1", px=lease_ms)
+
+    async def _lease_forever(self) -> None:
+        while True:
+            await asyncio.sleep(self._settings.lease_seconds / 3)
+            try:
+                await self._renew_lease()
+            except aioredis.RedisError as exc:
+                log.warning("journal_lease_failed", error=type(exc).__name__)
+
+    @translated("journal")
+    async def create(self, record: OperationRecord) -> OperationRecord:
+        keys = [self._key("op", record.id), self._key("unfinished")]
+        if record.request.idempotency_key:
+            keys.append(self._idempotency_key(record.principal, record.request.idempotency_key))
+        ttl_ms = int(self._settings.idempotency_ttl_seconds * 1000)
+        args: list[str | int] = [
+            record.id,
+            encode(record, self._sealer),
+            self.replica_id,
+            self._key("op", ""),
+            ttl_ms,
+        ]
+        operation_id, body = await self._create(keys=keys, args=args)
+        return decode(_text(body), _text(operation_id), self._sealer)
+
+    @translated("journal")
+    async def save(self, record: OperationRecord) -> bool:
+        keys = [self._key("op", record.id), self._key("unfinished")]
+        retention_ms = int(self._settings.retention_seconds * 1000)
+        finished = "1" if record.finished else "0"
+        body = encode(record, self._sealer)
+        args: list[str | int] = [record.id, body, self.replica_id, finished, retention_ms]
+        args.append(record.state)
+        return bool(await self._save(keys=keys, args=args))
+
+    @translated("journal")
+    async def get(self, operation_id: str) -> OperationRecord | None:
+        body = await self._client.hget(self._key("op", operation_id), "body")
+        return decode(_text(body), operation_id, self._sealer) if body else None
+
+    @translated("journal")
+    async def by_key(self, principal: str, key: str) -> OperationRecord | None:
+        operation_id = await self._client.get(self._idempotency_key(principal, key))
+        return await self.get(_text(operation_id)) if operation_id else None
+
+    @translated("journal")
+    async def forget_key(self, principal: str, key: str, operation_id: str) -> None:
+        name = self._idempotency_key(principal, key)
+        if _text(await self._client.get(name) or "") == operation_id:
+            await self._client.delete(name)  # a race here only re-frees a dead key
+
+    @translated("journal")
+    async def take_over(self) -> list[OperationRecord]:
+        args = [self.replica_id, self._key("op", ""), self._key("replica", "")]
+        taken = [
+            _text(item) for item in await self._take_over(keys=[self._key("unfinished")], args=args)
+        ]
+        return decode_readable(zip(taken[::2], taken[1::2], strict=True), self._sealer)
+
+    @translated("journal")
+    async def adopt(self, operation_id: str) -> OperationRecord | None:
+        body = await self._adopt(keys=[self._key("op", operation_id)], args=[self.replica_id])
+        return decode(_text(body), operation_id, self._sealer) if body else None
+
+    @translated("journal")
+    async def snapshot(self) -> Mapping[ImageSetKey, str]:
+        held = await self._client.hgetall(self._key("inflight"))
+        snapshot: dict[ImageSetKey, str] = {}
+        for field, operation_id in held.items():
+            datastore_id, _, image_set_id = _text(field).partition("/")
+            snapshot[ImageSetKey(datastore_id, image_set_id)] = _text(operation_id)
+        return snapshot
+
+    @translated("journal")
+    async def mark(self, key: ImageSetKey, operation_id: str) -> bool:
+        field = "/".join(key)
+        if await self._client.hsetnx(self._key("inflight"), field, operation_id):
+            return True
+        holder = await self._client.hget(self._key("inflight"), field)
+        return holder is not None and _text(holder) == operation_id
+
+    @translated("journal")
+    async def stale(self, operation_id: str) -> bool:
+        return is_stale(await self.get(operation_id))
+
+    @translated("journal")
+    async def release(self, key: ImageSetKey, operation_id: str) -> None:
+        await self._release(keys=[self._key("inflight")], args=["/".join(key), operation_id])
+
+    def publish(self, operation_id: str, event: Mapping[str, Any]) -> None:
+        self._bus.publish(self._key("events", operation_id), json.dumps(event))
+
+    def subscribe(
+        self, operation_id: str
+    ) -> contextlib.AbstractAsyncContextManager[asyncio.Queue[dict[str, Any]]]:
+        return self._bus.subscribe(self._key("events", operation_id))
+
+
+class _Bus:
+    """One pub/sub connection per process: publishes in order, fans received events out."""
+
+    def __init__(self, client: aioredis.Redis) -> None:
+        self._client = client
+        self._pubsub = client.pubsub(ignore_subscribe_messages=True)
+        self._outbox: asyncio.Queue[tuple[str, str]] = asyncio.Queue()
+        self._listeners: dict[str, set[asyncio.Queue[dict[str, Any]]]] = {}
+        self._reader: asyncio.Task[None] | None = None
+
+    def publish(self, channel: str, data: str) -> None:
+        self._outbox.put_nowait((channel, data))
+
+    async def send_forever(self) -> None:
+        while True:
+            batch = [await self._outbox.get()]
+            while not self._outbox.empty():
+                batch.append(self._outbox.get_nowait())
+            try:
+                async with self._client.pipeline(transaction=False) as pipe:
+                    for channel, data in batch:
+                        pipe.publish(channel, data)
+                    await pipe.execute()
+            except aioredis.RedisError as exc:
+                log.warning("event_publish_failed", events=len(batch), error=type(exc).__name__)
+
+    @contextlib.asynccontextmanager
+    async def subscribe(self, channel: str) -> AsyncIterator[asyncio.Queue[dict[str, Any]]]:
+        queue: asyncio.Queue[dict[str, Any]] = asyncio.Queue()
+        listeners = self._listeners.setdefault(channel, set())
+        listeners.add(queue)
+        try:  # a failed SUBSCRIBE leaves no listener behind (the next one subscribes again)
+            if len(listeners) == 1:
+                async with translated("journal"):
+                    await self._pubsub.subscribe(channel)
+            if self._reader is None:
+                self._reader = asyncio.create_task(self._read_forever(), name="journal-subscribe")
+            yield queue
+        finally:
+            listeners.discard(queue)
+            if not listeners:
+                del self._listeners[channel]
+                with contextlib.suppress(aioredis.RedisError):
+                    await self._pubsub.unsubscribe(channel)
+
+    async def _read_forever(self) -> None:
+        while True:
+            try:
+                message = await self._pubsub.get_message(timeout=1.0)
+            except aioredis.RedisError as exc:
+                log.warning("event_subscribe_failed", error=type(exc).__name__)
+                await asyncio.sleep(1.0)
+                continue
+            if message is None or message.get("type") != "message":
+                continue
+            for queue in self._listeners.get(_text(message["channel"]), ()):
+                queue.put_nowait(json.loads(message["data"]))
+
+    async def close(self) -> None:
+        if self._reader is not None:
+            self._reader.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._reader
+        await self._pubsub.aclose()  # type: ignore[no-untyped-call]

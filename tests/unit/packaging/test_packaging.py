@@ -1,0 +1,131 @@
+"""Dockerfile and deploy/ cannot be built here (no Docker engine): check them by construction."""
+
+from __future__ import annotations
+
+import re
+import shutil
+import subprocess
+import sys
+import tomllib
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from service.config import Settings, load_settings
+from service.health import LIVENESS, READINESS
+
+ROOT = Path(__file__).resolve().parents[3]
+DOCKERFILE = ROOT / "Dockerfile"
+DEPLOY = ROOT / "deploy"
+NAME = "imaging-proxy"
+
+
+def _instructions() -> list[tuple[str, str]]:
+    text = re.sub(r"\\\n", " ", DOCKERFILE.read_text())
+    lines = [line.strip() for line in text.splitlines()]
+    return [
+        (line.split(None, 1)[0].upper(), line.split(None, 1)[1])
+        for line in lines
+        if line and not line.startswith("#")
+    ]
+
+
+def test_hadolint_finds_nothing() -> None:
+    hadolint = shutil.which("hadolint") or str(Path(sys.executable).parent / "hadolint")
+    result = subprocess.run([hadolint, str(DOCKERFILE)], capture_output=True, text=True)
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_every_copied_path_exists() -> None:
+    sources = [
+        part
+        for op, args in _instructions()
+        if op == "COPY" and "--from=" not in args
+        for part in args.split()[:-1]
+    ]
+    assert sources, "the Dockerfile copies nothing from the build context"
+    missing = [source for source in sources if not (ROOT / source).exists()]
+    assert missing == []
+
+
+def test_every_packaged_package_is_copied() -> None:
+    found = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]["packages"]
+    packages = {pattern.rstrip("*") for pattern in found["find"]["include"]}
+    copied = {args.split()[0].rstrip("/") for op, args in _instructions() if op == "COPY"}
+    assert packages <= copied
+
+
+def test_entry_point_is_the_installed_console_script() -> None:
+    scripts = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["scripts"]
+    entrypoints = [args for op, args in _instructions() if op == "ENTRYPOINT"]
+    assert entrypoints == ['["imaging-proxy"]']
+    assert "imaging-proxy" in scripts
+
+
+def test_final_stage_runs_as_non_root_without_build_tools() -> None:
+    instructions = _instructions()
+    stages = [i for i, (op, _) in enumerate(instructions) if op == "FROM"]
+    assert len(stages) >= 2, "multi-stage build expected"
+    final = instructions[stages[-1] :]
+    users = [args for op, args in final if op == "USER"]
+    assert users and not users[-1].startswith(("root", "0"))
+    final_runs = " ".join(args for op, args in final if op == "RUN")
+    for tool in ("pip install", "apt-get install", "gcc", "grpc_tools"):
+        assert tool not in final_runs
+    assert any(op == "FROM" and "slim" in args for op, args in final)
+
+
+def test_stubs_are_generated_in_the_image_from_the_proto() -> None:
+    build_runs = " ".join(args for op, args in _instructions() if op == "RUN")
+    assert "grpc_tools.protoc" in build_runs
+    for proto in ROOT.glob("protos/**/*.proto"):
+        assert proto.relative_to(ROOT / "protos").as_posix() in build_runs
+
+
+@pytest.mark.parametrize("path", sorted((ROOT / "deploy").rglob("*.y*ml")), ids=lambda p: p.name)
+def test_deploy_manifests_parse_and_probe_grpc_health(path: Path) -> None:
+    documents = [doc for doc in yaml.safe_load_all(path.read_text()) if doc]
+    assert documents
+    text = path.read_text()
+    assert "opa" in text and "redis" in text and "--bundle" in text
+    assert "grpc" in text and ("readinessProbe" in text or "healthcheck" in text)
+
+
+def _deploy_settings() -> Settings:
+    return load_settings(DEPLOY / "imaging-proxy.toml")
+
+
+def _proxy_container() -> dict[str, Any]:
+    documents = yaml.safe_load_all((DEPLOY / "kubernetes" / "imaging-proxy.yaml").read_text())
+    deployment = next(
+        doc for doc in documents if doc["kind"] == "Deployment" and doc["metadata"]["name"] == NAME
+    )
+    containers = deployment["spec"]["template"]["spec"]["containers"]
+    return dict(next(c for c in containers if c["name"] == NAME))
+
+
+def test_deploy_settings_open_a_separate_plaintext_health_port() -> None:
+    server = _deploy_settings().server
+    assert server.health_port not in (0, server.port, server.metrics_port)
+
+
+def test_kubernetes_liveness_never_reads_readiness() -> None:
+    container, port = _proxy_container(), _deploy_settings().server.health_port
+    assert container["livenessProbe"]["grpc"] == {"port": port, "service": LIVENESS}
+    assert container["readinessProbe"]["grpc"] == {"port": port, "service": READINESS}
+    assert {"name": "health", "containerPort": port} in container["ports"]
+
+
+def test_compose_healthcheck_reads_readiness_on_the_health_port() -> None:
+    compose = yaml.safe_load((DEPLOY / "docker-compose.yml").read_text())
+    check = " ".join(compose["services"][NAME]["healthcheck"]["test"])
+    assert f"'127.0.0.1:{_deploy_settings().server.health_port}'" in check
+    assert f"service='{READINESS}'" in check
+
+
+def test_operations_doc_names_what_the_deploy_files_probe() -> None:
+    health = (ROOT / "docs" / "OPERATIONS.md").read_text().split("**Health.**")[1]
+    for name in (LIVENESS, READINESS, "health_port", "health_failures"):
+        assert f"`{name}`" in health.split("**Logs worth")[0], name
