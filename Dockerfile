@@ -6,17 +6,15 @@ ENV PIP_NO_CACHE_DIR=1 PIP_DISABLE_PIP_VERSION_CHECK=1
 WORKDIR /src
 RUN python -m venv /opt/imaging-proxy
 ENV PATH=/opt/imaging-proxy/bin:$PATH
-COPY pyproject.toml README.md ./
+COPY pyproject.toml setup.py MANIFEST.in README.md ./
 COPY protos/ protos/
+COPY policies/ policies/
 COPY service/ service/
 COPY emulator/ emulator/
 COPY medical_imaging_model/ medical_imaging_model/
-# The gRPC stubs are generated from the .proto here, exactly as `make protos` does.
-RUN pip install grpcio-tools==1.85.1 \
- && rm -rf service/_proto && mkdir -p service/_proto \
- && python -m grpc_tools.protoc -Iservice/_proto=protos --python_out=. --grpc_python_out=. \
-      service/_proto/imaging/metadata/v1/metadata.proto \
- && pip install . \
+# Building the wheel generates the gRPC stubs from protos/ (setup.py; grpcio-tools is a build
+# requirement only), exactly as `python -m build` does outside Docker.
+RUN pip install . \
  && pip uninstall --yes pip
 
 FROM python:3.11-slim-bookworm

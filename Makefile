@@ -12,12 +12,13 @@ PROTO_SRC := $(shell find protos -name '*.proto')
 PROTO_STAMP := service/_proto/.generated
 export PATH := $(TOOLS):$(CURDIR)/$(BIN):$(PATH)
 
-.PHONY: run test lint typecheck policy-test pytest install protos tools fuzz soak faults bench redis clean
+.PHONY: run test lint typecheck policy-test pytest install protos dist tools fuzz soak faults bench redis clean
 
 run: install $(OPA)
 	$(BIN)/imaging-proxy demo
 
-test: install $(OPA) redis
+# grpcurl and ghz: tests/e2e/test_reflection.py runs both against the demo by reflection.
+test: install $(OPA) $(TOOLS)/grpcurl $(TOOLS)/ghz redis
 	$(MAKE) --no-print-directory lint typecheck policy-test pytest
 
 install: $(VENV)/.installed $(PROTO_STAMP)
@@ -30,7 +31,7 @@ $(VENV)/.installed: pyproject.toml
 	touch $@
 
 # Stubs are generated from the .proto by grpcio-tools (type stubs by mypy-protobuf), never
-# edited by hand.
+# edited by hand. This is for the checkout (an editable install); a wheel generates its own.
 $(PROTO_STAMP): $(PROTO_SRC) $(VENV)/.installed
 	rm -rf service/_proto && mkdir -p service/_proto
 	$(BIN)/python -m grpc_tools.protoc -Iservice/_proto=protos \
@@ -39,6 +40,10 @@ $(PROTO_STAMP): $(PROTO_SRC) $(VENV)/.installed
 	touch $@
 
 protos: $(PROTO_STAMP)
+
+# The wheel and sdist in dist/: setup.py generates the stubs into the wheel and adds policies/.
+dist: install
+	rm -rf dist && $(BIN)/python -m build --outdir dist
 
 # The real OPA server, built from source with the Go toolchain and reused when present.
 # Without Go: download the release binary for your platform into .tools/bin/opa (see README).
@@ -101,4 +106,4 @@ faults: install $(OPA) redis
 	$(BIN)/pytest -q -p no:cacheprovider tests/e2e/faults
 
 clean:
-	rm -rf $(VENV) service/_proto .tools
+	rm -rf $(VENV) service/_proto .tools dist

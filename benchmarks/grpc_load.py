@@ -1,6 +1,7 @@
 """Benchmark 2, gRPC load: ghz against EvaluateUpdate and UpdateImageSetMetadata.
 
-ghz (a Go load generator, its own process) reads the contract from protos/.
+ghz (a Go load generator, its own process) reads the contract by server reflection, as a user
+would; if the server's reflection cannot serve it, from a protoset built from protos/.
 EvaluateUpdate (identity, normaliser, one OPA decision) runs for `--seconds` per cell.
 UpdateImageSetMetadata streams each update until `finished`: every call must name an image set's
 current version, so each cell sends one update to each of `--updates` seeded image sets (ghz
@@ -17,6 +18,7 @@ import json
 import resource
 import shutil
 import subprocess
+import sys
 import tempfile
 from collections import Counter
 from collections.abc import Sequence
@@ -29,8 +31,6 @@ from benchmarks import measure, stack, workload
 SERVICE = "imaging.metadata.v1.MetadataUpdateService"
 GHZ_PIN = "make tools"
 PROTO_ROOT = Path(__file__).resolve().parents[1] / "protos"
-# Python's reflection service cannot resolve a method's symbol, which ghz asks for: give it the
-# contract instead (grpcurl, which asks for the service, works through reflection).
 PROTO = PROTO_ROOT / "imaging" / "metadata" / "v1" / "metadata.proto"
 
 
@@ -39,6 +39,26 @@ def find_ghz() -> str:
     if not Path(found).exists():
         raise FileNotFoundError(f"ghz not found: `{GHZ_PIN}` installs the pinned version")
     return str(found)
+
+
+def contract(endpoint: str, work: Path) -> list[str]:
+    """ghz's options naming the contract: none (server reflection) when one call gets through
+    that way, else a protoset (ghz cannot parse metadata.proto's proto3 `optional` itself)."""
+    probe = [find_ghz(), "--insecure", "--call", f"{SERVICE}/EvaluateUpdate", "--data", "{}"]
+    probe += ["--total", "1", "--format", "json", endpoint]
+    completed = subprocess.run(probe, capture_output=True, text=True, timeout=60, check=False)
+    if completed.returncode == 0:
+        return []
+    print(f"  ghz by reflection failed, using a protoset: {completed.stderr[-500:]}", flush=True)
+    return ["--protoset", str(protoset(work / "metadata.protoset"))]
+
+
+def protoset(path: Path) -> Path:
+    """The contract and its imports as a FileDescriptorSet (grpcio-tools' protoc)."""
+    argv = [sys.executable, "-m", "grpc_tools.protoc", f"-I{PROTO_ROOT}", "--include_imports"]
+    argv += [f"--descriptor_set_out={path}", str(PROTO)]
+    subprocess.run(argv, check=True, timeout=60)
+    return path
 
 
 def message(datastore_id: str, image_set_id: str, version: str, sequence: int) -> dict[str, Any]:
@@ -66,14 +86,22 @@ class GhzRun:
     cpu_us_per_call: dict[str, float]
 
 
+@dataclass(frozen=True)
+class Target:
+    """Where ghz sends its calls, and how it learns the contract (see `contract`)."""
+
+    endpoint: str
+    contract: tuple[str, ...]
+
+
 def run_ghz(
-    endpoint: str, method: str, data: Path, concurrency: int, limit: Sequence[str]
+    target: Target, method: str, data: Path, concurrency: int, limit: Sequence[str]
 ) -> dict[str, Any]:
-    argv = [find_ghz(), "--insecure", "--proto", str(PROTO), "--import-paths", str(PROTO_ROOT)]
+    argv = [find_ghz(), "--insecure", *target.contract]
     argv += ["--call", f"{SERVICE}/{method}", "--data-file", str(data)]
     argv += ["--metadata", json.dumps({"x-dev-principal": stack.PRINCIPALS[0]})]
     argv += ["--concurrency", str(concurrency), "--connections", "1", "--timeout", "30s"]
-    argv += ["--format", "json", *limit, endpoint]
+    argv += ["--format", "json", *limit, target.endpoint]
     completed = subprocess.run(argv, capture_output=True, text=True, timeout=600, check=False)
     if completed.returncode != 0:
         raise RuntimeError(f"ghz failed ({completed.returncode}): {completed.stderr[-2000:]}")
@@ -82,12 +110,17 @@ def run_ghz(
 
 
 def measured(
-    running: stack.Stack, method: str, data: Path, concurrency: int, limit: Sequence[str]
+    running: stack.Stack,
+    target: Target,
+    method: str,
+    data: Path,
+    concurrency: int,
+    limit: Sequence[str],
 ) -> GhzRun:
     meter = measure.CpuMeter(running.pids())
     ghz_before = _children_cpu()
     meter.start()
-    result = run_ghz(running.endpoint, method, data, concurrency, limit)
+    result = run_ghz(target, method, data, concurrency, limit)
     cpu = meter.stop()
     count = int(result["count"])
     per_call = {
@@ -126,26 +159,28 @@ class Plan:
     repeats: int
 
 
-def run_all(running: stack.Stack, plan: Plan, work: Path) -> list[GhzRun]:
+def run_all(running: stack.Stack, target: Target, plan: Plan, work: Path) -> list[GhzRun]:
     evaluate = work / "evaluate.json"
     first = running.image_set_ids[0]
     evaluate.write_text(json.dumps(message(running.datastore_id, first, "1", 0)))
     runs = []
-    run_ghz(running.endpoint, "EvaluateUpdate", evaluate, 16, ["--total", "2000"])  # warm-up
+    run_ghz(target, "EvaluateUpdate", evaluate, 16, ["--total", "2000"])  # warm-up
     for concurrency in plan.concurrency:
         for _ in range(plan.repeats):
             # Calls still open when the time is up are left out, not counted as errors.
             limit = ["--duration", f"{plan.seconds:g}s", "--duration-stop", "ignore"]
-            runs.append(measured(running, "EvaluateUpdate", evaluate, concurrency, limit))
+            runs.append(measured(running, target, "EvaluateUpdate", evaluate, concurrency, limit))
     warm_up, measured_sets = running.image_set_ids[:WARM_UP], running.image_set_ids[WARM_UP:]
     batch = _update_batch(running.datastore_id, warm_up, 1, work)
-    run_ghz(running.endpoint, "UpdateImageSetMetadata", batch, 16, ["--total", str(WARM_UP)])
+    run_ghz(target, "UpdateImageSetMetadata", batch, 16, ["--total", str(WARM_UP)])
     version = 1
     for concurrency in plan.concurrency:
         for _ in range(plan.repeats):
             batch = _update_batch(running.datastore_id, measured_sets, version, work)
             limit = ["--total", str(len(measured_sets))]
-            runs.append(measured(running, "UpdateImageSetMetadata", batch, concurrency, limit))
+            runs.append(
+                measured(running, target, "UpdateImageSetMetadata", batch, concurrency, limit)
+            )
             version += 1
     return runs
 
@@ -203,6 +238,10 @@ WARM_UP = 100
 """Image sets updated once, untimed, before the update runs (the proxy's client warms up)."""
 
 
+def _route(target: Target) -> str:
+    return "protoset" if target.contract else "reflection"
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m benchmarks.grpc_load", description=__doc__)
     parser.add_argument("--concurrency", default="1,16,64", help="comma-separated levels")
@@ -219,10 +258,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         stack.running(options, "grpc-load") as running,
         tempfile.TemporaryDirectory() as work,
     ):
-        runs = run_all(running, plan, Path(work))
+        target = Target(running.endpoint, tuple(contract(running.endpoint, Path(work))))
+        runs = run_all(running, target, plan, Path(work))
     rows = summarise(runs)
     name = "grpc-load-profiled" if args.profile else "grpc-load"
-    path = measure.write_results(name, {"plan": plan.__dict__, "rows": rows})
+    path = measure.write_results(
+        name, {"plan": plan.__dict__, "contract": _route(target), "rows": rows}
+    )
     print(report(rows))
     print(f"\nresults: {path}")
     return 0

@@ -1,4 +1,4 @@
-"""The admin endpoint (`/_emulator/...`): request log, fault knobs, seeding, stalled work."""
+"""The admin endpoint (`/_emulator/...`): request log, faults, seeding, rewinds, stalled work."""
 
 from __future__ import annotations
 
@@ -25,6 +25,7 @@ def add_routes(app: web.Application) -> None:
     app.router.add_post(f"{ADMIN_PREFIX}/seed", _seed)
     app.router.add_post(f"{ADMIN_PREFIX}/release-stalled", _release_stalled)
     app.router.add_post(f"{ADMIN_PREFIX}/reset", _reset)
+    app.router.add_post(f"{ADMIN_PREFIX}/rewind", _rewind)
 
 
 async def _health(request: web.Request) -> web.Response:
@@ -83,6 +84,21 @@ async def _reset(request: web.Request) -> web.Response:
     request.app[BACKEND].reset()
     request.app[REQUEST_LOG].clear()
     return web.json_response({"reset": True})
+
+
+async def _rewind(request: web.Request) -> web.Response:
+    """{"datastoreId", "imageSetId"} → that image set back at version 1, as it was seeded."""
+    body = await _json_object(request)
+    backend = request.app[BACKEND]
+    backend.tick()  # an update that is due lands first, so it is not mistaken for LOCKED
+    try:
+        image_set = backend.live_image_set(
+            str(body.get("datastoreId")), str(body.get("imageSetId"))
+        )
+        image_set.rewind()
+    except EmulatorError as exc:  # 404 unknown image set, 409 LOCKED
+        return web.json_response({"message": exc.message}, status=exc.status)
+    return web.json_response({"imageSetId": image_set.image_set_id, "latestVersionId": "1"})
 
 
 async def _json_object(request: web.Request) -> dict[str, Any]:

@@ -10,7 +10,7 @@ from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Any
 
-from emulator.exceptions import ResourceNotFoundException
+from emulator.exceptions import ConflictException, ResourceNotFoundException
 
 Document = dict[str, Any]
 _ID_ALPHABET = string.digits + string.ascii_lowercase
@@ -88,6 +88,16 @@ class ImageSet:
         """Versions are numbered 1, 2, 3… with no gap and never reused."""
         assert version.version_id == len(self.versions) + 1
         self.versions.append(version)
+
+    def rewind(self) -> None:
+        """Forget every version after the first: the image set is back as it was seeded.
+
+        Only the admin endpoint does this (AWS never reuses a version id), so that every AWS
+        example, each written for version 1, can run in turn on one emulator.
+        """
+        if self.locked:
+            raise ConflictException("the image set is locked; wait for its update to finish")
+        del self.versions[1:]
 
 
 class DatastoreStatus(StrEnum):

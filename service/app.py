@@ -23,7 +23,7 @@ from service.admission import Admission
 from service.budget import Budget
 from service.config import Settings
 from service.health import Health, Probe, opa_probe
-from service.healthimaging import BackendProbe, HealthImaging
+from service.healthimaging import BackendProbe, CredentialsProbe, HealthImaging
 from service.identity import Authenticator
 from service.journal import open_journal
 from service.metrics import Metrics
@@ -35,6 +35,7 @@ from service.streams import Streams
 from service.watch import Watcher
 
 log = structlog.get_logger(__name__)
+CREDENTIALS = "aws-credentials"
 
 
 @dataclass(frozen=True)
@@ -45,7 +46,7 @@ class Parts:
     runner: Runner
     admission: Admission
     probes: Mapping[str, Probe]
-    """Reachability of each dependency, by health name ("opa", "healthimaging")."""
+    """Reachability of each dependency, by health name ("opa", "healthimaging", CREDENTIALS)."""
     shared: bool
     """The journal is shared with other replicas (their operations may need taking over)."""
 
@@ -76,6 +77,7 @@ async def open_parts(settings: Settings, stack: AsyncExitStack, metrics: Metrics
     probes: dict[str, Probe] = {
         "opa": opa_probe(session, settings.opa),
         "healthimaging": BackendProbe(session, settings.backend),
+        CREDENTIALS: CredentialsProbe(backend),
     }
     return Parts(pipeline, runner, admission, probes, journal.shared)
 
@@ -107,7 +109,13 @@ async def run(
 @contextlib.asynccontextmanager
 async def _serving(settings: Settings, parts: Parts, served: Listeners) -> AsyncIterator[None]:
     """Serve (with the health probes and the takeover loop); leave in the shutdown's order."""
-    checks = Health(served.health, SERVICE_NAME, parts.probes, settings.opa.health_failures)
+    checks = Health(
+        served.health,
+        SERVICE_NAME,
+        parts.probes,
+        settings.opa.health_failures,
+        required=("opa", CREDENTIALS),  # without credentials no update can succeed
+    )
     await checks.live()  # before the first call can ask
     await served.start()
     background = _background(settings, parts, checks)

@@ -8,7 +8,8 @@
     ├── Aborted                     ABORTED           (stale version, locked image set)
     ├── ResourceExhausted           RESOURCE_EXHAUSTED + RetryInfo
     ├── Unavailable                 UNAVAILABLE       (OPA or HealthImaging cannot answer)
-    │   └── PolicyUnavailable       (no usable decision: fail closed)
+    │   ├── PolicyUnavailable       (no usable decision: fail closed)
+    │   └── NoCredentials           (no AWS credentials: nothing can be sent to HealthImaging)
     ├── DeadlineExceeded            DEADLINE_EXCEEDED
     ├── BackendRejected             FAILED_PRECONDITION (HealthImaging refused the request)
     └── Internal                    INTERNAL
@@ -49,6 +50,8 @@ class ProxyError(Exception):
     status: StatusName = "INTERNAL"
     reason: str = "INTERNAL"
     """ErrorInfo.reason: what a client branches on."""
+    aws_code: str = ""
+    """HealthImaging's error code behind it, if any (sent as ErrorInfo metadata aws_error_code)."""
 
     def __init__(self, message: str) -> None:
         super().__init__(message)
@@ -170,6 +173,18 @@ class Unavailable(ProxyError):
 
 class PolicyUnavailable(Unavailable):
     reason = "POLICY_UNAVAILABLE"
+
+
+class NoCredentials(Unavailable):
+    """No AWS credentials were found: an operator's fix (and a restart), not a caller's."""
+
+    reason = "AWS_CREDENTIALS_MISSING"
+
+
+class StartupError(Exception):
+    """The process cannot start (a port in use): told in one line, never as a traceback.
+
+    Not a ProxyError: no caller is there to be told."""
 
 
 class DeadlineExceeded(ProxyError):

@@ -73,16 +73,21 @@ class RecordedFailure(ProxyError):
         super().__init__(recorded.message)
         self.status = status_named(recorded.code)
         self.reason = recorded.reason
+        self.aws_code = recorded.aws_code
 
 
 def record_error(error: ProxyError) -> RecordedError:
     retry = error.retry_after_seconds if isinstance(error, ResourceExhausted) else 0.0
-    return RecordedError(error.status, error.reason, error.message, retry)
+    return RecordedError(error.status, error.reason, error.message, retry, error.aws_code)
 
 
 def error_from(recorded: RecordedError) -> ProxyError:
     if recorded.retry_after_seconds:
-        return ResourceExhausted(recorded.message, recorded.retry_after_seconds, recorded.reason)
+        throttled = ResourceExhausted(
+            recorded.message, recorded.retry_after_seconds, recorded.reason
+        )
+        throttled.aws_code = recorded.aws_code
+        return throttled
     return RecordedFailure(recorded)
 
 

@@ -3,9 +3,11 @@
 The names grpc.health.v1 reports:
 
     "", "liveness"                 SERVING while the process runs; NOT_SERVING only on shutdown
-    "readiness", SERVICE_NAME      NOT_SERVING when OPA cannot be reached: its GET /health failed
-                                   `health_failures` probes in a row (or never answered yet)
+    "readiness", SERVICE_NAME      NOT_SERVING when OPA cannot be reached (its GET /health failed
+                                   `health_failures` probes in a row, or never answered yet), or
+                                   when no AWS credentials were found at start-up
     "opa", "healthimaging"         information: each dependency's reachability, judged the same way
+    "aws-credentials"              whether botocore's credential chain found credentials at start-up
 
 Readiness probes OPA's health endpoint with its own timeout, never a policy decision: a decision
 slowed by load is not an outage, and no probe result ever touches liveness, so a busy OPA can
@@ -17,7 +19,7 @@ from __future__ import annotations
 
 import asyncio
 import ssl
-from collections.abc import Mapping
+from collections.abc import Collection, Mapping
 from typing import Protocol
 
 import aiohttp
@@ -105,10 +107,13 @@ class Health:
         service_name: str,
         probes: Mapping[str, Probe],
         failures: int,
+        required: Collection[str] = ("opa",),
     ) -> None:
         self._servicer = servicer
         self._service_name = service_name
         self._probes = probes
+        self._required = tuple(required)
+        """The probes readiness needs (OPA, credentials); the others are information."""
         self._states = {name: Reachability(failures) for name in probes}
 
     async def live(self) -> None:
@@ -128,13 +133,14 @@ class Health:
             await asyncio.sleep(interval)
 
     async def probe_once(self) -> dict[str, bool]:
-        """Probe every dependency at once; readiness follows OPA's reachability."""
+        """Probe every dependency at once; readiness needs every required one up."""
         answered = await asyncio.gather(*(probe.answers() for probe in self._probes.values()))
         up = {
             name: state.observe(ok)
             for (name, state), ok in zip(self._states.items(), answered, strict=True)
         }
-        statuses = up | {READINESS: up["opa"], self._service_name: up["opa"]}
+        ready = all(up[name] for name in self._required)
+        statuses = up | {READINESS: ready, self._service_name: ready}
         for name, ok in statuses.items():
             await self._servicer.set(name, SERVING if ok else NOT_SERVING)
         return up

@@ -10,6 +10,7 @@ from typing import Any
 import aioboto3
 import aiohttp
 import botocore.exceptions
+import structlog
 from aiobotocore.config import AioConfig
 
 from medical_imaging_model import DATA_PATH
@@ -17,6 +18,7 @@ from service.config import BackendSettings
 from service.errors import (
     Aborted,
     BackendRejected,
+    NoCredentials,
     NotFound,
     ProxyError,
     ResourceExhausted,
@@ -29,12 +31,20 @@ from service.model import ImageSetStatus, UpdatePlan
 # the botocore release aioboto3 pins; botocore prefers the first search path that has the model.
 AWS_MODELS = DATA_PATH  # the newer medical-imaging model, first on botocore's data path
 
+log = structlog.get_logger(__name__)
+NO_CREDENTIALS = (
+    "no AWS credentials: the proxy found none in its environment, profile or instance role "
+    "(set them, or AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY for an emulator, and restart)"
+)
+
 
 class HealthImaging:
     """The calls the proxy makes to HealthImaging."""
 
-    def __init__(self, client: Any) -> None:
+    def __init__(self, client: Any, has_credentials: bool = True) -> None:
         self._client = client
+        self.has_credentials = has_credentials
+        """Whether botocore's credential chain found credentials at start-up."""
 
     @classmethod
     @asynccontextmanager
@@ -52,10 +62,11 @@ class HealthImaging:
             inject_host_prefix=not settings.endpoint_url,
         )
         endpoint = settings.endpoint_url or None
+        has_credentials = await _find_credentials(session)
         async with session.client(
             "medical-imaging", endpoint_url=endpoint, config=config
         ) as client:
-            yield cls(client)
+            yield cls(client, has_credentials)
 
     async def update(self, plan: UpdatePlan) -> ImageSetStatus:
         """Submit the update exactly as classified; returns the new (LOCKED) version."""
@@ -92,6 +103,29 @@ class HealthImaging:
             async with response["imageSetMetadataBlob"] as blob:
                 raw: bytes = await blob.read()
         return raw
+
+
+async def _find_credentials(session: aioboto3.Session) -> bool:
+    """Walk botocore's credential chain once at start-up (an emulator needs them too: requests
+    are signed before they are sent), so their absence shows in health, not as a first failure."""
+    try:
+        found = await session.get_credentials()
+    except botocore.exceptions.BotoCoreError as exc:  # e.g. a half-configured profile
+        log.warning("aws_credentials_unusable", error=type(exc).__name__)
+        return False
+    if found is None:
+        log.warning("aws_credentials_missing", hint=NO_CREDENTIALS)
+    return found is not None
+
+
+class CredentialsProbe:
+    """Health name "aws-credentials": whether credentials were found at start-up."""
+
+    def __init__(self, backend: HealthImaging) -> None:
+        self._backend = backend
+
+    async def answers(self) -> bool:
+        return self._backend.has_credentials
 
 
 class BackendProbe:
@@ -164,6 +198,13 @@ def _translate_errors() -> Iterator[None]:
         yield
     except botocore.exceptions.ClientError as exc:
         raise _from_client_error(exc) from exc
+    except (
+        botocore.exceptions.NoCredentialsError,
+        botocore.exceptions.PartialCredentialsError,
+        botocore.exceptions.CredentialRetrievalError,
+    ) as exc:
+        # Raised before anything is sent: the update was not applied.
+        raise NoCredentials(f"{NO_CREDENTIALS}; nothing was sent to HealthImaging") from exc
     except (botocore.exceptions.ReadTimeoutError, TimeoutError) as exc:
         raise Unavailable("HealthImaging did not answer in time") from exc
     except (botocore.exceptions.ConnectionError, botocore.exceptions.HTTPClientError) as exc:
@@ -174,6 +215,12 @@ def _translate_errors() -> Iterator[None]:
 def _from_client_error(exc: botocore.exceptions.ClientError) -> ProxyError:
     code = exc.response.get("Error", {}).get("Code", "Unknown")
     message = f"HealthImaging {code}: {exc.response.get('Error', {}).get('Message', '')}".strip()
+    error = _domain_error(code, message)
+    error.aws_code = code  # the CLI prints it as `aws` does: "An error occurred (<code>) ..."
+    return error
+
+
+def _domain_error(code: str, message: str) -> ProxyError:
     error_class, status = _CODE_TO_ERROR.get(code, (Unavailable, None))
     if error_class is ResourceExhausted:
         return ResourceExhausted(message, THROTTLE_RETRY_SECONDS, reason="BACKEND_THROTTLED")

@@ -11,6 +11,8 @@ from contextlib import contextmanager
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
 
+from service.errors import StartupError
+
 _FAST = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5)
 _SLOW = (0.1, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0, 900.0, 3600.0)
 
@@ -106,7 +108,12 @@ class Metrics:
     @contextmanager
     def serving(self, host: str, port: int) -> Iterator[int]:
         """Serve /metrics over HTTP on its own thread until the block ends; yields the port."""
-        server, thread = start_http_server(port, addr=host, registry=self.registry)
+        try:
+            server, thread = start_http_server(port, addr=host, registry=self.registry)
+        except OSError as exc:  # EADDRINUSE above all (http.server sets SO_REUSEADDR only)
+            raise StartupError(
+                f"server.metrics_port: cannot listen on {host}:{port} ({exc.strerror or exc})"
+            ) from None
         try:
             yield int(server.server_port)
         finally:

@@ -151,6 +151,7 @@ class RecordedError:
     reason: str
     message: str
     retry_after_seconds: float = 0.0
+    aws_code: str = ""  # HealthImaging's error code, when it gave one
 
 
 @dataclass(frozen=True)

@@ -32,6 +32,7 @@ from service.errors import (
     FieldViolation,
     Internal,
     InvalidArgument,
+    NoCredentials,
     NotFound,
     ProxyError,
     Unavailable,
@@ -292,11 +293,16 @@ class Runner:
                 acquired=True,
                 deadline=operation.record.deadline,
             )
+        except NoCredentials:
+            await self._forget_key(operation.record)  # nothing was sent: a retry submits again
+            raise
         except Unavailable as error:  # never retried blindly: say whether it happened
             applied, outcome = await self._write_outcome(plan)
             if applied is False:  # a retry with the same key must submit again, not replay this
                 await self._forget_key(operation.record)
-            raise Unavailable(f"{error.message}; {outcome}") from error
+            told = Unavailable(f"{error.message}; {outcome}")
+            told.aws_code = error.aws_code  # e.g. InternalServerException, for the CLI
+            raise told from error
         await self._save(operation, state="submitted", submitted=status, last_status=status)
         self._emit(operation, Submitted(operation.id, time.time(), status))
 

@@ -13,14 +13,13 @@ import grpc
 import structlog
 from google.protobuf import timestamp_pb2
 from grpc_health.v1 import health, health_pb2_grpc
-from grpc_reflection.v1alpha import reflection
 from grpc_status import rpc_status
 
-from service import audit
+from service import audit, reflection
 from service._proto.imaging.metadata.v1 import metadata_pb2 as pb
 from service._proto.imaging.metadata.v1 import metadata_pb2_grpc as pb_grpc
 from service.config import ServerSettings, Settings
-from service.errors import Internal, ProxyError
+from service.errors import Internal, ProxyError, StartupError
 from service.events import Authorized, Event, Finished, Heartbeat, Queued, StatusChanged, Submitted
 from service.identity import Authenticator
 from service.metrics import Metrics
@@ -278,6 +277,7 @@ def _server_options(settings: ServerSettings) -> list[tuple[str, Any]]:
         ("grpc.keepalive_time_ms", int(settings.keepalive_seconds * 1000)),
         ("grpc.http2.max_pings_without_data", 0),
         ("grpc.keepalive_permit_without_calls", 1),
+        ("grpc.so_reuseport", 0),  # a second process on the port is an error, not a silent twin
     ]
     if settings.max_connection_age_seconds > 0:
         options.append(
@@ -325,16 +325,10 @@ def listeners(
     pb_grpc.add_MetadataUpdateServiceServicer_to_server(servicer, server)
     health_servicer = health.aio.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
-    reflection.enable_server_reflection(
-        (SERVICE_NAME, health.SERVICE_NAME, reflection.SERVICE_NAME), server
-    )
+    reflection.enable((SERVICE_NAME, health.SERVICE_NAME), server)
     address = f"{settings.server.host}:{settings.server.port}"
     credentials = server_credentials(settings.identity)
-    port = (
-        server.add_secure_port(address, credentials)
-        if credentials is not None
-        else server.add_insecure_port(address)
-    )
+    port = _bind(server, address, credentials, "port")
     probes_only = _probes_only(settings.server, health_servicer)
     return Listeners(server, health_servicer, probes_only, port, credentials is not None)
 
@@ -344,7 +338,24 @@ def _probes_only(
 ) -> grpc.aio.Server | None:
     if not settings.health_port:
         return None
-    server = grpc.aio.server()
+    server = grpc.aio.server(options=[("grpc.so_reuseport", 0)])
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
-    server.add_insecure_port(f"{settings.host}:{settings.health_port}")
+    _bind(server, f"{settings.host}:{settings.health_port}", None, "health_port")
     return server
+
+
+def _bind(
+    server: grpc.aio.Server,
+    address: str,
+    credentials: grpc.ServerCredentials | None,
+    key: str,
+) -> int:
+    """Listen on `address`; a port in use (or an address not ours) is a StartupError naming it."""
+    try:
+        if credentials is not None:
+            return server.add_secure_port(address, credentials)
+        return server.add_insecure_port(address)
+    except RuntimeError:  # gRPC says only "Failed to bind"; the usual cause is a port in use
+        raise StartupError(
+            f"server.{key}: cannot listen on {address} (in use by another process?)"
+        ) from None

@@ -11,7 +11,6 @@ from google.protobuf import any_pb2, duration_pb2, message
 from google.rpc import error_details_pb2, status_pb2
 
 from service.errors import (
-    BackendRejected,
     InvalidArgument,
     PermissionDenied,
     ProxyError,
@@ -40,16 +39,16 @@ def details(error: ProxyError) -> list[any_pb2.Any]:
             delay = duration_pb2.Duration()
             delay.FromNanoseconds(int(error.retry_after_seconds * 1e9))
             return [_pack(_info(error)), _pack(error_details_pb2.RetryInfo(retry_delay=delay))]
-        case BackendRejected():
-            return [_pack(_info(error, {"aws_error_code": error.aws_code}))]
         case _:
             return [_pack(_info(error))]
 
 
 def _info(error: ProxyError, metadata: dict[str, str] | None = None) -> error_details_pb2.ErrorInfo:
-    return error_details_pb2.ErrorInfo(
-        reason=error.reason, domain=ERROR_DOMAIN, metadata=metadata or {}
-    )
+    """ErrorInfo(reason, domain), with HealthImaging's error code whenever one is behind it."""
+    metadata = dict(metadata or {})
+    if error.aws_code:
+        metadata["aws_error_code"] = error.aws_code
+    return error_details_pb2.ErrorInfo(reason=error.reason, domain=ERROR_DOMAIN, metadata=metadata)
 
 
 def _bad_request(error: InvalidArgument) -> error_details_pb2.BadRequest:

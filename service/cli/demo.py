@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 import shlex
+import shutil
 import signal
 import sys
 import tempfile
@@ -13,6 +14,7 @@ from pathlib import Path
 
 from service.devstack.processes import Child, stop_all, write_json_atomically
 from service.devstack.seeds import SAMPLES, samples_then_copies
+from service.devstack.servers import EMULATOR_AWS_ENV, find_opa, find_policies
 from service.devstack.stack import StackSpec, start_stack
 
 
@@ -20,9 +22,9 @@ def add_demo_verb(verbs: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     demo = verbs.add_parser(
         "demo",
         help="run OPA, the emulator and the proxy together (what `make run` does)",
-        description="Start a real OPA server with policies/, the HealthImaging emulator seeded "
-        "from pydicom's sample DICOM files, and the proxy with development identity. "
-        "Ctrl-C stops all three.",
+        description="Start a real OPA server with the policies (reloaded when they change), the "
+        "HealthImaging emulator seeded from pydicom's sample DICOM files, and the proxy with "
+        "development identity. Ctrl-C stops all three.",
     )
     demo.add_argument("--port", type=int, default=50051, help="proxy port (0 = any free port)")
     demo.add_argument("--ready-file", type=Path, help="write endpoint, ids, URLs and pids here")
@@ -38,7 +40,21 @@ def add_demo_verb(verbs: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         default=1.0,
         help="seconds the emulator takes to apply an update",
     )
-    demo.add_argument("--log-dir", type=Path, help="where child logs go (default: a temp dir)")
+    demo.add_argument(
+        "--log-dir",
+        type=Path,
+        help="where child logs and the journal go, kept on exit (default: a temporary folder, "
+        "removed on a clean exit)",
+    )
+    demo.add_argument(
+        "--policies",
+        type=Path,
+        help="OPA's policy folder (default: a checkout's policies/, else the installed copy)",
+    )
+    demo.add_argument(
+        "--opa",
+        help="the OPA binary (default: `opa` on PATH, else a checkout's .tools/bin/opa)",
+    )
     demo.add_argument(
         "--no-quotas",
         action="store_true",
@@ -60,8 +76,19 @@ def add_demo_verb(verbs: argparse._SubParsersAction[argparse.ArgumentParser]) ->
 
 
 def run_demo(args: argparse.Namespace) -> int:
+    temporary = args.log_dir is None
     log_dir = args.log_dir or Path(tempfile.mkdtemp(prefix="imaging-proxy-demo-"))
     log_dir.mkdir(parents=True, exist_ok=True)
+    code = _supervise(args, log_dir)
+    if temporary and code != 0 and any(log_dir.iterdir()):
+        print(f"imaging-proxy demo: logs kept in {log_dir}", file=sys.stderr)  # for the post-mortem
+    elif temporary:
+        shutil.rmtree(log_dir, ignore_errors=True)
+    return code
+
+
+def _supervise(args: argparse.Namespace, log_dir: Path) -> int:
+    """Start everything, wait for Ctrl-C or a child's death, stop everything; the exit code."""
     children: list[Child] = []
     stop = threading.Event()
     for signum in (signal.SIGINT, signal.SIGTERM):
@@ -70,7 +97,7 @@ def run_demo(args: argparse.Namespace) -> int:
         ready = _start_all(args, log_dir, children)
         if args.ready_file:
             write_json_atomically(args.ready_file, ready)
-        print(_banner(ready, log_dir), flush=True)
+        print(_banner(ready), flush=True)
         while not stop.wait(0.5):
             dead = [c for c in children if not c.running()]
             if dead:
@@ -86,7 +113,12 @@ def run_demo(args: argparse.Namespace) -> int:
 
 
 def _start_all(args: argparse.Namespace, log_dir: Path, children: list[Child]) -> dict[str, object]:
+    policies = args.policies or find_policies()
+    if not policies.is_dir():
+        raise FileNotFoundError(f"--policies {policies} is not a folder")
     spec = StackSpec(
+        policies=policies,
+        opa=find_opa(args.opa),
         image_sets=args.image_sets,
         seeds=samples_then_copies,
         update_delay=args.update_delay,
@@ -101,16 +133,42 @@ def _start_all(args: argparse.Namespace, log_dir: Path, children: list[Child]) -
         "endpoint": proxy.endpoint,
         "datastoreId": stack.datastore_id,
         "imageSetIds": list(stack.image_set_ids),
+        "exampleImageSetIds": list(stack.example_image_set_ids),
         "emulatorUrl": stack.emulator_url,
         "opaUrl": stack.opa_url,
         "pids": {c.name: c.pid for c in children},
         "logDir": str(log_dir),
+        "policies": str(policies),
     }
 
 
-def _banner(ready: dict[str, object], log_dir: Path) -> str:
-    image_sets = ready["imageSetIds"]
-    assert isinstance(image_sets, list)
+def _banner(ready: dict[str, object]) -> str:
+    image_sets = _strings(ready["imageSetIds"])
+    lines = [
+        "",
+        "imaging-proxy demo is running (development identity: callers are x-dev-principal).",
+        f"  proxy (gRPC)   {ready['endpoint']}",
+        f"  OPA            {ready['opaUrl']}",
+        f"  emulator       {ready['emulatorUrl']}",
+        f"  datastore      {ready['datastoreId']}",
+        *(f"  image set      {image_set}" for image_set in image_sets[:10]),
+        *([f"  … and {len(image_sets) - 10} more"] if len(image_sets) > 10 else []),
+        *(f"  AWS example    {example}" for example in _strings(ready["exampleImageSetIds"])),
+        f"  policies       {ready['policies']} (reloaded when they change)",
+        f"  logs           {ready['logDir']}",
+        "",
+        "Try it (demo-admin may do everything; demo-viewer nothing):",
+        _command(_update_example(ready)),
+        "",
+        "The AWS CLI reads the emulator directly (it ignores signatures: any credentials do):",
+        _command(_aws_example(ready)),
+        "",
+        "Ctrl-C stops all three.",
+    ]
+    return "\n".join(lines)
+
+
+def _update_example(ready: dict[str, object]) -> list[list[str]]:
     updates = json.dumps(
         {
             "DICOMUpdates": {
@@ -121,28 +179,53 @@ def _banner(ready: dict[str, object], log_dir: Path) -> str:
             }
         }
     )
-    example = [
-        [".venv/bin/imaging-proxy", "update-image-set-metadata"],
+    return [
+        [_program(), "update-image-set-metadata"],
         ["--endpoint-url", str(ready["endpoint"]), "--dev-principal", "demo-admin"],
         ["--datastore-id", str(ready["datastoreId"])],
-        ["--image-set-id", str(image_sets[0]), "--latest-version-id", "1"],
+        ["--image-set-id", _strings(ready["imageSetIds"])[0], "--latest-version-id", "1"],
         ["--cli-binary-format", "raw-in-base64-out"],
         ["--update-image-set-metadata-updates", updates],
     ]
-    lines = [
-        "",
-        "imaging-proxy demo is running (development identity: callers are x-dev-principal).",
-        f"  proxy (gRPC)   {ready['endpoint']}",
-        f"  OPA            {ready['opaUrl']}",
-        f"  emulator       {ready['emulatorUrl']}",
-        f"  datastore      {ready['datastoreId']}",
-        *(f"  image set      {image_set}" for image_set in image_sets[:10]),
-        *([f"  … and {len(image_sets) - 10} more"] if len(image_sets) > 10 else []),
-        f"  logs           {log_dir}",
-        "",
-        "Try it (demo-admin may do everything; demo-viewer nothing):",
-        "  " + " \\\n      ".join(shlex.join(line) for line in example),
-        "",
-        "Ctrl-C stops all three.",
+
+
+def _aws_example(ready: dict[str, object]) -> list[list[str]]:
+    """`aws medical-imaging get-image-set` against the emulator, pasteable on a bare machine."""
+    image_set = [*_strings(ready["exampleImageSetIds"]), *_strings(ready["imageSetIds"])][0]
+    credentials = [f"{name}={value}" for name, value in EMULATOR_AWS_ENV.items()]
+    return [
+        # botocore would prepend `runtime-` to the emulator's host name (AWS's endpoint prefix).
+        ["AWS_DISABLE_HOST_PREFIX_INJECTION=true"],
+        credentials,
+        ["aws", "medical-imaging", "get-image-set", "--endpoint-url", str(ready["emulatorUrl"])],
+        ["--datastore-id", str(ready["datastoreId"]), "--image-set-id", image_set],
     ]
-    return "\n".join(lines)
+
+
+def _command(lines: list[list[str]]) -> str:
+    """A shell command over several lines, each line's words quoted for pasting."""
+    return "  " + " \\\n      ".join(" ".join(_quote(word) for word in line) for line in lines)
+
+
+def _quote(word: str) -> str:
+    """shlex.join's quoting, except `NAME=value` environment assignments stay unquoted."""
+    name, equals, value = word.partition("=")
+    if equals and name.isidentifier() and name.isupper():
+        return f"{name}={shlex.quote(value)}"
+    return shlex.quote(word)
+
+
+def _program() -> str:
+    """How to run this `imaging-proxy` again: its name when PATH finds this very script."""
+    script = Path(sys.argv[0])
+    if script.name != "imaging-proxy":
+        return "imaging-proxy"  # run as `python -m service.cli.main`
+    on_path = shutil.which("imaging-proxy")
+    if on_path and Path(on_path).resolve() == script.resolve():
+        return "imaging-proxy"
+    return str(script)
+
+
+def _strings(value: object) -> list[str]:
+    assert isinstance(value, list)
+    return [str(item) for item in value]

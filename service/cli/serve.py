@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from service.config import Settings, load_settings
+from service.errors import StartupError
 
 
 def add_server_verbs(verbs: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -128,7 +129,7 @@ def run_serve(args: argparse.Namespace) -> int:
 
     try:
         _run(app.run(settings, ready))
-    except ValueError as exc:  # refused configuration, e.g. no identity source
+    except (ValueError, StartupError) as exc:  # refused configuration, a port in use
         print(f"imaging-proxy serve: {exc}", file=sys.stderr)
         return 253
     return 0

@@ -56,9 +56,14 @@ class Child:
 
 
 def spawn(
-    name: str, argv: Sequence[str], log_dir: Path, env: Mapping[str, str] | None = None
+    name: str,
+    argv: Sequence[str],
+    log_dir: Path,
+    env: Mapping[str, str] | None = None,
+    cwd: Path | None = None,
 ) -> Child:
-    """Start `argv` with stdout and stderr appended to `log_dir/<name>.log`."""
+    """Start `argv` (in `cwd`, default: ours) with stdout and stderr appended to
+    `log_dir/<name>.log`."""
     log_dir.mkdir(parents=True, exist_ok=True)
     log_path = log_dir / f"{name}.log"
     log_file: IO[bytes] = log_path.open("ab")
@@ -67,6 +72,7 @@ def spawn(
         stdout=log_file,
         stderr=subprocess.STDOUT,
         env={**os.environ, **(env or {})},
+        cwd=cwd,
         start_new_session=True,  # Ctrl-C reaches the supervisor, which stops children in order
     )
     log_file.close()  # the child holds its own copy

@@ -7,6 +7,7 @@ import socket
 import sys
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from importlib.resources import files
 from pathlib import Path
 
 from service.devstack.processes import (
@@ -28,21 +29,35 @@ EMULATOR_AWS_ENV = {
 """Fake credentials: the emulator ignores signatures; botocore still wants something to sign."""
 PROXY_COMMAND = ("-m", "service.cli.main")
 """How `python` runs `imaging-proxy`; a wrapper (a profiler) goes in front of it."""
+OPA_DOWNLOAD = "https://www.openpolicyagent.org/docs#running-opa"
 
 
-def find_opa() -> str:
-    """The OPA binary: on PATH, else the one `make` installs into .tools/bin."""
-    found = shutil.which("opa") or REPO_ROOT / ".tools" / "bin" / "opa"
-    if not Path(found).exists():
-        raise FileNotFoundError("OPA not found: run `make run` (installs it into .tools/bin)")
-    return str(found)
+def find_opa(explicit: str | Path | None = None) -> str:
+    """The OPA binary: `explicit` (`demo --opa`), else `opa` on PATH, else a checkout's
+    .tools/bin/opa (where `make` installs it)."""
+    if explicit is not None:
+        if not Path(explicit).is_file():
+            raise FileNotFoundError(f"OPA not found at --opa {explicit}")
+        return str(explicit)
+    checkout = REPO_ROOT / ".tools" / "bin" / "opa"
+    found = shutil.which("opa") or (str(checkout) if checkout.is_file() else None)
+    if found is None:
+        raise FileNotFoundError(
+            "OPA not found: give --opa PATH, put `opa` on PATH, or build .tools/bin/opa in a "
+            f"checkout (`make run` does); release binaries: {OPA_DOWNLOAD}"
+        )
+    return found
 
 
 def find_policies() -> Path:
-    for candidate in (Path.cwd() / "policies", REPO_ROOT / "policies"):
-        if candidate.is_dir():
-            return candidate
-    raise FileNotFoundError("no policies/ directory found")
+    """The policy folder: a checkout's policies/, else the copy the wheel ships as package data."""
+    checkout = REPO_ROOT / "policies"
+    if checkout.is_dir():
+        return checkout
+    packaged = files("service.devstack").joinpath("policies")
+    if isinstance(packaged, Path) and packaged.is_dir():  # an installed wheel is a folder
+        return packaged
+    raise FileNotFoundError("no policies found: give --policies DIR")
 
 
 def start_opa(
@@ -53,13 +68,16 @@ def start_opa(
     *,
     decision_log: bool = True,
     http_health: bool = True,
+    opa: str | Path | None = None,
 ) -> Child:
-    """A real OPA server on 127.0.0.1:`port` loading `policies` (default: policies/).
+    """A real OPA server on 127.0.0.1:`port` loading `policies` (default: `find_policies()`),
+    reloading them when they change (--watch: a grant added to data.json needs no restart).
 
-    Ready when /health answers 200, or (`http_health=False`, e.g. OPA serving TLS, whose HTTP
-    probe would need client settings) when it accepts TCP connections.
+    `opa` is the binary (default: `find_opa()`). Ready when /health answers 200, or
+    (`http_health=False`, e.g. OPA serving TLS, whose HTTP probe would need client settings)
+    when it accepts TCP connections.
     """
-    argv = [find_opa(), "run", "--server", "--addr", f"127.0.0.1:{port}", *args]
+    argv = [find_opa(opa), "run", "--server", "--watch", "--addr", f"127.0.0.1:{port}", *args]
     if decision_log:
         argv += ["--set", "decision_logs.console=true"]
     loaded = [str(path) for path in policies] or [str(find_policies())]

@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from service.devstack.admin import EmulatorAdmin
+from service.devstack.examples import seed_examples
 from service.devstack.processes import Child, free_port, stop_all
 from service.devstack.proxies import ProxyProcess, launch_proxy
 from service.devstack.seeds import fresh_copies
@@ -43,8 +44,12 @@ class StackSpec:
     datastore_id: str = DEMO_DATASTORE_ID
     policies: Path | None = None
     """OPA's policy folder (default: policies/)."""
+    opa: str | None = None
+    """OPA's binary (default: `servers.find_opa()`)."""
     redis: bool = False
     """Start a redis-server for replicas to share (`LocalStack.redis_url`)."""
+    aws_examples: bool = True
+    """Also seed the AWS CLI page's image sets (`examples.py`), outside `image_set_ids`."""
 
 
 @dataclass
@@ -58,6 +63,8 @@ class LocalStack:
     datastore_id: str
     image_set_ids: tuple[str, ...]
     redis_url: str = ""
+    example_image_set_ids: tuple[str, ...] = ()
+    """The AWS CLI page's image sets (never handed out by `take`)."""
     children: list[Child] = field(default_factory=list)
     """Every child in start order; stopped in reverse (proxies first, OPA last)."""
     unused: list[str] = field(default_factory=list)
@@ -111,20 +118,26 @@ def start_stack(spec: StackSpec, work: Path, children: list[Child]) -> LocalStac
     """Start OPA, Redis (if asked) and the seeded emulator, appending each to `children` as it
     starts, so a caller that fails half way still stops what did start."""
     opa_port = free_port()
-    children.append(start_opa(work, opa_port, [spec.policies] if spec.policies else []))
+    policies = [spec.policies] if spec.policies else []
+    children.append(start_opa(work, opa_port, policies, opa=spec.opa))
     redis_url = ""
     if spec.redis:
         redis, redis_url = start_redis(work)
         children.append(redis)
     emulator = start_emulator(work, emulator_args(spec, work))
     children.append(emulator.child)
+    admin = EmulatorAdmin(emulator.url)
+    examples = (
+        seed_examples(admin, spec.datastore_id, work / "aws-examples") if spec.aws_examples else []
+    )
     return LocalStack(
         work=work,
         opa_url=f"http://127.0.0.1:{opa_port}",
-        emulator=EmulatorAdmin(emulator.url),
+        emulator=admin,
         datastore_id=emulator.datastore_id,
         image_set_ids=emulator.image_set_ids,
         redis_url=redis_url,
+        example_image_set_ids=tuple(examples),
         children=children,
         unused=list(emulator.image_set_ids),
     )

@@ -463,8 +463,8 @@ async def test_policy_denial_is_254_with_decision_id(stack: Stack, healthimaging
     )
     assert (result.code, result.stdout) == (254, "")
     assert (
-        "An error occurred (PermissionDenied) when calling the UpdateImageSetMetadata operation:"
-        in result.stderr
+        "An error occurred (PolicyDeniedException) when calling the UpdateImageSetMetadata "
+        "operation:" in result.stderr
     )
     assert "decision id: " in result.stderr
 
@@ -480,7 +480,46 @@ async def test_stale_version_is_254(stack: Stack, healthimaging: Any) -> None:
         patient_name("STALE^VERSION"),
     )
     assert result.code == 254, result.stderr
-    assert "when calling the UpdateImageSetMetadata operation" in result.stderr
+    assert result.stderr.splitlines()[-1].startswith(
+        "An error occurred (ConflictException) when calling the UpdateImageSetMetadata operation: "
+    )
+
+
+async def test_unknown_image_set_is_resource_not_found_254(stack: Stack) -> None:
+    result = await cli(
+        stack,
+        *target(stack, "0" * 32),
+        "--cli-binary-format",
+        "raw-in-base64-out",
+        "--update-image-set-metadata-updates",
+        patient_name("NO^SUCH"),
+    )
+    assert result.code == 254, result.stderr
+    assert result.stderr.splitlines()[-1].startswith(
+        "An error occurred (ResourceNotFoundException) when calling the UpdateImageSetMetadata "
+        "operation: "
+    )
+
+
+async def test_internal_server_error_is_named_after_the_retries(
+    stack: Stack, healthimaging: Any
+) -> None:
+    image_set, _ = await fresh(stack, healthimaging)
+    with faults(stack, error_rate=1.0, operations=["UpdateImageSetMetadata"]):
+        result = await cli(
+            stack,
+            *target(stack, image_set),
+            "--cli-binary-format",
+            "raw-in-base64-out",
+            "--update-image-set-metadata-updates",
+            patient_name("NOT^APPLIED"),
+        )
+    assert result.code == 254, result.stderr
+    assert result.stderr.splitlines()[-1].startswith(
+        "An error occurred (InternalServerException) when calling the UpdateImageSetMetadata "
+        "operation: "
+    )
+    assert "the update was not applied" in result.stderr
 
 
 async def test_raw_json_without_raw_in_base64_out_is_252(stack: Stack, healthimaging: Any) -> None:

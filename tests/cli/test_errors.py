@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import botocore.exceptions
 import grpc
 import grpc.aio
 import pytest
@@ -12,6 +13,7 @@ from service import errors
 from service.cli.client.connection import retry_plan, translate
 from service.cli.client.errors import EndpointError, ServiceError
 from service.cli.main import main
+from service.healthimaging import _from_client_error
 from service.status import to_status
 
 
@@ -34,7 +36,8 @@ def test_policy_denial_names_the_decision_and_reasons() -> None:
     assert isinstance(result, ServiceError)
     assert result.exit_code == 254
     assert str(result) == (
-        "An error occurred (PermissionDenied) when calling the UpdateImageSetMetadata operation: "
+        "An error occurred (PolicyDeniedException) when calling the UpdateImageSetMetadata "
+        "operation: "
         "policy denied this update (reason: POLICY_DENIED, decision id: dec-42, "
         "policy reasons: needs admin)"
     )
@@ -165,3 +168,45 @@ def test_aws_only_options_are_accepted(capsys: pytest.CaptureFixture[str]) -> No
     aws_only = ["--profile", "p", "--region", "eu-west-1", "--no-sign-request", "--no-paginate"]
     code, out, _ = run([*UPDATE, *aws_only, "--generate-cli-skeleton", "output"], capsys)
     assert code == 0 and '"latestVersionId": "latestVersionId"' in out
+
+
+AWS_CODES = [
+    "ConflictException",
+    "ResourceNotFoundException",
+    "ValidationException",
+    "AccessDeniedException",
+    "ThrottlingException",
+    "ServiceQuotaExceededException",
+    "InternalServerException",
+]
+
+
+@pytest.mark.parametrize("aws_code", AWS_CODES)
+def test_healthimaging_errors_print_as_the_aws_cli_prints_them(aws_code: str) -> None:
+    response = {"Error": {"Code": aws_code, "Message": "what HealthImaging said"}}
+    client_error = botocore.exceptions.ClientError(response, "UpdateImageSetMetadata")  # type: ignore[arg-type]
+    result = translate(
+        proxy_error(_from_client_error(client_error)), "UpdateImageSetMetadata", "http://x"
+    )
+    assert isinstance(result, ServiceError)
+    assert result.exit_code == 254
+    assert str(result).startswith(
+        f"An error occurred ({aws_code}) when calling the UpdateImageSetMetadata operation: "
+        "what HealthImaging said"
+    )
+
+
+@pytest.mark.parametrize(
+    ("error", "name"),
+    [
+        (errors.PermissionDenied("policy denied this update", "dec-1"), "PolicyDeniedException"),
+        (errors.invalid("latest_version_id", "must be digits"), "InvalidArgument"),
+        (errors.Unauthenticated("no identity"), "Unauthenticated"),
+        (errors.NotFound("no such operation"), "NotFound"),
+        (errors.NoCredentials("no AWS credentials"), "Unavailable"),
+    ],
+)
+def test_the_proxys_own_errors_keep_names_of_their_own(error: errors.ProxyError, name: str) -> None:
+    result = translate(proxy_error(error), "UpdateImageSetMetadata", "http://x")
+    assert isinstance(result, ServiceError)
+    assert (result.code, result.exit_code) == (name, 254)

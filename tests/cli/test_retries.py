@@ -9,7 +9,7 @@ from __future__ import annotations
 import asyncio
 import io
 from collections.abc import AsyncIterator, Callable
-from typing import Any
+from typing import Any, SupportsIndex
 
 import grpc
 import grpc.aio
@@ -27,6 +27,7 @@ from service.errors import (
     PermissionDenied,
     ProxyError,
     ResourceExhausted,
+    Unavailable,
 )
 from service.status import to_status
 
@@ -95,7 +96,12 @@ async def serve(proxy: ScriptedProxy) -> tuple[grpc.aio.Server, int]:
     return server, port
 
 
-def connection(port: int, read_timeout: float | None = 10.0, attempts: int = 5) -> Connection:
+def connection(
+    port: int,
+    read_timeout: float | None = 10.0,
+    attempts: int = 5,
+    retry_timeout: float | None = None,
+) -> Connection:
     return Connection(
         endpoint_url=f"http://127.0.0.1:{port}",
         target=f"127.0.0.1:{port}",
@@ -105,6 +111,7 @@ def connection(port: int, read_timeout: float | None = 10.0, attempts: int = 5) 
         connect_timeout=10.0,
         read_timeout=read_timeout,
         max_attempts=attempts,
+        retry_timeout=retry_timeout,
     )
 
 
@@ -191,7 +198,7 @@ MANY_VIOLATIONS = InvalidArgument(
         (refused_with(MANY_VIOLATIONS), "InvalidArgument"),
         (
             refused_with(PermissionDenied("denied by policy", "dec-1", ["no grant"])),
-            "PermissionDenied",
+            "PolicyDeniedException",
         ),
         (trailers_too_large, "ResourceExhausted"),
     ],
@@ -246,3 +253,41 @@ async def test_a_throttle_with_retry_info_is_submitted_again() -> None:
         await server.stop(None)
     assert state.image_set_workflow_status == "UPDATED"
     assert len(proxy.update_requests) == 2
+
+
+class EndlessScripts(list[Script]):
+    """The same script for every attempt, however many come."""
+
+    def pop(self, _index: SupportsIndex = -1) -> Script:
+        return self[0]
+
+
+async def replayed_failure(_request: Any, context: Any) -> AsyncIterator[pb.UpdateEvent]:
+    # What a proxy replaying a recorded UNAVAILABLE for the same idempotency key sends.
+    yield event("authorized")
+    await context.abort_with_status(rpc_status.to_status(to_status(Unavailable("down"))))
+
+
+async def test_a_submit_that_keeps_failing_gives_up_after_the_retry_timeout() -> None:
+    proxy = ScriptedProxy(EndlessScripts([replayed_failure]), [])
+    server, port = await serve(proxy)
+    try:
+        with pytest.raises(ServiceError) as raised:
+            await asyncio.wait_for(  # a client retrying forever fails here instead of hanging
+                follow_update(
+                    connection(port, attempts=1_000_000, retry_timeout=1.0),
+                    REQUEST,
+                    Tracker("key-1"),
+                    Progress(io.StringIO(), live=False),
+                    False,
+                ),
+                timeout=60,
+            )
+    finally:
+        await server.stop(None)
+    assert raised.value.exit_code == 254
+    assert str(raised.value).startswith(
+        "An error occurred (Unavailable) when calling the UpdateImageSetMetadata operation: down"
+    )
+    assert "gave up after retrying for" in str(raised.value)
+    assert len(proxy.update_requests) >= 2  # it did retry before giving up

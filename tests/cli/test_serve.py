@@ -3,12 +3,16 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 import time
 from pathlib import Path
 
 import pytest
+
+from service.devstack.processes import free_port
+from service.devstack.servers import EMULATOR_AWS_ENV, start_proxy
 
 COMMAND = [sys.executable, "-m", "service.cli.main"]
 
@@ -61,3 +65,42 @@ def test_serve_refuses_bad_settings_without_a_traceback(
     assert done.returncode == 253
     assert message in done.stderr
     assert "Traceback" not in done.stderr
+
+
+def _serve_argv(tmp_path: Path, name: str, ports: dict[str, int]) -> list[str]:
+    config = tmp_path / f"{name}.toml"
+    config.write_text(
+        "[server]\n"
+        + "".join(f"{key} = {value}\n" for key, value in ports.items())
+        + f'[journal]\ndata_dir = "{tmp_path / name}"\n'
+    )
+    return [
+        "--config",
+        str(config),
+        "--insecure-dev-identity",
+        "--endpoint-url",
+        "http://127.0.0.1:9",
+    ]
+
+
+@pytest.mark.parametrize("key", ["port", "health_port", "metrics_port"])
+def test_a_second_serve_on_a_port_in_use_exits_253_naming_it(tmp_path: Path, key: str) -> None:
+    """SO_REUSEPORT is off: the second process does not silently share the first one's port."""
+    taken = {"port": free_port(), "health_port": free_port(), "metrics_port": free_port()}
+    first, _ = start_proxy(tmp_path, _serve_argv(tmp_path, "first", taken))
+    try:
+        ports = {"port": 0, key: taken[key]}
+        done = subprocess.run(
+            [*COMMAND, "serve", *_serve_argv(tmp_path, "second", ports)],
+            capture_output=True,
+            text=True,
+            timeout=60,
+            env={**os.environ, **EMULATOR_AWS_ENV},
+        )
+        assert first.running
+    finally:
+        first.stop()
+    assert done.returncode == 253, done.stderr
+    assert f"server.{key}: cannot listen on 127.0.0.1:{taken[key]}" in done.stderr
+    assert "Traceback" not in done.stderr
+    assert "serving" not in done.stdout + done.stderr

@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import grpc
 import pytest
 
 from service._proto.imaging.metadata.v1 import metadata_pb2 as pb
@@ -130,6 +131,27 @@ def throttles(logged: list[dict[str, Any]]) -> list[dict[str, Any]]:
 async def assert_eventually(check: Callable[[], Awaitable[bool]], within: float = 30.0) -> None:
     """Poll `check` until it holds (no sleeping for eventual state)."""
     await polling.eventually(check, within, until=bool)
+
+
+async def read_until(call: Any, kind: str) -> list[pb.UpdateEvent]:
+    """The stream's events up to and including the first `kind` one; fails if it ends before."""
+    events = []
+    while (event := await call.read()) != grpc.aio.EOF:
+        events.append(event)
+        if event.WhichOneof("event") == kind:
+            return events
+    raise AssertionError(f"the stream ended before a {kind!r} event: {kinds(events)}")
+
+
+@contextlib.contextmanager
+def stalled_updates(backend: QuotaStack) -> Iterator[None]:
+    """Updates stay UPDATING (LOCKED) until released: a second one on the image set queues."""
+    backend.admin("PUT", "faults", {"update_stall_rate": 1.0})
+    try:
+        yield
+    finally:
+        backend.admin("PUT", "faults", {})
+        backend.admin("POST", "release-stalled", {})
 
 
 def kinds(events: list[pb.UpdateEvent]) -> list[str]:

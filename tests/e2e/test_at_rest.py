@@ -15,21 +15,20 @@ import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
 import grpc
 import pytest
 import redis
 
-from service._proto.imaging.metadata.v1 import metadata_pb2 as pb
 from service._proto.imaging.metadata.v1 import metadata_pb2_grpc as pb_grpc
 from tests.e2e.conftest import (
     ProxyProcess,
     QuotaStack,
     dev,
-    kinds,
     quota_stack,
+    read_until,
     redis_server,
+    stalled_updates,
     study_update,
     write_quota,
 )
@@ -117,22 +116,8 @@ def journals(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Journals]:
 
 @pytest.fixture
 def stalled(journals: Journals) -> Iterator[None]:
-    """Updates stay UPDATING (LOCKED) until released: a second one on the image set queues."""
-    journals.backend.admin("PUT", "faults", {"update_stall_rate": 1.0})
-    try:
+    with stalled_updates(journals.backend):
         yield
-    finally:
-        journals.backend.admin("PUT", "faults", {})
-        journals.backend.admin("POST", "release-stalled", {})
-
-
-async def read_until(call: Any, kind: str) -> list[pb.UpdateEvent]:
-    events = []
-    while (event := await call.read()) != grpc.aio.EOF:
-        events.append(event)
-        if event.WhichOneof("event") == kind:
-            return events
-    raise AssertionError(f"no {kind!r} event: {kinds(events)}")
 
 
 @pytest.mark.parametrize("sealed", [False, True], ids=["clear", "sealed"])

@@ -24,6 +24,7 @@ from tests.e2e.conftest import (
     dev,
     kinds,
     quota_stack,
+    read_until,
     study_update,
     throttles,
     within_budget,
@@ -66,15 +67,6 @@ async def read_all(call: Any) -> list[pb.UpdateEvent]:
     while (event := await call.read()) != grpc.aio.EOF:
         events.append(event)
     return events
-
-
-async def read_until(call: Any, kind: str) -> list[pb.UpdateEvent]:
-    events = []
-    while (event := await call.read()) != grpc.aio.EOF:
-        events.append(event)
-        if event.WhichOneof("event") == kind:
-            return events
-    raise AssertionError(f"the stream ended before a {kind!r} event: {kinds(events)}")
 
 
 async def test_many_concurrent_callers_finish_within_the_write_budget(

@@ -25,7 +25,9 @@ from tests.e2e.conftest import (
     dev,
     kinds,
     quota_stack,
+    read_until,
     redis_server,
+    stalled_updates,
     study_update,
     throttles,
     within_budget,
@@ -74,21 +76,8 @@ async def stubs(replicas: Replicas) -> AsyncIterator[list[pb_grpc.MetadataUpdate
 
 @pytest.fixture
 def stalled(replicas: Replicas) -> Iterator[None]:
-    replicas.backend.admin("PUT", "faults", {"update_stall_rate": 1.0})
-    try:
+    with stalled_updates(replicas.backend):
         yield
-    finally:
-        replicas.backend.admin("PUT", "faults", {})
-        replicas.backend.admin("POST", "release-stalled", {})
-
-
-async def read_until(call: Any, kind: str) -> list[pb.UpdateEvent]:
-    events = []
-    while (event := await call.read()) != grpc.aio.EOF:
-        events.append(event)
-        if event.WhichOneof("event") == kind:
-            return events
-    raise AssertionError(f"no {kind!r} event: {kinds(events)}")
 
 
 def final(events: list[pb.UpdateEvent]) -> tuple[str, str]:

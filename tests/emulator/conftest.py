@@ -26,13 +26,11 @@ from emulator.models import Backend
 from emulator.server import running
 from medical_imaging_model import DATA_PATH as MODELS_DIR
 from service.devstack.admin import EmulatorAdmin
+from service.devstack.examples import EXAMPLE_SERIES, EXAMPLE_SERIES_7, EXAMPLE_SOP_7
 from service.devstack.polling import eventually_sync
 from service.devstack.seeds import sample_path
 
 DEMO_DATASTORE = "12345678901234567890123456789012"
-EXAMPLE_SERIES = "1.1.1.1.1.1.12345.123456789012.123.12345678901234.1"
-EXAMPLE_SERIES_7 = "1.3.6.1.4.1.5962.99.1.3633258862.2104868982.1369432891697.3656.0"
-EXAMPLE_SOP_7 = "1.3.6.1.4.1.5962.99.1.3633258862.2104868982.1369432891697.3659.0"
 EXAMPLE_STUDY = "1.2.826.0.1.3680043.8.498.1"
 CREDENTIALS = {"aws_access_key_id": "emulator", "aws_secret_access_key": "emulator"}
 T = TypeVar("T")

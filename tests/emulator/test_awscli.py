@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import gzip
 import json
 import os
 import subprocess
 import sys
+import urllib.error
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -13,19 +15,23 @@ from typing import Any
 
 import pytest
 
-from tests.emulator.conftest import (
-    DEMO_DATASTORE,
+from service.devstack.examples import (
     EXAMPLE_SERIES,
     EXAMPLE_SERIES_7,
     EXAMPLE_SOP_7,
+    IMAGE_SET_A,
+    IMAGE_SET_B,
+    rewind_examples,
+    seed_examples,
+)
+from tests.emulator.conftest import (
+    DEMO_DATASTORE,
     Emulator,
     metadata,
     settled,
 )
 
 AWS = Path(sys.executable).parent / "aws"
-IMAGE_SET_A = "ea92b0d8838c72a3f25d00d13616f87e"
-IMAGE_SET_B = "53d5fdb05ca4d46ac7ca64b06545c66e"
 # The documented output of every example (values differ, the shape must not).
 DOCUMENTED_OUTPUT = {
     "latestVersionId": "2",
@@ -208,3 +214,68 @@ def _check_effect(number: int, doc: dict[str, Any]) -> None:
         7: lambda: list(series[EXAMPLE_SERIES_7]["Instances"]) == [EXAMPLE_SOP_7[:-1] + "9"],
     }
     assert checks[number](), f"example {number} did not change the metadata as documented"
+
+
+@pytest.fixture
+def page_image_sets(emulator: Emulator, tmp_path: Path) -> list[str]:
+    """A clean account holding the demo's seeds for the page (`service.devstack.examples`)."""
+    emulator.admin("POST", "reset")
+    return seed_examples(emulator, DEMO_DATASTORE, tmp_path / "page")
+
+
+def test_cli_read_calls_and_an_update_on_the_page_image_sets(
+    emulator: Emulator, client: Any, page_image_sets: list[str], tmp_path: Path
+) -> None:
+    """The four read calls and an update, as the README shows them, with the real AWS CLI."""
+    target = ["--datastore-id", DEMO_DATASTORE, "--image-set-id", IMAGE_SET_A]
+    got = aws(emulator, "get-image-set", *target)
+    assert got.returncode == 0, got.stderr
+    assert json.loads(got.stdout)["imageSetState"] == "ACTIVE"
+    fetched = aws(emulator, "get-image-set-metadata", *target, str(tmp_path / "m.json.gz"))
+    assert fetched.returncode == 0, fetched.stderr
+    document = json.loads(gzip.decompress((tmp_path / "m.json.gz").read_bytes()))
+    assert document["Study"]["DICOM"]["StudyDescription"] == "CHEST"
+    assert len(document["Study"]["Series"][EXAMPLE_SERIES]["Instances"]) == 2
+    found = aws(emulator, "search-image-sets", "--datastore-id", DEMO_DATASTORE)
+    assert found.returncode == 0, found.stderr
+    listed = {s["imageSetId"] for s in json.loads(found.stdout)["imageSetsMetadataSummaries"]}
+    assert listed == {IMAGE_SET_A, IMAGE_SET_B}
+    updated = aws(emulator, *update_args(V2_EXAMPLES[0]))
+    assert updated.returncode == 0, updated.stderr
+    settled(client, DEMO_DATASTORE, IMAGE_SET_A)
+    versions = aws(emulator, "list-image-set-versions", *target)
+    assert versions.returncode == 0, versions.stderr
+    listing = json.loads(versions.stdout)["imageSetPropertiesList"]
+    assert [v["versionId"] for v in listing] == ["2", "1"]
+    operations = [r["operation"] for r in emulator.requests()]
+    assert operations[:4] == [
+        "GetImageSet",
+        "GetImageSetMetadata",
+        "SearchImageSets",
+        "UpdateImageSetMetadata",
+    ]
+
+
+def test_rewind_puts_the_page_image_set_back_at_version_1(
+    emulator: Emulator, client: Any, page_image_sets: list[str]
+) -> None:
+    """How one demo runs every example: each names version 1, so the admin rewinds."""
+    emulator.set_faults(update_stall_rate=1.0)  # the update stays LOCKED until released
+    first = aws(emulator, *update_args(V2_EXAMPLES[0]))
+    assert first.returncode == 0, first.stderr
+    with pytest.raises(urllib.error.HTTPError) as locked:
+        rewind_examples(emulator, DEMO_DATASTORE)
+    assert locked.value.code == 409
+    emulator.set_faults()
+    assert emulator.release_stalled() == 1
+    settled(client, DEMO_DATASTORE, IMAGE_SET_A)
+    stale = aws(emulator, *update_args(V2_EXAMPLES[1]))
+    assert "ConflictException" in stale.stderr
+    rewind_examples(emulator, DEMO_DATASTORE)
+    assert metadata(client, DEMO_DATASTORE, IMAGE_SET_A)["Patient"]["DICOM"]["PatientName"] == (
+        "CompressedSamples^CT1"
+    )
+    again = aws(emulator, *update_args(V2_EXAMPLES[1]))
+    assert again.returncode == 0, again.stderr
+    assert json.loads(again.stdout)["latestVersionId"] == "2"
+    settled(client, DEMO_DATASTORE, IMAGE_SET_A)

@@ -8,9 +8,9 @@ from typing import Any
 
 import pytest
 
+from service.devstack.examples import EXAMPLE_SERIES
 from tests.emulator.conftest import (
     DEMO_DATASTORE,
-    EXAMPLE_SERIES,
     EXAMPLE_STUDY,
     IMPORT_URI,
     Emulator,

@@ -7,11 +7,9 @@ from typing import Any
 
 import pytest
 
+from service.devstack.examples import EXAMPLE_SERIES, EXAMPLE_SERIES_7, EXAMPLE_SOP_7
 from tests.emulator.conftest import (
     DEMO_DATASTORE,
-    EXAMPLE_SERIES,
-    EXAMPLE_SERIES_7,
-    EXAMPLE_SOP_7,
     Emulator,
     blob,
     metadata,

@@ -26,6 +26,7 @@ from service.cli.client.errors import ConfigError, ParamError
 
 DEFAULT_ENDPOINT = "127.0.0.1:50051"
 DEFAULT_MAX_ATTEMPTS = 5
+DEFAULT_RETRY_TIMEOUT_S = 120.0
 _TLS_SCHEMES = {"https": 443, "grpcs": 443}
 _PLAIN_SCHEMES = {"http": 80, "grpc": 80}
 
@@ -122,6 +123,22 @@ def _max_attempts(environ: Mapping[str, str]) -> int:
     return int(raw)
 
 
+def _retry_timeout(args: argparse.Namespace, environ: Mapping[str, str]) -> float | None:
+    """--cli-retry-timeout, else IMAGING_PROXY_RETRY_TIMEOUT, else the default; 0: unbounded."""
+    if getattr(args, "cli_retry_timeout", None) is not None:
+        return _timeout(args.cli_retry_timeout)
+    raw = environ.get("IMAGING_PROXY_RETRY_TIMEOUT", str(DEFAULT_RETRY_TIMEOUT_S))
+    try:
+        seconds = float(raw)
+    except ValueError:
+        seconds = -1.0
+    if not seconds >= 0 or seconds == float("inf"):
+        raise ConfigError(
+            f"IMAGING_PROXY_RETRY_TIMEOUT must be a number of seconds >= 0, not {raw!r}"
+        )
+    return _timeout(seconds)
+
+
 def identity_metadata(
     args: argparse.Namespace, environ: Mapping[str, str]
 ) -> tuple[tuple[str, str], ...]:
@@ -161,6 +178,7 @@ def resolve_connection(args: argparse.Namespace, environ: Mapping[str, str]) -> 
         connect_timeout=connect_timeout,
         read_timeout=_timeout(args.cli_read_timeout),
         max_attempts=_max_attempts(environ),
+        retry_timeout=_retry_timeout(args, environ),
     )
 
 

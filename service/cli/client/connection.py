@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import random
+import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
@@ -59,6 +60,8 @@ class Connection:
     """The longest silence tolerated on a status stream; None for no bound."""
     max_attempts: int
     """Attempts per call when the proxy is unreachable or the stream is lost."""
+    retry_timeout: float | None = None
+    """The longest time spent retrying without progress before giving up; None for no bound."""
 
 
 @dataclass
@@ -129,9 +132,23 @@ def translate(err: grpc.aio.AioRpcError, operation: str, endpoint_url: str) -> C
     if status is None and code is grpc.StatusCode.DEADLINE_EXCEEDED:
         return EndpointError(f'Read timeout on endpoint URL: "{endpoint_url}"')
     info, bad_request, retry = _details(status)
-    aws_code = (info.metadata.get("aws_error_code") if info else None) or _pascal(code.name)
-    message = (err.details() or code.name) + _extras(info, bad_request, retry, err.details() or "")
-    return ServiceError(aws_code, operation, message)
+    name = error_name(code, info)
+    told = (err.details() or code.name).removeprefix(f"HealthImaging {name}: ")
+    message = told + _extras(info, bad_request, retry, err.details() or "")
+    return ServiceError(name, operation, message)
+
+
+POLICY_DENIED_NAME = "PolicyDeniedException"
+
+
+def error_name(code: grpc.StatusCode, info: error_details_pb2.ErrorInfo | None) -> str:
+    """The name in "An error occurred (<name>)": HealthImaging's own error code when the proxy
+    passes one on, PolicyDeniedException for a policy denial, else the status in the AWS style."""
+    if info is not None and info.metadata.get("aws_error_code"):
+        return str(info.metadata["aws_error_code"])
+    if info is not None and info.reason == "POLICY_DENIED":
+        return POLICY_DENIED_NAME
+    return _pascal(code.name)
 
 
 def _rich_status(err: grpc.aio.AioRpcError) -> status_pb2.Status | None:
@@ -261,25 +278,52 @@ async def follow_update(
     """Submit (or re-attach to) an update; return the finished state, or the submitted one."""
     operation = "UpdateImageSetMetadata" if request is not None else "WatchUpdate"
     failures = 0
+    clock = _RetryClock(conn.retry_timeout)
     while True:
         events_before, silence = tracker.events, False
         try:
             return await _one_attempt(conn, request, tracker, observer, until_submitted)
         except grpc.aio.AioRpcError as err:
             plan = retry_plan(err, tracker.acknowledged or request is None, failures)
+            error = translate(err, operation, conn.endpoint_url)
             if plan is None or failures + 1 >= conn.max_attempts:
-                raise translate(err, operation, conn.endpoint_url) from None
+                raise error from None
             if plan.resubmit:
                 tracker.operation_id = ""
             reason, delay = f"{err.code().name}: {err.details() or 'connection lost'}", plan.delay
         except _Retryable as retry:
             if failures + 1 >= conn.max_attempts:
                 raise retry.error from None
-            reason, delay, silence = str(retry.error), backoff_seconds(failures), retry.silence
-        # A stream that made progress before it broke starts a fresh budget of attempts.
+            error, delay, silence = retry.error, backoff_seconds(failures), retry.silence
+            reason = str(error)
+        # A stream that made progress before it broke starts a fresh budget of attempts and time.
         progressed = tracker.events != events_before and not silence
         failures = 0 if progressed else failures + 1
+        clock.check(progressed, delay, error)
         await _pause_before_retry(delay, reason, tracker, observer)
+
+
+class _RetryClock:
+    """Bounds the time spent retrying without progress (a submit that keeps failing)."""
+
+    def __init__(self, limit: float | None) -> None:
+        self._limit = limit
+        self._since = time.monotonic()
+
+    def check(self, progressed: bool, delay: float, error: CliError) -> None:
+        """Raise the last error, saying so, when the next attempt would start past the bound."""
+        now = time.monotonic()
+        if progressed:
+            self._since = now
+        if self._limit is not None and now + delay - self._since > self._limit:
+            raise _gave_up(error, now - self._since) from None
+
+
+def _gave_up(error: CliError, waited: float) -> CliError:
+    note = f" (gave up after retrying for {waited:.0f}s; see --cli-retry-timeout)"
+    if isinstance(error, ServiceError):
+        return ServiceError(error.code, error.operation, error.message + note)
+    return EndpointError(str(error) + note)
 
 
 async def _pause_before_retry(
@@ -362,6 +406,7 @@ async def evaluate(
 ) -> metadata_pb2.Evaluation:
     """The dry run; retried like a submit while the proxy is unreachable."""
     failures = 0
+    clock = _RetryClock(conn.retry_timeout)
     while True:
         try:
             async with open_channel(conn) as channel:
@@ -373,12 +418,14 @@ async def evaluate(
                 return result
         except grpc.aio.AioRpcError as err:
             plan = retry_plan(err, False, failures)
+            error = translate(err, "EvaluateUpdate", conn.endpoint_url)
             if plan is None or failures + 1 >= conn.max_attempts:
-                raise translate(err, "EvaluateUpdate", conn.endpoint_url) from None
+                raise error from None
             delay = plan.delay
         except _Retryable as retry:
             if failures + 1 >= conn.max_attempts:
                 raise retry.error from None
-            delay = backoff_seconds(failures)
+            error, delay = retry.error, backoff_seconds(failures)
         failures += 1
+        clock.check(False, delay, error)
         await asyncio.sleep(delay)

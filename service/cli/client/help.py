@@ -37,6 +37,7 @@ _COMMON_SYNOPSIS = """\
   [--client-cert <value> --client-key <value>] [--token <value>]
   [--dev-principal <value>]
   [--cli-connect-timeout <value>] [--cli-read-timeout <value>]
+  [--cli-retry-timeout <value>]
   [--profile <value>] [--region <value>] [--no-sign-request] [--no-paginate]
   [--cli-auto-prompt] [--no-cli-auto-prompt]"""
 _UPDATE_SYNOPSIS = """\
@@ -306,6 +307,12 @@ READ_TIMEOUT = (
     "(int) The longest silence in seconds tolerated on the status stream (the proxy sends "
     "progress at least every few seconds); it does not bound the whole update. If the value is "
     "set to 0, silences are not bounded. The default value is 60 seconds."
+)
+RETRY_TIMEOUT = (
+    "(int) How long in seconds the command keeps retrying (re-submitting or re-attaching) "
+    "without the update making progress before it gives up and reports the last error. If the "
+    "value is set to 0, retries are not bounded in time. The default value is "
+    "IMAGING_PROXY_RETRY_TIMEOUT, else 120 seconds."
 )
 AWS_ONLY = (
     "Accepted so that AWS CLI command lines work unchanged; they have no effect here. The proxy "

@@ -198,6 +198,8 @@ def _add_connection_options(parser: argparse.ArgumentParser) -> None:
         metavar="<value>",
         help=client_help.READ_TIMEOUT,
     )
+    retry_help = client_help.RETRY_TIMEOUT
+    group.add_argument("--cli-retry-timeout", type=timeout, metavar="<value>", help=retry_help)
 
 
 def _add_aws_only_options(parser: argparse.ArgumentParser) -> None:

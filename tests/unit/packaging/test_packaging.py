@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import re
 import shutil
 import subprocess
@@ -9,6 +10,7 @@ import sys
 import tomllib
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 import pytest
 import yaml
@@ -77,11 +79,16 @@ def test_final_stage_runs_as_non_root_without_build_tools() -> None:
     assert any(op == "FROM" and "slim" in args for op, args in final)
 
 
-def test_stubs_are_generated_in_the_image_from_the_proto() -> None:
-    build_runs = " ".join(args for op, args in _instructions() if op == "RUN")
-    assert "grpc_tools.protoc" in build_runs
-    for proto in ROOT.glob("protos/**/*.proto"):
-        assert proto.relative_to(ROOT / "protos").as_posix() in build_runs
+def test_stubs_are_generated_in_the_image_by_the_wheel_build() -> None:
+    """The image installs the project, so setup.py generates the stubs from protos/."""
+    sources = {
+        part
+        for op, args in _instructions()
+        if op == "COPY" and "--from=" not in args
+        for part in args.split()[:-1]
+    }
+    assert {"setup.py", "MANIFEST.in", "protos/", "policies/"} <= sources
+    assert any(op == "RUN" and "pip install . " in args + " " for op, args in _instructions())
 
 
 @pytest.mark.parametrize("path", sorted((ROOT / "deploy").rglob("*.y*ml")), ids=lambda p: p.name)
@@ -129,3 +136,64 @@ def test_operations_doc_names_what_the_deploy_files_probe() -> None:
     health = (ROOT / "docs" / "OPERATIONS.md").read_text().split("**Health.**")[1]
     for name in (LIVENESS, READINESS, "health_port", "health_failures"):
         assert f"`{name}`" in health.split("**Logs worth")[0], name
+
+
+def _compose() -> dict[str, Any]:
+    return dict(yaml.safe_load((DEPLOY / "docker-compose.yml").read_text()))
+
+
+def _kubernetes(kind: str, name: str) -> dict[str, Any]:
+    documents = yaml.safe_load_all((DEPLOY / "kubernetes" / "imaging-proxy.yaml").read_text())
+    return dict(next(d for d in documents if d["kind"] == kind and d["metadata"]["name"] == name))
+
+
+def test_the_replicas_share_the_redis_that_compose_and_kubernetes_start() -> None:
+    journal = _deploy_settings().journal
+    assert journal.url.startswith(("redis://", "rediss://")) and not journal.data_dir
+    host, port = urlsplit(journal.url).hostname, urlsplit(journal.url).port or 6379
+    compose = _compose()["services"]
+    assert host in compose and host in compose[NAME]["depends_on"]
+    assert {"port": port} in _kubernetes("Service", str(host))["spec"]["ports"]
+    assert "--journal" not in _proxy_container()["args"], "the TOML's journal is the one used"
+
+
+def test_tls_files_are_where_compose_and_kubernetes_mount_them() -> None:
+    identity = _deploy_settings().identity
+    paths = [Path(p) for p in (identity.tls_cert, identity.tls_key, identity.client_ca)]
+    folder = {str(p.parent) for p in paths}
+    assert len(folder) == 1
+    assert f"./tls:{folder.pop()}:ro" in _compose()["services"][NAME]["volumes"]
+    mounts = {m["name"]: m["mountPath"] for m in _proxy_container()["volumeMounts"]}
+    assert mounts["tls"] == str(paths[0].parent)
+    secret_comment = (
+        (DEPLOY / "kubernetes" / "imaging-proxy.yaml").read_text().split("apiVersion")[0]
+    )
+    for path in paths:
+        assert f"--from-file=deploy/tls/{path.name}" in secret_comment
+    assert os.access(DEPLOY / "tls" / "make-certs.sh", os.X_OK)
+
+
+def test_every_documented_tls_path_is_one_deploy_uses() -> None:
+    identity = _deploy_settings().identity
+    used = {identity.tls_cert, identity.tls_key, identity.client_ca}
+    for doc in ("README.md", "docs/OPERATIONS.md", "docs/IDENTITY.md"):
+        named = set(
+            re.findall(r"/etc/imaging-proxy/[\w/.-]+\.(?:crt|key)", (ROOT / doc).read_text())
+        )
+        assert named and named <= used, (doc, named - used)
+
+
+def test_only_the_api_is_reachable_from_outside_the_pod_or_host() -> None:
+    server = _deploy_settings().server
+    published = _compose()["services"][NAME]["ports"]
+    assert f"{server.port}:{server.port}" in published
+    assert f"127.0.0.1:{server.metrics_port}:{server.metrics_port}" in published
+    assert not any(str(server.health_port) in entry for entry in published)
+    service_ports = _kubernetes("Service", NAME)["spec"]["ports"]
+    assert [p["targetPort"] for p in service_ports] == ["grpc"]
+    named = {p["name"]: p["containerPort"] for p in _proxy_container()["ports"]}
+    assert named == {
+        "grpc": server.port,
+        "health": server.health_port,
+        "metrics": server.metrics_port,
+    }

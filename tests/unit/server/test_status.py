@@ -94,6 +94,11 @@ WIRE: list[tuple[ProxyError, grpc.StatusCode, list[message.Message]]] = [
     ),
     (errors.Unavailable("down"), grpc.StatusCode.UNAVAILABLE, [info("BACKEND_UNAVAILABLE")]),
     (errors.PolicyUnavailable("no"), grpc.StatusCode.UNAVAILABLE, [info("POLICY_UNAVAILABLE")]),
+    (
+        errors.NoCredentials("no AWS credentials"),
+        grpc.StatusCode.UNAVAILABLE,
+        [info("AWS_CREDENTIALS_MISSING")],
+    ),
     (Draining("bye"), grpc.StatusCode.UNAVAILABLE, [info("PROXY_SHUTTING_DOWN")]),
     (
         RedisUnavailable("journal: Redis unavailable (ConnectionError)"),
@@ -125,6 +130,11 @@ WIRE: list[tuple[ProxyError, grpc.StatusCode, list[message.Message]]] = [
         RecordedFailure(RecordedError("PERMISSION_DENIED", "POLICY_DENIED", "denied")),
         grpc.StatusCode.PERMISSION_DENIED,
         [info("POLICY_DENIED")],  # told again from its record: code, reason, message
+    ),
+    (
+        RecordedFailure(RecordedError("ABORTED", "BACKEND_CONFLICT", "stale", 0.0, "X")),
+        grpc.StatusCode.ABORTED,
+        [info("BACKEND_CONFLICT", aws_error_code="X")],  # and HealthImaging's code
     ),
 ]
 
