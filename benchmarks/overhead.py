@@ -34,7 +34,7 @@ from benchmarks.measure import CpuUse, ms, percentile
 from service._proto.imaging.metadata.v1 import metadata_pb2_grpc as pb_grpc
 from service.config import OpaSettings
 from service.model import Caller
-from service.policy import build_input
+from service.policy_input import build_input
 from service.server import to_update_request
 from service.updates import normalise
 

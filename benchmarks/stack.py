@@ -23,11 +23,12 @@ from typing import Any, Literal
 
 from service.config import Settings
 from service.devstack.admin import EmulatorAdmin
+from service.devstack.examples import DEMO_DATASTORE_ID
 from service.devstack.processes import Child, stop_all
 from service.devstack.proxies import ProxyProcess
 from service.devstack.servers import EMULATOR_AWS_ENV, find_policies
 from service.devstack.settings import NO_BUDGET, Sections, merged
-from service.devstack.stack import DEMO_DATASTORE_ID, LocalStack, StackSpec, start_stack
+from service.devstack.stack import LocalStack, StackSpec, start_stack
 
 DATASTORE_ID = DEMO_DATASTORE_ID
 PRINCIPALS = tuple(f"bench-{index:02d}" for index in range(10))

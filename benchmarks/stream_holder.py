@@ -31,7 +31,7 @@ import uvloop
 from benchmarks import measure, workload
 from service._proto.imaging.metadata.v1 import metadata_pb2 as pb
 from service._proto.imaging.metadata.v1 import metadata_pb2_grpc as pb_grpc
-from service.devstack.processes import read_json, write_json_atomically
+from service.readyfile import read_json, write_json_atomically
 
 
 @dataclass

@@ -38,8 +38,8 @@ import uvloop
 from benchmarks import measure, stack, stream_holder, workload
 from benchmarks.measure import mb, percentile
 from service._proto.imaging.metadata.v1 import metadata_pb2_grpc as pb_grpc
-from service.devstack import processes
 from service.devstack.settings import update_quota
+from service.readyfile import read_json
 
 REPO = Path(__file__).resolve().parents[1]
 HEAP_LINES = 20
@@ -245,7 +245,7 @@ async def heap_report(proxy: int, path: Path) -> dict[str, Any]:
     """Ask the traced proxy (SIGUSR1) for its heap report and read it."""
     _request_heap_report(proxy, path)
     await settle(path.exists, "heap report", 120)
-    report: dict[str, Any] = processes.read_json(path)
+    report: dict[str, Any] = read_json(path)
     return report
 
 

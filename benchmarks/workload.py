@@ -16,8 +16,8 @@ import aioboto3
 import grpc
 from aiobotocore.config import AioConfig
 
+import medical_imaging_model
 from service._proto.imaging.metadata.v1 import metadata_pb2 as pb
-from service.healthimaging import AWS_MODELS
 from service.model import TERMINAL_WORKFLOW_STATUSES
 
 TERMINAL = TERMINAL_WORKFLOW_STATUSES
@@ -75,7 +75,7 @@ async def direct_client(emulator_url: str, connections: int) -> AsyncIterator[An
     session = aioboto3.Session(
         region_name="us-east-1", aws_access_key_id="emulator", aws_secret_access_key="emulator"
     )
-    session._session.get_component("data_loader").search_paths.insert(0, str(AWS_MODELS))
+    medical_imaging_model.install(session._session)
     config = AioConfig(
         retries={"mode": "standard", "total_max_attempts": 1},
         max_pool_connections=connections,

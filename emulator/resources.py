@@ -85,7 +85,7 @@ class ImageSet:
         return {uid for s in series for uid in s.get("Instances", {})}
 
     def add_version(self, version: Version) -> None:
-        """Versions are numbered 1, 2, 3… with no gap and never reused."""
+        """Versions are numbered 1, 2, 3… with no gap (the admin rewind alone reuses them)."""
         assert version.version_id == len(self.versions) + 1
         self.versions.append(version)
 

@@ -7,7 +7,7 @@ from functools import cache
 from botocore.loaders import Loader
 from botocore.model import OperationModel, ServiceModel
 
-from medical_imaging_model import DATA_PATH as MODELS_DIR
+from medical_imaging_model import DATA_PATH
 
 SERVICE_NAME = "medical-imaging"
 
@@ -15,7 +15,7 @@ SERVICE_NAME = "medical-imaging"
 @cache
 def service_model() -> ServiceModel:
     """The vendored model first (it knows includeStudyImageSets), then botocore's own."""
-    loader = Loader(extra_search_paths=[str(MODELS_DIR)])
+    loader = Loader(extra_search_paths=[str(DATA_PATH)])
     return ServiceModel(loader.load_service_model(SERVICE_NAME, "service-2"), SERVICE_NAME)
 
 

@@ -6,5 +6,12 @@ proxy's adapter and the emulator, which shares no code with the proxy but the sa
 """
 
 from pathlib import Path
+from typing import Any
 
 DATA_PATH = Path(__file__).parent / "data"
+
+
+def install(botocore_session: Any) -> None:
+    """Put this model first on a botocore session's data path (boto3/aioboto3: `session._session`,
+    a botocore `Session` itself otherwise), so its clients know `includeStudyImageSets`."""
+    botocore_session.get_component("data_loader").search_paths.insert(0, str(DATA_PATH))

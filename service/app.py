@@ -1,10 +1,10 @@
-"""Composition root: one AsyncExitStack opens every long-lived part once and closes it in order.
+"""Composition root: one AsyncExitStack opens every long-lived part once, in dependency order.
 
-Opened in dependency order (OPA client, aioboto3 client, journal, budget, admission, watcher,
-runner, server), so the stack closes them in reverse, which is DESIGN.md's shutdown: health
-NOT_SERVING → no new submits (queued callers are told to re-attach) → stop accepting, grace for
-open streams → operations cancelled (their records stay as they were, for the next owner) →
-clients closed.
+Opened: OPA client, aioboto3 client, journal, budget, admission, watcher, runner, then the
+server. Shutdown follows DESIGN.md's order, spelled out in `_serving` (the stack alone would
+close clients before streams had their grace): health NOT_SERVING → no new submits (queued
+callers are told to re-attach) → stop accepting, grace for open streams → operations cancelled
+(their records stay as they were, for the next owner) → the stack closes the clients.
 """
 
 from __future__ import annotations

@@ -39,7 +39,7 @@ def no_role(
 
 
 def refused(method: str, principal: str, auth_method: str, reason: str) -> None:
-    """A request that never reached a decision (unauthenticated, invalid, policy unavailable)."""
+    """A caller refused before it was identified (UNAUTHENTICATED): no principal to name."""
     _log.info(
         "audit",
         rpc=method,

@@ -27,7 +27,7 @@ import redis.asyncio as aioredis
 import structlog
 
 from service.config import BackendSettings, BudgetSettings
-from service.errors import DeadlineExceeded, ResourceExhausted
+from service.errors import DeadlineExceeded, ProxyError, ResourceExhausted
 from service.metrics import Metrics
 from service.redis import blocking_redis, translated
 
@@ -368,11 +368,21 @@ class Budget:
                 attempt += 1
                 await self._after_throttle(operation, attempt, deadline)
                 continue
-            if self._store is not None and self._last[operation].factor < 1.0:
-                self._last[operation] = await self._store.succeeded(
-                    self._key(operation), self._quotas[operation]
-                )
+            await self._recovered(operation)
             return result
+
+    async def _recovered(self, operation: str) -> None:
+        """After a success, give back some of the rate a throttle took. Bookkeeping only: the
+        call has happened, so a store failure here must not turn it into a failed call (a
+        submit that HealthImaging accepted would be reported as not applied)."""
+        if self._store is None or self._last[operation].factor >= 1.0:
+            return
+        try:
+            self._last[operation] = await self._store.succeeded(
+                self._key(operation), self._quotas[operation]
+            )
+        except ProxyError as exc:
+            log.warning("budget_bookkeeping_failed", operation=operation, error=type(exc).__name__)
 
     async def _send(self, operation: str, request: Callable[[], Awaitable[T]]) -> T:
         quota = self._quotas[operation]

@@ -11,7 +11,6 @@ so one caller's flood cannot hold the CPU or OPA that every other caller needs.
 from __future__ import annotations
 
 import asyncio
-import re
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
@@ -20,7 +19,7 @@ from service import audit
 from service.config import LimitSettings
 from service.errors import PermissionDenied, ResourceExhausted
 from service.metrics import Metrics
-from service.model import Caller
+from service.model import Caller, is_resource_id
 from service.policy import RoleAnswer
 
 NO_ROLE = "caller holds no role on this datastore"
@@ -28,7 +27,6 @@ NO_ROLE = "caller holds no role on this datastore"
 CACHE_CAPACITY = 10_000
 """Role answers kept at most (oldest dropped first): principals are authenticated, so few."""
 
-_ID = re.compile(r"[0-9a-z]{32}")  # a data store or image set id; the normaliser refuses others
 RoleLookup = Callable[[Caller, str], Awaitable[RoleAnswer]]
 _Key = tuple[str, tuple[str, ...], str]
 
@@ -149,13 +147,13 @@ class Gate:
             self._metrics.pending.set(self._pending.in_flight)
 
     async def _require_a_role(self, caller: Caller, datastore_id: str, image_set_id: str) -> None:
-        if not _ID.fullmatch(datastore_id):
+        if not is_resource_id(datastore_id):
             return
         answer = await self._roles.answer(caller, datastore_id)
         if answer.roles is None or answer.roles:  # undefined: the full decision judges
             return
         self._metrics.gate_refusals.labels("no_role").inc()
-        shown = image_set_id if _ID.fullmatch(image_set_id) else ""  # unchecked input: not logged
+        shown = image_set_id if is_resource_id(image_set_id) else ""  # unchecked input: not logged
         audit.no_role(caller, datastore_id, shown, answer.decision_id, NO_ROLE)
         message = f"policy denied this update: {NO_ROLE}"
         raise PermissionDenied(message, answer.decision_id, [NO_ROLE])

@@ -27,6 +27,7 @@ import structlog
 from grpc_health.v1 import health, health_pb2
 
 from service.config import OpaSettings
+from service.policy import opa_address
 
 log = structlog.get_logger(__name__)
 
@@ -94,7 +95,8 @@ def opa_probe(session: aiohttp.ClientSession, settings: OpaSettings) -> HttpProb
         if settings.client_cert:
             tls.load_cert_chain(settings.client_cert, settings.client_key or None)
     headers = {"Authorization": f"Bearer {settings.token}"} if settings.token else {}
-    url = settings.url.rstrip("/") + "/health"
+    scheme, host, port = opa_address(settings)  # where the decisions go, not a second guess
+    url = f"{scheme}://{host}:{port}/health"
     return HttpProbe(session, url, settings.health_timeout_seconds, tls, headers)
 
 

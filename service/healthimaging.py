@@ -13,7 +13,7 @@ import botocore.exceptions
 import structlog
 from aiobotocore.config import AioConfig
 
-from medical_imaging_model import DATA_PATH
+import medical_imaging_model
 from service.config import BackendSettings
 from service.errors import (
     Aborted,
@@ -29,7 +29,6 @@ from service.model import ImageSetStatus, UpdatePlan
 
 # botocore data path holding a newer medical-imaging model (it adds includeStudyImageSets) than
 # the botocore release aioboto3 pins; botocore prefers the first search path that has the model.
-AWS_MODELS = DATA_PATH  # the newer medical-imaging model, first on botocore's data path
 
 log = structlog.get_logger(__name__)
 NO_CREDENTIALS = (
@@ -50,7 +49,7 @@ class HealthImaging:
     @asynccontextmanager
     async def open(cls, settings: BackendSettings) -> AsyncIterator[HealthImaging]:
         session = aioboto3.Session(region_name=settings.region)
-        session._session.get_component("data_loader").search_paths.insert(0, str(AWS_MODELS))
+        medical_imaging_model.install(session._session)
         config = AioConfig(
             # Writes are never retried blindly: a lost response plus a retry is a second update
             # or a ConflictException. Reads are retried by the poll loop itself.

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Literal, NamedTuple
@@ -15,6 +16,14 @@ State = Literal["queued", "submitting", "submitted", "unwatched", "finished", "f
 WatchUpdate adopts it and watches again."""
 
 FINISHED: frozenset[str] = frozenset({"finished", "failed"})
+_RESOURCE_ID = re.compile(r"[0-9a-z]{32}")
+
+
+def is_resource_id(value: str) -> bool:
+    """A HealthImaging data store or image set id (the API's `[0-9a-z]{32}`)."""
+    return _RESOURCE_ID.fullmatch(value) is not None
+
+
 TERMINAL_WORKFLOW_STATUSES = frozenset({"UPDATED", "UPDATE_FAILED", "DELETED"})
 
 
@@ -141,6 +150,10 @@ class ImageSetStatus:
     def terminal(self) -> bool:
         """The update that produced this version has finished (or the image set is gone)."""
         return self.state != "LOCKED" and self.workflow_status in TERMINAL_WORKFLOW_STATUSES
+
+    def untouched_since(self, version_id: str) -> bool:
+        """Still at `version_id` and not being changed: an update naming it has not landed."""
+        return self.version_id == version_id and self.state != "LOCKED"
 
 
 @dataclass(frozen=True)

@@ -1,7 +1,7 @@
 """Request path: gate → normalise → same idempotency key? → decide → admit → record → launch →
 follow, each step one line of `Pipeline.update`. The gate (service/gate.py) refuses callers
 without a role and bounds the requests being normalised and decided, before that work starts.
-The pipeline calls the runner and the streams; neither calls back."""
+The pipeline calls the runner and the streams; neither calls back into the pipeline."""
 
 from __future__ import annotations
 

@@ -47,6 +47,14 @@ def parse_result(response: Mapping[str, Any]) -> Decision:
     return Decision(allow, tuple(reasons), decision_id)
 
 
+def opa_address(settings: OpaSettings) -> tuple[str, str, int]:
+    """(scheme, host, port) of OPA, as the decision client and the readiness probe both reach it
+    (opa-python-client keeps only host and port: no path; 8181 when the URL names no port)."""
+    url = urlsplit(settings.url)
+    scheme = "https" if url.scheme == "https" else "http"
+    return scheme, url.hostname or "127.0.0.1", url.port or (443 if scheme == "https" else 8181)
+
+
 class PolicyClient:
     """Asks OPA for decisions over one long-lived HTTP session."""
 
@@ -58,12 +66,12 @@ class PolicyClient:
     @classmethod
     @asynccontextmanager
     async def open(cls, settings: OpaSettings) -> AsyncIterator[PolicyClient]:
-        url = urlsplit(settings.url)
+        scheme, host, port = opa_address(settings)
         cert = (settings.client_cert, settings.client_key) if settings.client_cert else None
         client = AsyncOpaClient(
-            host=url.hostname or "127.0.0.1",
-            port=url.port or (443 if url.scheme == "https" else 8181),
-            ssl=url.scheme == "https",
+            host=host,
+            port=port,
+            ssl=scheme == "https",
             cert=cert,
             token=settings.token or None,
             retries=0,  # OPA's 500s are evaluation errors that repeat: never retry them

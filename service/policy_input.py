@@ -8,6 +8,7 @@ with the document's size: removing 3,000 series is one entry.
 
 from __future__ import annotations
 
+import operator
 from collections.abc import Iterable
 from typing import Any, Final
 
@@ -72,12 +73,12 @@ def group_changes(changes: Iterable[AttributeChange], send_values: bool) -> list
     return list(groups.values())
 
 
+_fact_values = operator.attrgetter(*FACT_FIELDS)
+
+
 def _facts(change: AttributeChange) -> tuple[object, ...]:
-    return (
-        change.action, change.level, change.tag, change.keyword, change.vr, change.vm,
-        change.private, change.retired, change.profile, change.requires_force,
-        change.categories, change.within,
-    )  # fmt: skip
+    facts: tuple[object, ...] = _fact_values(change)
+    return facts
 
 
 def _entry(facts: tuple[object, ...], send_values: bool) -> dict[str, Any]:

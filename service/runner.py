@@ -10,7 +10,8 @@ are watched again. A record drops the update's document once HealthImaging has a
 submit (`journal.at_rest`): an operation resumed past its submit only follows its image set.
 
 The runner publishes what it observes into each `Operation`; streams (service/streams.py) read
-it from there and never drive the runner.
+it from there. The one thing a stream asks of the runner is `adopt`: an operation whose watch
+timed out (`unwatched`) is watched again when someone follows it.
 """
 
 from __future__ import annotations
@@ -315,7 +316,7 @@ class Runner:
                 None,
                 "the update may or may not have been applied: check the image set's version",
             )
-        if latest.version_id == plan.latest_version_id and latest.state != "LOCKED":
+        if latest.untouched_since(plan.latest_version_id):
             return False, "the update was not applied (the image set is unchanged): resubmit it"
         return (
             None,
@@ -331,7 +332,7 @@ class Runner:
         """Interrupted while submitting: did the write reach HealthImaging before the restart?"""
         request = operation.record.request
         latest = await self._get(request.datastore_id, request.image_set_id)
-        if latest.version_id == request.latest_version_id and latest.state != "LOCKED":
+        if latest.untouched_since(request.latest_version_id):
             await self._save(operation, state="queued")  # it did not: submit it again
             return
         version = str(int(request.latest_version_id) + 1)

@@ -19,12 +19,11 @@ from service.documents import MAX_VALUE_DEPTH as MAX_VALUE_DEPTH
 from service.documents import MAX_VIOLATIONS as MAX_VIOLATIONS
 from service.documents import DocumentReader, Violations
 from service.errors import InvalidArgument
-from service.model import AttributeChange, Kind, UpdatePlan, UpdateRequest
+from service.model import AttributeChange, Kind, UpdatePlan, UpdateRequest, is_resource_id
 
 DICOM_UPDATES: Final = "updates.dicom_updates"
 DEFAULT_LIMITS: Final = LimitSettings()
 
-_DATASTORE_OR_IMAGE_SET = re.compile(r"[0-9a-z]{32}")
 _VERSION = re.compile(r"[0-9]+")  # the API's \d+, ASCII only
 
 
@@ -94,7 +93,7 @@ def _check_ids(request: UpdateRequest, violations: Violations) -> None:
         ("datastore_id", request.datastore_id),
         ("image_set_id", request.image_set_id),
     ):
-        if not _DATASTORE_OR_IMAGE_SET.fullmatch(value):
+        if not is_resource_id(value):
             violations.add(name, "must be 32 lower-case letters or digits")
     if not _VERSION.fullmatch(request.latest_version_id):
         violations.add("latest_version_id", "must be a version number (digits)")

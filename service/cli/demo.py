@@ -12,10 +12,11 @@ import tempfile
 import threading
 from pathlib import Path
 
-from service.devstack.processes import Child, stop_all, write_json_atomically
+from service.devstack.processes import Child, stop_all
 from service.devstack.seeds import SAMPLES, samples_then_copies
 from service.devstack.servers import EMULATOR_AWS_ENV, find_opa, find_policies
 from service.devstack.stack import StackSpec, start_stack
+from service.readyfile import write_json_atomically
 
 
 def add_demo_verb(verbs: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import asyncio
 import sys
 from pathlib import Path
 from typing import Any
@@ -17,14 +16,9 @@ def add_server_verbs(verbs: argparse._SubParsersAction[argparse.ArgumentParser])
     _add_serve_options(serve)
     serve.set_defaults(run=run_serve)
 
-    emulator = verbs.add_parser(
-        "emulator",
-        help="run the local HealthImaging emulator",
-        add_help=False,
-        description="Run the local HealthImaging emulator (see docs/EMULATOR.md).",
-    )
-    emulator.add_argument("emulator_args", nargs=argparse.REMAINDER)
-    emulator.set_defaults(run=run_emulator)
+    # Listed for `imaging-proxy --help` only: main() hands `emulator …` to the emulator's own
+    # parser before argparse sees it (REMAINDER would refuse a first argument like `--port`).
+    verbs.add_parser("emulator", help="run the local HealthImaging emulator (its own --help)")
 
     from service.cli import demo
 
@@ -32,7 +26,7 @@ def add_server_verbs(verbs: argparse._SubParsersAction[argparse.ArgumentParser])
 
 
 _SERVE_HELP = """Run the policy-enforcing gRPC proxy. Settings come from --config (TOML; sections
-[server], [identity], [opa], [backend], [watch], [admission], [budget], [journal] as in
+[server], [identity], [opa], [backend], [limits], [watch], [admission], [budget], [journal] as in
 service/config.py) overridden by options.
 AWS credentials and region come from the usual AWS sources (environment, profile, instance role)."""
 
@@ -108,7 +102,7 @@ def settings_from_args(args: argparse.Namespace) -> Settings:
 
 def run_serve(args: argparse.Namespace) -> int:
     from service import app, logs
-    from service.devstack.processes import write_json_atomically
+    from service.readyfile import write_json_atomically
 
     logs.configure(args.log_level)
     try:
@@ -136,16 +130,9 @@ def run_serve(args: argparse.Namespace) -> int:
 
 
 def _run(coroutine: Any) -> None:
-    try:
-        import uvloop
+    import uvloop  # imported here: the client verbs never need it
 
-        uvloop.run(coroutine)
-    except ImportError:  # pragma: no cover - uvloop is a dependency; keep the stdlib path working
-        asyncio.run(coroutine)
-
-
-def run_emulator(args: argparse.Namespace) -> int:
-    return run_emulator_args(list(args.emulator_args))
+    uvloop.run(coroutine)
 
 
 def run_emulator_args(argv: list[str]) -> int:

@@ -15,7 +15,8 @@ from pydicom.uid import UID, generate_uid
 from service.devstack.admin import EmulatorAdmin
 from service.devstack.seeds import sample_path
 
-EXAMPLES_DATASTORE_ID = "12345678901234567890123456789012"
+DEMO_DATASTORE_ID = "12345678901234567890123456789012"
+"""The AWS page's data store id: the demo's, so the examples run as printed."""
 IMAGE_SET_A = "ea92b0d8838c72a3f25d00d13616f87e"
 """Examples 1-3 and the v1 page's example: one series of two instances, StudyDescription CHEST."""
 IMAGE_SET_B = "53d5fdb05ca4d46ac7ca64b06545c66e"

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import contextlib
-import json
 import os
 import signal
 import socket
@@ -15,6 +14,8 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any
+
+from service.readyfile import read_json
 
 
 def free_port() -> int:
@@ -117,15 +118,3 @@ def accepts(port: int) -> bool:
     """Whether something accepts TCP connections on 127.0.0.1:`port` (raises OSError if not)."""
     with socket.create_connection(("127.0.0.1", port), timeout=1):
         return True
-
-
-def read_json(path: Path) -> Any:
-    """A JSON document another process writes (raises OSError/ValueError until it is complete)."""
-    return json.loads(path.read_text())
-
-
-def write_json_atomically(path: Path, document: object) -> None:
-    """Readers polling for `path` never see it half written."""
-    temporary = path.with_name(path.name + ".tmp")
-    temporary.write_text(json.dumps(document, indent=2))
-    temporary.replace(path)

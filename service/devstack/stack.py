@@ -11,14 +11,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from service.devstack.admin import EmulatorAdmin
-from service.devstack.examples import seed_examples
+from service.devstack.examples import DEMO_DATASTORE_ID, seed_examples
 from service.devstack.processes import Child, free_port, stop_all
 from service.devstack.proxies import ProxyProcess, launch_proxy
 from service.devstack.seeds import fresh_copies
 from service.devstack.servers import PROXY_COMMAND, start_emulator, start_opa, start_redis
 from service.devstack.settings import Sections, merged, shared_by_replicas, write_toml
 
-DEMO_DATASTORE_ID = "12345678901234567890123456789012"
 """The AWS CLI examples' data store; policies/data.json grants the `demo-*` principals on it."""
 DEV_IDENTITY = ("--insecure-dev-identity",)
 """Callers name themselves with x-dev-principal (never outside a laptop or a test)."""

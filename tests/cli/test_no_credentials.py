@@ -22,9 +22,9 @@ from pydicom.data import get_testdata_file
 
 from service._proto.imaging.metadata.v1 import metadata_pb2 as pb
 from service._proto.imaging.metadata.v1 import metadata_pb2_grpc as pb_grpc
+from service.devstack.examples import DEMO_DATASTORE_ID  # the one policies/data.json grants on
 from service.devstack.processes import free_port, spawn, stop_all, wait_for_json
 from service.devstack.servers import start_emulator, start_opa
-from service.devstack.stack import DEMO_DATASTORE_ID  # the one policies/data.json grants on
 
 pytestmark = pytest.mark.e2e
 SERVING = health_pb2.HealthCheckResponse.SERVING

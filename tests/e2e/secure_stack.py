@@ -23,6 +23,7 @@ import grpc
 from service._proto.imaging.metadata.v1 import metadata_pb2_grpc as pb_grpc
 from service.devstack import servers
 from service.devstack.admin import EmulatorAdmin
+from service.devstack.examples import DEMO_DATASTORE_ID
 from service.devstack.pki import (
     CertificateFiles,
     JwtKeys,
@@ -38,7 +39,7 @@ from service.devstack.processes import Child
 from service.devstack.proxies import ProxyProcess, launch_proxy
 from service.devstack.seeds import two_series_studies
 from service.devstack.settings import Sections
-from service.devstack.stack import DEMO_DATASTORE_ID, StackSpec, running_stack
+from service.devstack.stack import StackSpec, running_stack
 
 DATASTORE_ID = DEMO_DATASTORE_ID
 """The emulator's data store: the demo id, so the `demo-*` grants in policies/data.json apply."""

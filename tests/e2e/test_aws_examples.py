@@ -21,10 +21,10 @@ import pytest
 
 from service.devstack.admin import EmulatorAdmin
 from service.devstack.examples import (
+    DEMO_DATASTORE_ID,
     EXAMPLE_SERIES,
     EXAMPLE_SERIES_7,
     EXAMPLE_SOP_7,
-    EXAMPLES_DATASTORE_ID,
     IMAGE_SET_A,
     IMAGE_SET_B,
     rewind_examples,
@@ -177,7 +177,7 @@ async def run_as_printed(stack: Stack, command: str, folder: Path) -> Run:
 @pytest.fixture
 def rewound(stack: Stack) -> Stack:
     """The demo, with the page's image sets back at version 1 as seeded."""
-    assert stack.datastore_id == EXAMPLES_DATASTORE_ID
+    assert stack.datastore_id == DEMO_DATASTORE_ID
     rewind_examples(EmulatorAdmin(stack.emulator_url), stack.datastore_id)
     return stack
 
@@ -190,7 +190,7 @@ async def advance_to_version_3(stack: Stack, folder: Path) -> None:
         command = shlex.join(
             [
                 *("aws", "medical-imaging", "update-image-set-metadata"),
-                *("--datastore-id", EXAMPLES_DATASTORE_ID, "--image-set-id", IMAGE_SET_B),
+                *("--datastore-id", DEMO_DATASTORE_ID, "--image-set-id", IMAGE_SET_B),
                 *("--latest-version-id", version, "--cli-binary-format", "raw-in-base64-out"),
                 *("--update-image-set-metadata-updates", json.dumps(updates)),
             ]
@@ -214,11 +214,11 @@ async def test_page_example_runs_as_printed(
     assert run.code == 0, run.stderr
     output = json.loads(run.stdout)
     assert set(output) == OUTPUT_KEYS
-    assert (output["datastoreId"], output["imageSetId"]) == (EXAMPLES_DATASTORE_ID, image_set)
+    assert (output["datastoreId"], output["imageSetId"]) == (DEMO_DATASTORE_ID, image_set)
     assert output["latestVersionId"] == example.documented_version
     # The page prints the submit response (LOCKED); our CLI waits and prints the final state.
     assert (output["imageSetState"], output["imageSetWorkflowStatus"]) == ("ACTIVE", "UPDATED")
-    after = await image_set_metadata(healthimaging, EXAMPLES_DATASTORE_ID, image_set)
+    after = await image_set_metadata(healthimaging, DEMO_DATASTORE_ID, image_set)
     assert_effect(example.name, after)
 
 

@@ -24,7 +24,9 @@ from service.devstack.processes import Child, free_port, spawn, wait_for_json
 from service.devstack.servers import EMULATOR_AWS_ENV, find_opa
 from service.health import LIVENESS
 
-pytestmark = [pytest.mark.e2e, pytest.mark.slow]
+# Building and installing may download the build requirements and dependencies on a clean
+# machine: more than the suite's 300 s default.
+pytestmark = [pytest.mark.e2e, pytest.mark.slow, pytest.mark.timeout(900)]
 
 ROOT = Path(__file__).resolve().parents[2]
 DATASTORE = "12345678901234567890123456789012"

@@ -21,16 +21,21 @@ from aiobotocore.config import AioConfig
 from botocore.config import Config
 from pydicom.uid import UID
 
+import medical_imaging_model
 from emulator.config import Quotas, Settings, with_update_delay
 from emulator.models import Backend
 from emulator.server import running
-from medical_imaging_model import DATA_PATH as MODELS_DIR
 from service.devstack.admin import EmulatorAdmin
-from service.devstack.examples import EXAMPLE_SERIES, EXAMPLE_SERIES_7, EXAMPLE_SOP_7
+from service.devstack.examples import (
+    DEMO_DATASTORE_ID,
+    EXAMPLE_SERIES,
+    EXAMPLE_SERIES_7,
+    EXAMPLE_SOP_7,
+)
 from service.devstack.polling import eventually_sync
 from service.devstack.seeds import sample_path
 
-DEMO_DATASTORE = "12345678901234567890123456789012"
+DEMO_DATASTORE = DEMO_DATASTORE_ID
 EXAMPLE_STUDY = "1.2.826.0.1.3680043.8.498.1"
 CREDENTIALS = {"aws_access_key_id": "emulator", "aws_secret_access_key": "emulator"}
 T = TypeVar("T")
@@ -120,7 +125,7 @@ def seeded(emulator: Emulator) -> list[str]:
 def boto3_client(url: str) -> Any:
     config = Config(inject_host_prefix=False, retries={"max_attempts": 1, "mode": "standard"})
     session = boto3.Session(region_name="us-east-1", **CREDENTIALS)
-    session._session.get_component("data_loader").search_paths.insert(0, str(MODELS_DIR))
+    medical_imaging_model.install(session._session)
     return session.client("medical-imaging", endpoint_url=url, config=config)
 
 
@@ -133,7 +138,7 @@ def client(emulator: Emulator) -> Any:
 @pytest.fixture
 async def aio_client(emulator: Emulator) -> AsyncIterator[Any]:
     session = aioboto3.Session(region_name="us-east-1", **CREDENTIALS)
-    session._session.get_component("data_loader").search_paths.insert(0, str(MODELS_DIR))
+    medical_imaging_model.install(session._session)
     config = AioConfig(inject_host_prefix=False, retries={"max_attempts": 1, "mode": "standard"})
     async with session.client("medical-imaging", endpoint_url=emulator.url, config=config) as c:
         yield c

@@ -21,12 +21,12 @@ import grpc
 import pytest
 from aiobotocore.config import AioConfig
 
+import medical_imaging_model
 from service._proto.imaging.metadata.v1 import metadata_pb2 as pb
 from service._proto.imaging.metadata.v1 import metadata_pb2_grpc as pb_grpc
 from service.devstack.admin import EmulatorAdmin
 from service.devstack.processes import spawn, wait_for_json
 from service.devstack.servers import EMULATOR_AWS_ENV, start_redis
-from service.healthimaging import AWS_MODELS
 
 SEEDED_IMAGE_SETS = 96
 EMULATOR_ENV = EMULATOR_AWS_ENV
@@ -133,7 +133,7 @@ async def emulator_client(url: str, retries: bool = False) -> AsyncIterator[Any]
     session = aioboto3.Session(
         region_name="us-east-1", aws_access_key_id="emulator", aws_secret_access_key="emulator"
     )
-    session._session.get_component("data_loader").search_paths.insert(0, str(AWS_MODELS))
+    medical_imaging_model.install(session._session)
     once = None if retries else {"mode": "standard", "max_attempts": 1}
     config = AioConfig(inject_host_prefix=False, retries=once)
     async with session.client("medical-imaging", endpoint_url=url, config=config) as client:

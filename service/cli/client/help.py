@@ -91,13 +91,15 @@ ENVIRONMENT
   IMAGING_PROXY_CA_BUNDLE, IMAGING_PROXY_CLIENT_CERT, IMAGING_PROXY_CLIENT_KEY
                                defaults for --ca-bundle, --client-cert, --client-key
   IMAGING_PROXY_MAX_ATTEMPTS   attempts while the proxy is unreachable (default 5)
+  IMAGING_PROXY_RETRY_TIMEOUT  default for --cli-retry-timeout (seconds; 0 = no limit)
   AWS_DEFAULT_OUTPUT           default for --output, as for the AWS CLI
   AWS_PAGER, PAGER             a pager for terminal output (none by default)
 """
 
 _UPDATE_EXAMPLES = """\
 EXAMPLES
-  The AWS CLI's examples work unchanged with the command name and --endpoint-url changed.
+  The AWS CLI's examples work unchanged with the command name and --endpoint-url changed,
+  plus the caller's identity (--dev-principal against the demo).
 
   Example 1: To insert or update an attribute in image set metadata
 

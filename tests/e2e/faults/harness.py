@@ -27,10 +27,11 @@ from service._proto.imaging.metadata.v1 import metadata_pb2 as pb
 from service._proto.imaging.metadata.v1 import metadata_pb2_grpc as pb_grpc
 from service.devstack import polling
 from service.devstack.admin import EmulatorAdmin
+from service.devstack.examples import DEMO_DATASTORE_ID
 from service.devstack.proxies import ProxyProcess
 from service.devstack.servers import EMULATOR_AWS_ENV
 from service.devstack.settings import Sections
-from service.devstack.stack import DEMO_DATASTORE_ID, LocalStack, StackSpec
+from service.devstack.stack import LocalStack, StackSpec
 
 T = TypeVar("T")
 DATASTORE_ID = DEMO_DATASTORE_ID

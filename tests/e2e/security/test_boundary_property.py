@@ -28,9 +28,9 @@ from botocore.config import Config
 from hypothesis import HealthCheck, Phase, given, settings
 from hypothesis import strategies as st
 
+import medical_imaging_model
 from service._proto.imaging.metadata.v1 import metadata_pb2 as pb
 from service._proto.imaging.metadata.v1 import metadata_pb2_grpc as pb_grpc
-from service.healthimaging import AWS_MODELS
 from tests.e2e.fuzz.documents import Case, Layout, Plan, plans
 from tests.e2e.fuzz.oracle import touched, uncovered
 from tests.e2e.secure_stack import write_seed_studies
@@ -78,7 +78,7 @@ class Backend:
 
     def __init__(self, stack: Stack) -> None:
         session = botocore.session.get_session()
-        session.get_component("data_loader").search_paths.insert(0, str(AWS_MODELS))
+        medical_imaging_model.install(session)
         self.datastore_id = stack.datastore_id
         self._emulator_url = stack.emulator_url
         self._client: Any = session.create_client(  # botocore's methods come from the model

@@ -15,6 +15,7 @@ from service.budget import (
     LocalStore,
     Quota,
     RedisStore,
+    Slot,
     backoff,
     decreased,
     increased,
@@ -26,6 +27,7 @@ from service.budget import (
 from service.config import BackendSettings, BudgetSettings
 from service.errors import DeadlineExceeded, ResourceExhausted
 from service.metrics import Metrics
+from service.redis import RedisUnavailable
 from tests.e2e.conftest import redis_server
 
 WRITES = Quota(rate=0.25, burst=1.0)
@@ -148,6 +150,24 @@ async def test_a_throttled_call_is_retried_until_it_succeeds() -> None:
     assert result == "done"
     assert calls[0] == 4
     assert budget._last[UPDATE].factor < 1.0  # shrunk by the throttles, one success added back
+
+
+class StoreDownAfterTheCall(LocalStore):
+    """The shared store stops answering once the call has been made (Redis went away)."""
+
+    async def succeeded(self, key: str, quota: Quota) -> Slot:
+        raise RedisUnavailable("budget: redis unavailable (ConnectionError)")
+
+
+async def test_a_store_failure_after_the_call_does_not_fail_the_call() -> None:
+    settings = BudgetSettings(
+        update_rate=100.0, update_burst=100.0, backoff_seconds=0.01, max_backoff_seconds=0.02
+    )
+    budget = Budget(settings, "default:us-east-1", StoreDownAfterTheCall(settings), Metrics())
+    calls, request = throttled_then("applied", throttles=1)
+
+    assert await budget.call(UPDATE, request) == "applied"  # HealthImaging took it: say so
+    assert calls[0] == 2
 
 
 async def test_other_errors_are_not_retried() -> None:

@@ -197,3 +197,22 @@ def test_only_the_api_is_reachable_from_outside_the_pod_or_host() -> None:
         "health": server.health_port,
         "metrics": server.metrics_port,
     }
+
+
+def test_the_kubernetes_policy_configmap_carries_every_policy_and_the_log_mask() -> None:
+    manifest = (ROOT / "deploy" / "kubernetes" / "imaging-proxy.yaml").read_text()
+    header = " ".join(line.lstrip("# ") for line in manifest.splitlines() if line.startswith("#"))
+    command = header[header.index("create configmap imaging-proxy-policies") :]
+    command = command[: command.index("kubectl", 1)] if "kubectl" in command[1:] else command
+    sources = [ROOT / part.split("=", 1)[1] for part in command.split() if "--from-file=" in part]
+    policies = [
+        path
+        for path in (ROOT / "policies").rglob("*")
+        if path.suffix in {".rego", ".json"} and not path.name.endswith("_test.rego")
+    ]
+    missing = [
+        str(path.relative_to(ROOT))
+        for path in policies
+        if not any(path == source or path.parent == source for source in sources)
+    ]
+    assert missing == []  # e.g. policies/system/log/mask.rego: without it OPA logs JWT claims
