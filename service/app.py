@@ -15,10 +15,12 @@ import signal
 from collections.abc import AsyncIterator, Callable, Mapping
 from contextlib import AsyncExitStack
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import aiohttp
 import structlog
 
+from service import tracing
 from service.admission import Admission
 from service.budget import Budget
 from service.config import Settings
@@ -33,6 +35,9 @@ from service.runner import Runner
 from service.server import SERVICE_NAME, Listeners, listeners
 from service.streams import Streams
 from service.watch import Watcher
+
+if TYPE_CHECKING:
+    from opentelemetry.sdk.trace import TracerProvider
 
 log = structlog.get_logger(__name__)
 CREDENTIALS = "aws-credentials"
@@ -86,12 +91,16 @@ async def run(
     settings: Settings,
     ready: Callable[[int], None] | None = None,
     stop: asyncio.Event | None = None,
+    tracer_provider: TracerProvider | None = None,
 ) -> None:
-    """Serve until `stop` is set (or SIGINT/SIGTERM), then shut down in a fixed order."""
+    """Serve until `stop` is set (or SIGINT/SIGTERM), then shut down in a fixed order.
+
+    `tracer_provider`: trace into this one (a test's) rather than as `settings.tracing` says."""
     stop = stop or asyncio.Event()
     authenticator = Authenticator.from_settings(settings.identity)  # bad keys stop the start here
     metrics = Metrics()
     async with AsyncExitStack() as stack:
+        stack.enter_context(tracing.opened(settings.tracing, tracer_provider))  # before clients
         if settings.server.metrics_port:
             stack.enter_context(metrics.serving(settings.server.host, settings.server.metrics_port))
         parts = await open_parts(settings, stack, metrics)

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import structlog
 
+from service import tracing
 from service.model import Caller, Decision, UpdatePlan
 
 _log = structlog.get_logger("imaging_proxy.audit")
@@ -35,6 +36,7 @@ def no_role(
         allow=False,
         reasons=[reason],
         outcome="DENIED",
+        **tracing.log_fields(),
     )
 
 
@@ -65,4 +67,5 @@ def _emit(caller: Caller, plan: UpdatePlan, decision: Decision, outcome: str) ->
         allow=decision.allow,
         reasons=list(decision.reasons),
         outcome=outcome,
+        **tracing.log_fields(),
     )

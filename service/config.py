@@ -244,6 +244,20 @@ class JournalSettings:
 
 
 @dataclass(frozen=True)
+class TracingSettings:
+    """OpenTelemetry traces (docs/OPERATIONS.md, "Tracing"); off: nothing of the SDK is loaded."""
+
+    enabled: bool = False
+    """Export spans of every RPC, OPA query, HealthImaging call and update stage."""
+    endpoint: str = "http://127.0.0.1:4317"
+    """The OTLP/gRPC collector spans are exported to."""
+    insecure: bool = True
+    """Plaintext OTLP (a collector beside the proxy); false: TLS with the system's CAs."""
+    sample_ratio: Fraction = 1.0
+    """Fraction of new traces kept; a caller's sampled trace is always continued."""
+
+
+@dataclass(frozen=True)
 class Settings:
     """Everything the service needs, passed down explicitly."""
 
@@ -256,6 +270,7 @@ class Settings:
     admission: AdmissionSettings = field(default_factory=AdmissionSettings)
     budget: BudgetSettings = field(default_factory=BudgetSettings)
     journal: JournalSettings = field(default_factory=JournalSettings)
+    tracing: TracingSettings = field(default_factory=TracingSettings)
 
 
 def load_settings(
@@ -328,4 +343,5 @@ _SECTIONS: tuple[type, ...] = (
     AdmissionSettings,
     BudgetSettings,
     JournalSettings,
+    TracingSettings,
 )

@@ -9,7 +9,7 @@ import time
 import uuid
 from collections.abc import AsyncIterator
 
-from service import audit
+from service import audit, tracing
 from service.config import LimitSettings
 from service.errors import PermissionDenied
 from service.events import Event
@@ -59,6 +59,7 @@ class Pipeline:
             await self._runner.admit(caller.principal, plan, deadline)
             fresh = new_record(caller, request, plan, decision, deadline)
             record = await self._runner.record(fresh)
+            tracing.tag_operation(record.id)
             if record.id == fresh.id:  # otherwise the same key won a race: follow the winner
                 self._runner.launch(record, caller, plan)
         assert record is not None  # the twin of an earlier call, or the one recorded above
@@ -93,7 +94,8 @@ class Pipeline:
     async def _decide(self, caller: Caller, plan: UpdatePlan) -> Decision:
         started = time.perf_counter()
         try:
-            return await self._policy.decide(caller, plan)
+            with tracing.span("policy.decide", tracing.plan_attributes(plan)):
+                return await self._policy.decide(caller, plan)
         finally:
             self._metrics.decision_seconds.observe(time.perf_counter() - started)
 

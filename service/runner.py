@@ -24,7 +24,7 @@ from typing import Any, cast
 
 import structlog
 
-from service import audit, references
+from service import audit, references, tracing
 from service.admission import Admission, Draining, Ticket
 from service.budget import GET_IMAGE_SET, GET_IMAGE_SET_METADATA, UPDATE, Budget
 from service.config import LimitSettings, WatchSettings
@@ -263,15 +263,11 @@ class Runner:
             await self._admission.hold(_key(operation), operation.id)
             await self._follow(operation, None)
 
+    @tracing.stage("admission.queue")
     async def _take_turn(self, operation: Operation, *, again: bool) -> None:
         record = operation.record
         ticket = Ticket(
-            record.id,
-            record.principal,
-            record.request.datastore_id,
-            record.request.image_set_id,
-            record.created_at,
-            record.deadline,
+            record.id, record.principal, *_key(operation), record.created_at, record.deadline
         )
 
         def notify(position: int, start: float) -> None:
@@ -285,6 +281,7 @@ class Runner:
             raise
         await self._save(operation, state="submitting")
 
+    @tracing.stage("healthimaging.submit")
     async def _submit(self, operation: Operation) -> None:
         plan = operation.plan
         try:
@@ -355,6 +352,7 @@ class Runner:
             deadline=deadline,
         )
 
+    @tracing.stage("watch.follow")
     async def _follow(self, operation: Operation, submitted: ImageSetStatus | None) -> None:
         record = operation.record
         assert record.submitted is not None

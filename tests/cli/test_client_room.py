@@ -1,4 +1,4 @@
-"""The client room (`service/cli/client/`) loads only itself and the generated stubs."""
+"""The client room (`service/cli/client/`) loads only itself, the client library and the stubs."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ import sys
 
 import service.cli.client
 
-ALLOWED_PREFIXES = ("service._proto", "service.cli.client")
+ALLOWED_PREFIXES = ("service._proto", "service.cli.client", "service.client")
 ENCLOSING_PACKAGES = {"service", "service.cli"}
 
 

@@ -41,6 +41,7 @@ from service.cli.client.output import (
     resolve_pager,
 )
 from service.cli.client.progress import Progress
+from service.client.client import build_request
 
 LOG = logging.getLogger("imaging_proxy.cli")
 LOG_FORMAT = "%(asctime)s - %(threadName)s - %(name)s - %(levelname)s - %(message)s"
@@ -336,22 +337,21 @@ def to_request(
     update: params.UpdateParams, idempotency_key: str
 ) -> metadata_pb2.UpdateImageSetMetadataRequest:
     """The validated parameters as the proxy's request message."""
-    request = metadata_pb2.UpdateImageSetMetadataRequest(
-        datastore_id=update.datastore_id,
-        image_set_id=update.image_set_id,
-        latest_version_id=update.latest_version_id,
+    dicom = update.dicom_updates
+    request = build_request(
+        update.datastore_id,
+        update.image_set_id,
+        update.latest_version_id,
+        updatable=dicom.updatable_attributes if dicom else None,
+        removable=dicom.removable_attributes if dicom else None,
+        revert_to_version_id=update.revert_to_version_id,
         force=update.force,
         include_study_image_sets=update.include_study_image_sets,
         idempotency_key=idempotency_key,
     )
-    if update.revert_to_version_id is not None:
-        request.revert_to_version_id = update.revert_to_version_id
-    elif update.dicom_updates is not None:
+    if dicom is not None and update.revert_to_version_id is None:
+        # An empty DICOMUpdates is still sent, so the proxy names what is missing.
         request.dicom_updates.SetInParent()
-        if update.dicom_updates.updatable_attributes is not None:
-            request.dicom_updates.updatable_attributes = update.dicom_updates.updatable_attributes
-        if update.dicom_updates.removable_attributes is not None:
-            request.dicom_updates.removable_attributes = update.dicom_updates.removable_attributes
     return request
 
 

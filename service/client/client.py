@@ -1,0 +1,246 @@
+"""The public async client: `MetadataUpdateClient`, one proxy endpoint, typed events and errors."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import uuid
+from collections.abc import AsyncIterator, Mapping
+from types import TracebackType
+from typing import Any
+
+import service.client._engine as _engine
+from service._proto.imaging.metadata.v1 import metadata_pb2
+from service.client.credentials import Credentials
+from service.client.errors import ClientError, DeadlineExceeded
+from service.client.events import (
+    Evaluation,
+    Finished,
+    ImageSetState,
+    UpdateEvent,
+    evaluation,
+    from_proto,
+)
+
+Updates = Mapping[str, Any] | bytes
+
+
+class MetadataUpdateClient:
+    """A client of one proxy endpoint; use it as `async with MetadataUpdateClient(...) as c:`.
+
+    Every call opens its own channel per attempt (a lost connection is re-opened, not reused).
+    """
+
+    def __init__(
+        self,
+        endpoint: str,
+        credentials: Credentials | None = None,
+        *,
+        connect_timeout: float | None = 60.0,
+        read_timeout: float | None = 60.0,
+        max_attempts: int = 5,
+        retry_timeout: float | None = 120.0,
+        channel_options: tuple[tuple[str, str | int], ...] = (),
+    ) -> None:
+        """`endpoint` is host:port; `read_timeout` bounds a silence, `retry_timeout` the time
+        spent retrying without progress; a call's own `time_limit` bounds its total time."""
+        credentials = credentials or Credentials.insecure()
+        self._settings = _engine.Settings(
+            target=endpoint,
+            credentials=credentials.channel_credentials(),
+            channel_options=channel_options,
+            metadata=credentials.metadata(),
+            connect_timeout=connect_timeout,
+            read_timeout=read_timeout,
+            max_attempts=max_attempts,
+            retry_timeout=retry_timeout,
+        )
+        self._state = "new"
+
+    async def __aenter__(self) -> MetadataUpdateClient:
+        if self._state != "new":
+            raise RuntimeError("a MetadataUpdateClient is entered once")
+        self._state = "open"
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self._state = "closed"
+
+    def update(
+        self,
+        datastore_id: str,
+        image_set_id: str,
+        latest_version_id: str,
+        *,
+        updatable: Updates | None = None,
+        removable: Updates | None = None,
+        revert_to_version_id: str | None = None,
+        force: bool = False,
+        include_study_image_sets: bool = False,
+        idempotency_key: str | None = None,
+        time_limit: float | None = None,
+    ) -> AsyncIterator[UpdateEvent]:
+        """Submit an update; yield its events, the last one `Finished` (its state is the result).
+
+        `updatable`/`removable` are HealthImaging's JSON documents (a mapping or its bytes). The
+        idempotency key is generated unless given; re-sends and re-attaches are automatic.
+        """
+        request = build_request(
+            datastore_id,
+            image_set_id,
+            latest_version_id,
+            updatable=updatable,
+            removable=removable,
+            revert_to_version_id=revert_to_version_id,
+            force=force,
+            include_study_image_sets=include_study_image_sets,
+            idempotency_key=idempotency_key or str(uuid.uuid4()),
+        )
+        tracker = _engine.Tracker(idempotency_key=request.idempotency_key)
+        return self._follow(request, tracker, time_limit)
+
+    async def update_and_wait(
+        self,
+        datastore_id: str,
+        image_set_id: str,
+        latest_version_id: str,
+        *,
+        updatable: Updates | None = None,
+        removable: Updates | None = None,
+        revert_to_version_id: str | None = None,
+        force: bool = False,
+        include_study_image_sets: bool = False,
+        idempotency_key: str | None = None,
+        time_limit: float | None = None,
+    ) -> ImageSetState:
+        """`update(...)` followed to the end: the final image-set state (check workflow_status)."""
+        events = self.update(
+            datastore_id,
+            image_set_id,
+            latest_version_id,
+            updatable=updatable,
+            removable=removable,
+            revert_to_version_id=revert_to_version_id,
+            force=force,
+            include_study_image_sets=include_study_image_sets,
+            idempotency_key=idempotency_key,
+            time_limit=time_limit,
+        )
+        return await final_state(events)
+
+    def watch(
+        self, operation_id: str, *, time_limit: float | None = None
+    ) -> AsyncIterator[UpdateEvent]:
+        """Re-attach to an operation: the events so far (replayed), then the rest to `Finished`."""
+        tracker = _engine.Tracker(idempotency_key="", operation_id=operation_id)
+        return self._follow(None, tracker, time_limit)
+
+    async def evaluate(
+        self,
+        datastore_id: str,
+        image_set_id: str,
+        latest_version_id: str,
+        *,
+        updatable: Updates | None = None,
+        removable: Updates | None = None,
+        revert_to_version_id: str | None = None,
+        force: bool = False,
+        include_study_image_sets: bool = False,
+        time_limit: float | None = None,
+    ) -> Evaluation:
+        """The dry run: what the policy would decide, and the changes it would see."""
+        self._check_open()
+        request = build_request(
+            datastore_id,
+            image_set_id,
+            latest_version_id,
+            updatable=updatable,
+            removable=removable,
+            revert_to_version_id=revert_to_version_id,
+            force=force,
+            include_study_image_sets=include_study_image_sets,
+            idempotency_key="",
+        )
+        try:
+            async with asyncio.timeout(time_limit):
+                return evaluation(await _engine.evaluate(self._settings, request))
+        except TimeoutError:
+            raise DeadlineExceeded(time_limit or 0.0, "") from None
+
+    async def _follow(
+        self,
+        request: metadata_pb2.UpdateImageSetMetadataRequest | None,
+        tracker: _engine.Tracker,
+        time_limit: float | None,
+    ) -> AsyncIterator[UpdateEvent]:
+        self._check_open()
+        loop = asyncio.get_running_loop()
+        deadline = None if time_limit is None else loop.time() + time_limit
+        events = _engine.stream_update(self._settings, request, tracker)
+        try:
+            while True:
+                try:
+                    async with asyncio.timeout_at(deadline):
+                        raw = await anext(events)
+                except StopAsyncIteration:
+                    return
+                except TimeoutError:
+                    raise DeadlineExceeded(time_limit or 0.0, tracker.operation_id) from None
+                event = raw if not isinstance(raw, metadata_pb2.UpdateEvent) else from_proto(raw)
+                if event is not None:
+                    yield event
+        finally:
+            await events.aclose()
+
+    def _check_open(self) -> None:
+        if self._state != "open":
+            raise RuntimeError("use MetadataUpdateClient inside `async with` (and not after it)")
+
+
+async def final_state(events: AsyncIterator[UpdateEvent]) -> ImageSetState:
+    """Drain an update's events; the state its `Finished` carries."""
+    async for event in events:
+        if isinstance(event, Finished):
+            return event.state
+    raise ClientError("the stream ended without a finished event")
+
+
+def build_request(
+    datastore_id: str,
+    image_set_id: str,
+    latest_version_id: str,
+    *,
+    updatable: Updates | None,
+    removable: Updates | None,
+    revert_to_version_id: str | None,
+    force: bool,
+    include_study_image_sets: bool,
+    idempotency_key: str,
+) -> metadata_pb2.UpdateImageSetMetadataRequest:
+    """The proxy's request message; validating it is the proxy's job (it says which field)."""
+    request = metadata_pb2.UpdateImageSetMetadataRequest(
+        datastore_id=datastore_id,
+        image_set_id=image_set_id,
+        latest_version_id=latest_version_id,
+        force=force,
+        include_study_image_sets=include_study_image_sets,
+        idempotency_key=idempotency_key,
+    )
+    if revert_to_version_id is not None:
+        request.revert_to_version_id = revert_to_version_id
+    elif updatable is not None or removable is not None:
+        request.dicom_updates.SetInParent()
+        if updatable is not None:
+            request.dicom_updates.updatable_attributes = _blob(updatable)
+        if removable is not None:
+            request.dicom_updates.removable_attributes = _blob(removable)
+    return request
+
+
+def _blob(document: Updates) -> bytes:
+    return document if isinstance(document, bytes) else json.dumps(document).encode()

@@ -1,0 +1,50 @@
+"""A small synchronous wrapper of MetadataUpdateClient for scripts (one event loop of its own)."""
+
+from __future__ import annotations
+
+import asyncio
+from types import TracebackType
+from typing import Any
+
+from service.client.client import MetadataUpdateClient, final_state
+from service.client.events import Evaluation, ImageSetState
+
+
+class SyncMetadataUpdateClient:
+    """`with SyncMetadataUpdateClient(endpoint, credentials=...) as client: client.update(...)`.
+
+    Takes MetadataUpdateClient's arguments; not for use inside a running event loop.
+    """
+
+    def __init__(self, endpoint: str, **options: Any) -> None:
+        self._runner = asyncio.Runner()
+        self._client = MetadataUpdateClient(endpoint, **options)
+
+    def __enter__(self) -> SyncMetadataUpdateClient:
+        self._runner.run(self._client.__aenter__())
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        try:
+            self._runner.run(self._client.__aexit__(exc_type, exc, tb))
+        finally:
+            self._runner.close()
+
+    def update(self, *args: Any, **kwargs: Any) -> ImageSetState:
+        """`MetadataUpdateClient.update_and_wait`: the final state."""
+        return self._runner.run(self._client.update_and_wait(*args, **kwargs))
+
+    def watch(self, operation_id: str, *, time_limit: float | None = None) -> ImageSetState:
+        """Re-attach and wait: the final state."""
+        return self._runner.run(
+            final_state(self._client.watch(operation_id, time_limit=time_limit))
+        )
+
+    def evaluate(self, *args: Any, **kwargs: Any) -> Evaluation:
+        """`MetadataUpdateClient.evaluate`."""
+        return self._runner.run(self._client.evaluate(*args, **kwargs))
