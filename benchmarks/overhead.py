@@ -11,17 +11,19 @@ proxy's cost, not a sleep.
 
 Each concurrency level runs `--repeats` pairs of cells (direct then proxy, alternating which goes
 first) of `--updates` lifecycles each; ratios are taken within a pair, then the median reported.
+`--tracing both` measures instead the proxy with tracing off and on (`tracing_cost`).
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import itertools
 import math
 import time
 from collections import Counter
-from collections.abc import Awaitable, Callable, Iterator, Sequence
+from collections.abc import Awaitable, Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -29,7 +31,7 @@ from typing import Any
 import aiohttp
 import uvloop
 
-from benchmarks import measure, stack, workload
+from benchmarks import measure, otlp_sink, overhead_report, stack, tracing_cost, workload
 from benchmarks.measure import CpuUse, ms, percentile
 from service._proto.imaging.metadata.v1 import metadata_pb2_grpc as pb_grpc
 from service.config import OpaSettings
@@ -165,6 +167,7 @@ async def run_cell(
     updates: int,
     image_sets: ImageSets,
     running: stack.Stack,
+    settle: float = 0.0,
 ) -> Cell:
     tickets: Iterator[int] = iter(range(updates))
     timings: list[Timing] = []
@@ -186,6 +189,7 @@ async def run_cell(
     started = time.perf_counter()
     await asyncio.gather(*(worker(image_set_ids) for image_set_ids in owned))
     seconds = time.perf_counter() - started
+    await asyncio.sleep(settle)  # work the cell left behind (a span export) still counts
     cpu = meter.stop()
     calls = dict(Counter(r["operation"] for r in running.requests()))
     return Cell(mode, concurrency, seconds, tuple(timings), cpu, calls)
@@ -232,34 +236,69 @@ class Plan:
         return 2 * (WARM_UP + self.repeats * cells)
 
 
+Mode = tuple[Lifecycle, stack.Stack, ImageSets]
+"""How a mode runs a lifecycle, on which stack, with which of its image sets."""
+
+
 async def measure_all(stack_: stack.Stack, plan: Plan) -> tuple[list[Cell], dict[str, Any]]:
     image_sets = ImageSets(stack_.image_set_ids)
-    cells: list[Cell] = []
     async with (
         workload.direct_client(stack_.emulator_url, max(plan.concurrency)) as client,
         workload.channel(stack_.endpoint) as channel,
     ):
+        stub = pb_grpc.MetadataUpdateServiceStub(channel)
         modes = {
-            "direct": direct_lifecycle(client, stack_.datastore_id),
-            "proxy": proxy_lifecycle(
-                pb_grpc.MetadataUpdateServiceStub(channel), stack_.datastore_id
-            ),
+            "direct": (direct_lifecycle(client, stack_.datastore_id), stack_, image_sets),
+            "proxy": (proxy_lifecycle(stub, stack_.datastore_id), stack_, image_sets),
         }
-        for mode, lifecycle in modes.items():  # warm-up: connections, botocore's loaders, OPA
-            await run_cell(mode, lifecycle, WARM_UP, WARM_UP * 2, image_sets, stack_)
-        for concurrency in plan.concurrency:
-            for repeat in range(plan.repeats):
-                order = ["direct", "proxy"] if repeat % 2 == 0 else ["proxy", "direct"]
-                for mode in order:
-                    cell = await run_cell(
-                        mode, modes[mode], concurrency, plan.updates, image_sets, stack_
-                    )
-                    cells.append(cell)
-                    print(_progress(cell), flush=True)
-        steps = await components(
-            stack_, pb_grpc.MetadataUpdateServiceStub(channel), COMPONENT_CALLS
-        )
+        cells = await measure_modes(modes, plan)
+        steps = await components(stack_, stub, COMPONENT_CALLS)
     return cells, steps
+
+
+async def measure_modes(modes: Mapping[str, Mode], plan: Plan, settle: float = 0.0) -> list[Cell]:
+    """An untimed warm-up cell per mode, then at each level `repeats` pairs of cells, the order
+    within a pair alternating."""
+    cells: list[Cell] = []
+    for mode, (lifecycle, running, image_sets) in modes.items():  # connections, loaders, OPA
+        await run_cell(mode, lifecycle, WARM_UP, WARM_UP * 2, image_sets, running)
+    first, second = modes
+    for concurrency in plan.concurrency:
+        for repeat in range(plan.repeats):
+            for mode in [first, second] if repeat % 2 == 0 else [second, first]:
+                lifecycle, running, image_sets = modes[mode]
+                cell = await run_cell(
+                    mode, lifecycle, concurrency, plan.updates, image_sets, running, settle
+                )
+                cells.append(cell)
+                print(_progress(cell), flush=True)
+    return cells
+
+
+async def measure_tracing(stacks: Mapping[str, stack.Stack], plan: Plan) -> list[Cell]:
+    """Proxy lifecycles on the untraced and the traced stack (`tracing_cost.stack_options`)."""
+    async with contextlib.AsyncExitStack() as channels:
+        modes: dict[str, Mode] = {}
+        for mode, running in stacks.items():
+            channel = await channels.enter_async_context(workload.channel(running.endpoint))
+            stub = pb_grpc.MetadataUpdateServiceStub(channel)
+            lifecycle = proxy_lifecycle(stub, running.datastore_id)
+            modes[mode] = (lifecycle, running, ImageSets(running.image_set_ids))
+        return await measure_modes(modes, plan, tracing_cost.SETTLE_SECONDS)
+
+
+def run_tracing(plan: Plan) -> dict[str, Any]:
+    """Both stacks up at once, the sink outliving them so their last spans still arrive."""
+    with otlp_sink.serving() as sink, contextlib.ExitStack() as stacks:
+        options = tracing_cost.stack_options(plan.image_sets_needed() // 2, sink.endpoint)
+        running = {
+            mode: stacks.enter_context(stack.running(o, f"tracing-{mode}"))
+            for mode, o in options.items()
+        }
+        cells = uvloop.run(measure_tracing(running, plan))
+        stacks.close()  # the traced proxy flushes its spans as it stops
+        traced = WARM_UP * 2 + sum(len(c.timings) for c in cells if c.mode == "on")
+        return tracing_cost.summarise(cells, plan.concurrency, sink.counter.spans, traced)
 
 
 def _progress(cell: Cell) -> str:
@@ -316,108 +355,31 @@ def _summary_row(concurrency: int, direct: Sequence[Cell], proxy: Sequence[Cell]
     }
 
 
-def report(summary: dict[str, Any]) -> str:
-    rows = summary["by_concurrency"]
-    throughput = measure.table(
-        THROUGHPUT_COLUMNS,
-        [
-            [
-                r["concurrency"],
-                r["direct_per_s"],
-                r["proxy_per_s"],
-                r["ratio_median"],
-                ", ".join(f"{x:.2f}" for x in r["ratios"]),
-                "{direct:.2f} / {proxy:.2f}".format(**r["get_image_set_per_lifecycle"]),
-            ]
-            for r in rows
-        ],
-    )
-    latency = measure.table(LATENCY_COLUMNS, [_latency_row(r) for r in rows])
-    cpu = measure.table(
-        ["concurrency", "mode", *CPU_PROCESSES.values()],
-        [
-            [r["concurrency"], mode, *(_cpu(r, mode, p) for p in CPU_PROCESSES)]
-            for r in rows
-            for mode in ("direct", "proxy")
-        ],
-    )
-    steps = measure.table(
-        ["step, one call at a time", "p50 / p99 ms"],
-        [[label, _pair(summary["components_c1"][key])] for key, label in COMPONENTS.items()],
-    )
-    return "\n\n".join([throughput, latency, "CPU per lifecycle, by process:", cpu, steps])
-
-
-THROUGHPUT_COLUMNS = (
-    "concurrency",
-    "direct /s",
-    "proxy /s",
-    "proxy/direct (median of pairs)",
-    "pair ratios",
-    "GetImageSet per lifecycle direct / proxy",
-)
-LATENCY_COLUMNS = (
-    "concurrency",
-    "lifecycle direct p50/p99 ms",
-    "via proxy p50/p99 ms",
-    "added p50/p99 ms",
-    "submit direct p50/p99 ms",
-    "submit via proxy p50/p99 ms",
-    "added p50/p99 ms",
-    "`authorized` event p50/p99 ms",
-)
-CPU_PROCESSES = {
-    "client": "client µs",
-    "proxy-0": "proxy µs",
-    "opa": "OPA µs",
-    "emulator": "emulator µs",
-}
-
-
-COMPONENTS = {
-    "opa_decision_ms": "OPA decision (HTTP POST from Python, the proxy's input)",
-    "evaluate_update_ms": "EvaluateUpdate (gRPC unary: identity, normaliser, OPA)",
-}
-
-
-def _pair(values: dict[str, float]) -> str:
-    return f"{values['p50']:.2f} / {values['p99']:.2f}"
-
-
-def _latency_row(r: dict[str, Any]) -> list[object]:
-    added = {k: r["proxy_ms"][k] - r["direct_ms"][k] for k in ("p50", "p99")}
-    added_submit = {k: r["proxy_submit_ms"][k] - r["direct_submit_ms"][k] for k in ("p50", "p99")}
-    return [
-        r["concurrency"],
-        _pair(r["direct_ms"]),
-        _pair(r["proxy_ms"]),
-        _pair(added),
-        _pair(r["direct_submit_ms"]),
-        _pair(r["proxy_submit_ms"]),
-        _pair(added_submit),
-        _pair(r["proxy_authorized_ms"]),
-    ]
-
-
-def _cpu(row: dict[str, Any], mode: str, process: str) -> float:
-    return float(row["cpu_us_per_update"][mode].get(process, math.nan))
-
-
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m benchmarks.overhead", description=__doc__)
     parser.add_argument("--concurrency", default="1,16,64", help="comma-separated levels")
     parser.add_argument("--updates", type=int, default=1000, help="lifecycles per cell")
-    parser.add_argument("--repeats", type=int, default=3, help="direct/proxy pairs per level")
+    parser.add_argument(
+        "--repeats", type=int, default=3, help="pairs of cells per level (direct/proxy; off/on)"
+    )
     parser.add_argument("--profile", type=Path, help="run the proxy under pyinstrument")
+    parser.add_argument(
+        "--tracing", choices=["off", "both"], default="off", help="both: tracing off vs on"
+    )
     args = parser.parse_args(argv)
     plan = Plan(tuple(int(c) for c in args.concurrency.split(",")), args.updates, args.repeats)
+    if args.tracing == "both":
+        summary = run_tracing(plan)
+        path = measure.write_results("overhead-tracing", {"plan": plan.__dict__, **summary})
+        print(tracing_cost.report(summary), f"\nresults: {path}", sep="\n")
+        return 0
     options = stack.StackOptions(image_sets=plan.image_sets_needed(), profile=args.profile)
     with stack.running(options, "overhead") as running:
         cells, steps = uvloop.run(measure_all(running, plan))
     summary = {**summarise(cells, plan), "components_c1": steps}
     name = "overhead-profiled" if args.profile else "overhead"
     path = measure.write_results(name, {"plan": plan.__dict__, **summary})
-    print(report(summary))
+    print(overhead_report.report(summary))
     print(f"\nresults: {path}")
     return 0
 
