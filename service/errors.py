@@ -53,9 +53,11 @@ class ProxyError(Exception):
     aws_code: str = ""
     """HealthImaging's error code behind it, if any (sent as ErrorInfo metadata aws_error_code)."""
 
-    def __init__(self, message: str) -> None:
+    def __init__(self, message: str, *, aws_code: str = "") -> None:
         super().__init__(message)
         self.message = message
+        if aws_code:
+            self.aws_code = aws_code
 
 
 def status_named(name: str) -> StatusName:
@@ -150,8 +152,8 @@ class Aborted(ProxyError):
     status = "ABORTED"
     reason = "CONFLICT"
 
-    def __init__(self, message: str, reason: str = "CONFLICT") -> None:
-        super().__init__(message)
+    def __init__(self, message: str, reason: str = "CONFLICT", *, aws_code: str = "") -> None:
+        super().__init__(message, aws_code=aws_code)
         self.reason = reason
 
 
@@ -159,8 +161,10 @@ class ResourceExhausted(ProxyError):
     status = "RESOURCE_EXHAUSTED"
     reason = "RESOURCE_EXHAUSTED"
 
-    def __init__(self, message: str, retry_after_seconds: float, reason: str = "") -> None:
-        super().__init__(message)
+    def __init__(
+        self, message: str, retry_after_seconds: float, reason: str = "", *, aws_code: str = ""
+    ) -> None:
+        super().__init__(message, aws_code=aws_code)
         self.retry_after_seconds = retry_after_seconds
         if reason:
             self.reason = reason
@@ -199,8 +203,7 @@ class BackendRejected(ProxyError):
     reason = "BACKEND_REJECTED"
 
     def __init__(self, message: str, aws_code: str, status: StatusName | None = None) -> None:
-        super().__init__(message)
-        self.aws_code = aws_code
+        super().__init__(message, aws_code=aws_code)
         if status is not None:
             self.status = status
 

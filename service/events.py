@@ -70,10 +70,9 @@ class RecordedFailure(ProxyError):
     """An error told again from its record (same code, reason and message)."""
 
     def __init__(self, recorded: RecordedError) -> None:
-        super().__init__(recorded.message)
+        super().__init__(recorded.message, aws_code=recorded.aws_code)
         self.status = status_named(recorded.code)
         self.reason = recorded.reason
-        self.aws_code = recorded.aws_code
 
 
 def record_error(error: ProxyError) -> RecordedError:
@@ -83,11 +82,12 @@ def record_error(error: ProxyError) -> RecordedError:
 
 def error_from(recorded: RecordedError) -> ProxyError:
     if recorded.retry_after_seconds:
-        throttled = ResourceExhausted(
-            recorded.message, recorded.retry_after_seconds, recorded.reason
+        return ResourceExhausted(
+            recorded.message,
+            recorded.retry_after_seconds,
+            recorded.reason,
+            aws_code=recorded.aws_code,
         )
-        throttled.aws_code = recorded.aws_code
-        return throttled
     return RecordedFailure(recorded)
 
 

@@ -214,17 +214,18 @@ def _translate_errors() -> Iterator[None]:
 def _from_client_error(exc: botocore.exceptions.ClientError) -> ProxyError:
     code = exc.response.get("Error", {}).get("Code", "Unknown")
     message = f"HealthImaging {code}: {exc.response.get('Error', {}).get('Message', '')}".strip()
-    error = _domain_error(code, message)
-    error.aws_code = code  # the CLI prints it as `aws` does: "An error occurred (<code>) ..."
-    return error
+    # The code travels on (aws_error_code): the CLI prints it as `aws` does.
+    return _domain_error(code, message)
 
 
 def _domain_error(code: str, message: str) -> ProxyError:
     error_class, status = _CODE_TO_ERROR.get(code, (Unavailable, None))
     if error_class is ResourceExhausted:
-        return ResourceExhausted(message, THROTTLE_RETRY_SECONDS, reason="BACKEND_THROTTLED")
+        return ResourceExhausted(
+            message, THROTTLE_RETRY_SECONDS, reason="BACKEND_THROTTLED", aws_code=code
+        )
     if error_class is BackendRejected:
         return BackendRejected(message, code, status)
     if error_class is Aborted:
-        return Aborted(message, reason="BACKEND_CONFLICT")
-    return error_class(message)
+        return Aborted(message, reason="BACKEND_CONFLICT", aws_code=code)
+    return error_class(message, aws_code=code)

@@ -298,9 +298,7 @@ class Runner:
             applied, outcome = await self._write_outcome(plan)
             if applied is False:  # a retry with the same key must submit again, not replay this
                 await self._forget_key(operation.record)
-            told = Unavailable(f"{error.message}; {outcome}")
-            told.aws_code = error.aws_code  # e.g. InternalServerException, for the CLI
-            raise told from error
+            raise Unavailable(f"{error.message}; {outcome}", aws_code=error.aws_code) from error
         await self._save(operation, state="submitted", submitted=status, last_status=status)
         self._emit(operation, Submitted(operation.id, time.time(), status))
 

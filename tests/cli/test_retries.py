@@ -192,6 +192,23 @@ MANY_VIOLATIONS = InvalidArgument(
 )
 
 
+async def refused_update(proxy: ScriptedProxy) -> ServiceError:
+    """The CLI's error after following one update through `proxy` (which must refuse it)."""
+    server, port = await serve(proxy)
+    try:
+        with pytest.raises(ServiceError) as raised:
+            await follow_update(
+                connection(port),
+                REQUEST,
+                Tracker("key-1"),
+                Progress(io.StringIO(), live=False),
+                False,
+            )
+    finally:
+        await server.stop(None)
+    return raised.value
+
+
 @pytest.mark.parametrize(
     ("script", "code"),
     [
@@ -206,38 +223,16 @@ MANY_VIOLATIONS = InvalidArgument(
 async def test_refusals_are_never_submitted_again(script: Script, code: str) -> None:
     # More scripts than one: a second attempt would run (and pass) instead of failing here.
     proxy = ScriptedProxy([script, finishes, finishes], [finishes])
-    server, port = await serve(proxy)
-    try:
-        with pytest.raises(ServiceError) as raised:
-            await follow_update(
-                connection(port),
-                REQUEST,
-                Tracker("key-1"),
-                Progress(io.StringIO(), live=False),
-                False,
-            )
-    finally:
-        await server.stop(None)
+    raised = await refused_update(proxy)
     assert len(proxy.update_requests) == 1
     assert proxy.watch_requests == []
-    assert f"({code})" in str(raised.value)
+    assert f"({code})" in str(raised)
 
 
 async def test_a_bounded_invalid_argument_arrives_with_its_violations() -> None:
     proxy = ScriptedProxy([refused_with(MANY_VIOLATIONS)], [])
-    server, port = await serve(proxy)
-    try:
-        with pytest.raises(ServiceError) as raised:
-            await follow_update(
-                connection(port),
-                REQUEST,
-                Tracker("key-1"),
-                Progress(io.StringIO(), live=False),
-                False,
-            )
-    finally:
-        await server.stop(None)
-    text = str(raised.value)
+    raised = await refused_update(proxy)
+    text = str(raised)
     assert "Foo0" in text and "more not shown" in text
 
 

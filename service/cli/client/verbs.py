@@ -107,32 +107,22 @@ def _add_verb(
     return parser
 
 
+def _on_off(group: argparse._ArgumentGroup, flag: str, helptext: str) -> None:
+    """`--flag` and the AWS CLI's hidden `--no-flag`, exclusive; unset stays None."""
+    pair = group.add_mutually_exclusive_group()
+    dest = flag.replace("-", "_")
+    pair.add_argument(f"--{flag}", dest=dest, action="store_const", const=True, help=helptext)
+    pair.add_argument(
+        f"--no-{flag}", dest=dest, action="store_const", const=False, help=argparse.SUPPRESS
+    )
+
+
 def _add_update_options(parser: argparse.ArgumentParser) -> None:
     group = parser.add_argument_group("operation options")
     for name, helptext in client_help.UPDATE_OPTIONS:
         group.add_argument(name, metavar="<value>", help=helptext)
-    force = group.add_mutually_exclusive_group()
-    force.add_argument(
-        "--force", dest="force", action="store_const", const=True, help=client_help.FORCE
-    )
-    force.add_argument(
-        "--no-force", dest="force", action="store_const", const=False, help=argparse.SUPPRESS
-    )
-    study = group.add_mutually_exclusive_group()
-    study.add_argument(
-        "--include-study-image-sets",
-        dest="include_study_image_sets",
-        action="store_const",
-        const=True,
-        help=client_help.INCLUDE_STUDY,
-    )
-    study.add_argument(
-        "--no-include-study-image-sets",
-        dest="include_study_image_sets",
-        action="store_const",
-        const=False,
-        help=argparse.SUPPRESS,
-    )
+    _on_off(group, "force", client_help.FORCE)
+    _on_off(group, "include-study-image-sets", client_help.INCLUDE_STUDY)
     group.add_argument(
         "--cli-binary-format",
         choices=params.BINARY_FORMATS,
