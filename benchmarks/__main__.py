@@ -12,7 +12,7 @@ import sys
 import time
 from collections.abc import Callable, Sequence
 
-from benchmarks import grpc_load, overhead, quota, replicas, waiting
+from benchmarks import grpc_load, idle_streams, overhead, quota, replicas, waiting
 
 Main = Callable[[Sequence[str] | None], int]
 
@@ -25,10 +25,11 @@ BENCHMARKS: dict[str, tuple[Main, list[str], list[str]]] = {
         [],
         ["--streams", "1000", "--hold-seconds", "5", "--durations", "0.5"],
     ),
+    "idle_streams": (idle_streams.main, [], ["--streams", "1000", "--hold-seconds", "3"]),
     "quota": (
         quota.main,
         [],
-        ["--clients", "100", "--seconds", "30", "--fast-seconds", "60"],
+        ["--clients", "100", "--seconds", "30", "--fast-clients", "100", "--fast-seconds", "60"],
     ),
     "replicas": (replicas.main, [], ["--clients", "40", "--seconds", "60"]),
 }

@@ -11,6 +11,8 @@ proxy's cost, not a sleep.
 
 Each concurrency level runs `--repeats` pairs of cells (direct then proxy, alternating which goes
 first) of `--updates` lifecycles each; ratios are taken within a pair, then the median reported.
+After the cells, `components` measures EvaluateUpdate against its parts (a trivial gRPC server's
+unary and an OPA decision), and the summary ends with issue 12's goals, met or not (`goals`).
 `--tracing both` measures instead the proxy with tracing off and on (`tracing_cost`).
 """
 
@@ -28,23 +30,28 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import aiohttp
 import uvloop
 
-from benchmarks import measure, otlp_sink, overhead_report, stack, tracing_cost, workload
+from benchmarks import (
+    components,
+    goals,
+    measure,
+    otlp_sink,
+    overhead_report,
+    stack,
+    tracing_cost,
+    trivial_server,
+    workload,
+)
 from benchmarks.measure import CpuUse, ms, percentile
 from service._proto.imaging.metadata.v1 import metadata_pb2_grpc as pb_grpc
-from service.config import OpaSettings
-from service.model import Caller
-from service.policy_input import build_input
-from service.server import to_update_request
-from service.updates import normalise
 
 FIRST_POLL, POLL_INITIAL, POLL_GROWTH, POLL_MAX = 0.001, 0.25, 1.5, 3.0
 PRINCIPAL = stack.PRINCIPALS[0]
 WARM_UP = 32
-COMPONENT_CALLS = 1000
 """Workers (and twice as many lifecycles) of the untimed warm-up cell of each mode."""
+COMPONENT_CALLS = 1000
+"""Calls of each step of `components.measure_steps` (interleaved, at concurrency 1)."""
 
 
 @dataclass(frozen=True)
@@ -195,36 +202,6 @@ async def run_cell(
     return Cell(mode, concurrency, seconds, tuple(timings), cpu, calls)
 
 
-async def components(
-    running: stack.Stack, stub: pb_grpc.MetadataUpdateServiceAsyncStub, calls: int
-) -> dict[str, dict[str, float]]:
-    """Latency of the proxy's own steps, one at a time: an OPA decision and EvaluateUpdate."""
-    image_set_id = running.image_set_ids[-1]
-    request = workload.grpc_request(running.datastore_id, image_set_id, "1", 0)
-    plan = normalise(to_update_request(request))
-    document = {"input": build_input(Caller(PRINCIPAL, "dev"), plan)}
-    url = f"{running.opa_url}/v1/data/{OpaSettings().decision_path.replace('.', '/')}"
-    metadata = workload.caller(PRINCIPAL)
-    opa, evaluate = [], []
-    async with aiohttp.ClientSession() as session:
-        for _ in range(calls):
-            start = time.perf_counter()
-            async with session.post(url, json=document) as response:
-                await response.read()
-            opa.append(time.perf_counter() - start)
-    for _ in range(calls):
-        start = time.perf_counter()
-        await stub.EvaluateUpdate(request, metadata=metadata)
-        evaluate.append(time.perf_counter() - start)
-    return {
-        "opa_decision_ms": {"p50": ms(percentile(opa, 0.5)), "p99": ms(percentile(opa, 0.99))},
-        "evaluate_update_ms": {
-            "p50": ms(percentile(evaluate, 0.5)),
-            "p99": ms(percentile(evaluate, 0.99)),
-        },
-    }
-
-
 @dataclass(frozen=True)
 class Plan:
     concurrency: tuple[int, ...]
@@ -240,11 +217,14 @@ Mode = tuple[Lifecycle, stack.Stack, ImageSets]
 """How a mode runs a lifecycle, on which stack, with which of its image sets."""
 
 
-async def measure_all(stack_: stack.Stack, plan: Plan) -> tuple[list[Cell], dict[str, Any]]:
+async def measure_all(
+    stack_: stack.Stack, plan: Plan, trivial_endpoint: str
+) -> tuple[list[Cell], dict[str, Any]]:
     image_sets = ImageSets(stack_.image_set_ids)
     async with (
         workload.direct_client(stack_.emulator_url, max(plan.concurrency)) as client,
         workload.channel(stack_.endpoint) as channel,
+        workload.channel(trivial_endpoint) as trivial_channel,
     ):
         stub = pb_grpc.MetadataUpdateServiceStub(channel)
         modes = {
@@ -252,7 +232,8 @@ async def measure_all(stack_: stack.Stack, plan: Plan) -> tuple[list[Cell], dict
             "proxy": (proxy_lifecycle(stub, stack_.datastore_id), stack_, image_sets),
         }
         cells = await measure_modes(modes, plan)
-        steps = await components(stack_, stub, COMPONENT_CALLS)
+        trivial = pb_grpc.MetadataUpdateServiceStub(trivial_channel)
+        steps = await components.measure_steps(stack_, stub, trivial, COMPONENT_CALLS)
     return cells, steps
 
 
@@ -374,9 +355,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(tracing_cost.report(summary), f"\nresults: {path}", sep="\n")
         return 0
     options = stack.StackOptions(image_sets=plan.image_sets_needed(), profile=args.profile)
-    with stack.running(options, "overhead") as running:
-        cells, steps = uvloop.run(measure_all(running, plan))
+    with (
+        stack.running(options, "overhead") as running,
+        trivial_server.running(running.log_dir) as (_, trivial_endpoint),
+    ):
+        cells, steps = uvloop.run(measure_all(running, plan, trivial_endpoint))
     summary = {**summarise(cells, plan), "components_c1": steps}
+    summary["goals"] = goals.overhead(summary)
     name = "overhead-profiled" if args.profile else "overhead"
     path = measure.write_results(name, {"plan": plan.__dict__, **summary})
     print(overhead_report.report(summary))

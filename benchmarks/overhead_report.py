@@ -5,7 +5,7 @@ from __future__ import annotations
 import math
 from typing import Any
 
-from benchmarks import measure
+from benchmarks import goals, measure
 
 
 def report(summary: dict[str, Any]) -> str:
@@ -33,11 +33,15 @@ def report(summary: dict[str, Any]) -> str:
             for mode in ("direct", "proxy")
         ],
     )
+    parts = summary["components_c1"]
     steps = measure.table(
-        ["step, one call at a time", "p50 / p99 ms"],
-        [[label, _pair(summary["components_c1"][key])] for key, label in COMPONENTS.items()],
+        ["step, one call at a time (interleaved rounds)", "p50 / p99 ms"],
+        [[label, _pair(parts[key])] for key, label in COMPONENTS.items()]
+        + [["EvaluateUpdate p50 - (trivial unary p50 + OPA p50)", f"{parts['excess_ms']:.3f}"]],
     )
-    return "\n\n".join([throughput, latency, "CPU per lifecycle, by process:", cpu, steps])
+    verdicts = goals.table(summary["goals"])
+    tables = [throughput, latency, "CPU per lifecycle, by process:", cpu, steps, verdicts]
+    return "\n\n".join(tables)
 
 
 THROUGHPUT_COLUMNS = (
@@ -67,6 +71,7 @@ CPU_PROCESSES = {
 
 
 COMPONENTS = {
+    "trivial_unary_ms": "EvaluateUpdate on a trivial grpc.aio server (gRPC's own cost)",
     "opa_decision_ms": "OPA decision (HTTP POST from Python, the proxy's input)",
     "evaluate_update_ms": "EvaluateUpdate (gRPC unary: identity, normaliser, OPA)",
 }

@@ -37,14 +37,14 @@ STAGES: tuple[tuple[str, str, str], ...] = (
     ("metrics", "", "service/metrics"),
     ("operation runner", "", "service/runner"),
     ("streams: fan-out, heartbeats", "", "service/streams"),
-    ("health monitor", "", "service/health"),
+    ("health monitor", "", "service/health.py"),
     ("gRPC handlers", "", "service/server"),
 )
 LIBRARIES: tuple[tuple[str, str, str], ...] = (
     ("gRPC server (Python part)", "", "grpc/aio"),
     ("gRPC server (Cython part)", "", "grpc/_cython"),
     ("structlog", "", "structlog"),
-    ("aiosqlite / sqlite3", "", "aiosqlite"),
+    ("sqlite3 (on the event loop)", "", "sqlite3"),
     ("prometheus_client", "", "prometheus_client"),
     ("start-up (imports)", "_find_and_load", "importlib"),
 )

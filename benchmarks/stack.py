@@ -34,6 +34,8 @@ DATASTORE_ID = DEMO_DATASTORE_ID
 PRINCIPALS = tuple(f"bench-{index:02d}" for index in range(10))
 """Benchmark callers, each granted metadata-editor on the benchmark data store."""
 AWS_ENV = EMULATOR_AWS_ENV
+Quotas = Literal["off", "default"] | Sections
+"""The emulator's quotas: none, HealthImaging's defaults, or settings sections."""
 
 
 @dataclass(frozen=True)
@@ -46,7 +48,7 @@ class StackOptions:
     """Seconds the emulator takes to apply an update. Not 0: the emulator's lazy clock finishes
     an immediate update at the next call and stamps it then, so the proxy would learn the delay
     of its own first poll as the typical update duration."""
-    quotas: Literal["off", "default"] | Sections = "off"
+    quotas: Quotas = "off"
     """'off' (no emulator quotas), 'default' (HealthImaging's), or emulator settings sections
     (e.g. `settings.update_quota`)."""
     proxy_args: tuple[str, ...] = ()

@@ -417,7 +417,7 @@ def _options(plan: Plan) -> stack.StackOptions:
     }
     if plan.heartbeat_seconds:
         config["watch"] = {"heartbeat_seconds": plan.heartbeat_seconds}
-    quotas = SETUP_WRITE_QUOTA if plan.read_quota == "default" else "off"
+    quotas: stack.Quotas = SETUP_WRITE_QUOTA if plan.read_quota == "default" else "off"
     return stack.StackOptions(
         image_sets=plan.image_sets,
         update_delay=0.5,

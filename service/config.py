@@ -111,6 +111,8 @@ class OpaSettings:
     """Client certificate (PEM) for TLS to OPA."""
     client_key: str = ""
     """Client key (PEM) for TLS to OPA."""
+    ca_file: str = ""
+    """CA bundle (PEM) that OPA's certificate must chain to; empty: the system's roots."""
     send_values: bool = False
     """Include attribute values in the policy input (off: PHI minimisation)."""
     health_interval_seconds: Seconds = 2.0

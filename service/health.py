@@ -27,7 +27,7 @@ import structlog
 from grpc_health.v1 import health, health_pb2
 
 from service.config import OpaSettings
-from service.policy import opa_address
+from service.policy import opa_address, opa_headers, opa_tls
 
 log = structlog.get_logger(__name__)
 
@@ -88,16 +88,12 @@ class HttpProbe:
 
 
 def opa_probe(session: aiohttp.ClientSession, settings: OpaSettings) -> HttpProbe:
-    """GET <opa>/health with the decision client's credentials (token, client certificate)."""
-    tls = None
-    if settings.url.startswith("https://"):
-        tls = ssl.create_default_context()  # honours SSL_CERT_FILE, as the decision client does
-        if settings.client_cert:
-            tls.load_cert_chain(settings.client_cert, settings.client_key or None)
-    headers = {"Authorization": f"Bearer {settings.token}"} if settings.token else {}
+    """GET <opa>/health with the decision client's credentials (CA, token, client certificate)."""
     scheme, host, port = opa_address(settings)  # where the decisions go, not a second guess
     url = f"{scheme}://{host}:{port}/health"
-    return HttpProbe(session, url, settings.health_timeout_seconds, tls, headers)
+    return HttpProbe(
+        session, url, settings.health_timeout_seconds, opa_tls(settings), opa_headers(settings)
+    )
 
 
 class Health:

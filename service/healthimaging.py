@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import AsyncIterator, Iterator, Mapping
 from contextlib import asynccontextmanager, contextmanager
 from datetime import datetime
@@ -11,6 +12,8 @@ import aioboto3
 import aiohttp
 import botocore.exceptions
 import structlog
+import wrapt  # type: ignore[import-untyped]  # aiobotocore's dependency
+from aiobotocore.client import AioBaseClient
 from aiobotocore.config import AioConfig
 
 import medical_imaging_model
@@ -25,6 +28,7 @@ from service.errors import (
     StatusName,
     Unavailable,
 )
+from service.lean_calls import LeanOperation, Unsupported
 from service.model import ImageSetStatus, UpdatePlan
 
 # botocore data path holding a newer medical-imaging model (it adds includeStudyImageSets) than
@@ -44,6 +48,8 @@ class HealthImaging:
         self._client = client
         self.has_credentials = has_credentials
         """Whether botocore's credential chain found credentials at start-up."""
+        # The two calls made per update and poll skip botocore's per-call machinery.
+        self._lean = {name: _lean(client, name) for name in _LEAN_OPERATIONS}
 
     @classmethod
     @asynccontextmanager
@@ -80,7 +86,7 @@ class HealthImaging:
         if plan.include_study_image_sets:
             params["includeStudyImageSets"] = True
         with _translate_errors():
-            response = await self._client.update_image_set_metadata(**params)
+            response = await self._call("UpdateImageSetMetadata", params)
         return _status(response, "latestVersionId")
 
     async def get_image_set(
@@ -90,8 +96,15 @@ class HealthImaging:
         if version_id:
             params["versionId"] = version_id
         with _translate_errors():
-            response = await self._client.get_image_set(**params)
+            response = await self._call("GetImageSet", params)
         return _status(response, "versionId")
+
+    async def _call(self, operation: str, params: Mapping[str, Any]) -> dict[str, Any]:
+        lean = self._lean[operation]
+        if lean is None or _traced():
+            response: dict[str, Any] = await self._client._make_api_call(operation, dict(params))
+            return response
+        return await lean.call(params)
 
     async def image_set_metadata(self, datastore_id: str, image_set_id: str) -> bytes:
         """The latest version's metadata document, as sent (gzip-compressed JSON)."""
@@ -102,6 +115,24 @@ class HealthImaging:
             async with response["imageSetMetadataBlob"] as blob:
                 raw: bytes = await blob.read()
         return raw
+
+
+_LEAN_OPERATIONS = ("UpdateImageSetMetadata", "GetImageSet")
+"""The calls made per update and per poll: they skip botocore's per-call machinery."""
+
+
+def _lean(client: Any, operation: str) -> LeanOperation | None:
+    try:
+        return LeanOperation(client, operation)
+    except Unsupported as exc:  # e.g. retries configured: every call takes botocore's path
+        log.warning("lean_call_unsupported", operation=operation, reason=str(exc))
+        return None
+
+
+def _traced() -> bool:
+    """Whether tracing's instrumentation wraps the client's `_make_api_call`: then every call
+    goes through it, so each HealthImaging call keeps its botocore span."""
+    return isinstance(inspect.getattr_static(AioBaseClient, "_make_api_call"), wrapt.ObjectProxy)
 
 
 async def _find_credentials(session: aioboto3.Session) -> bool:

@@ -12,7 +12,7 @@ def configure(level: str = "info", json: bool = True) -> None:
     """Route structlog (and stdlib logging) to stderr as one JSON object per line."""
     numeric = logging.getLevelNamesMapping()[level.upper()]
     # Only third-party libraries log through stdlib logging, and at debug level they dump whole
-    # requests (botocore bodies, aiosqlite parameters): attribute documents are patient data.
+    # requests (botocore logs bodies): attribute documents are patient data.
     logging.basicConfig(level=max(numeric, logging.INFO), stream=sys.stderr, format="%(message)s")
     renderer: structlog.typing.Processor = (
         structlog.processors.JSONRenderer() if json else structlog.dev.ConsoleRenderer()

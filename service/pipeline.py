@@ -46,7 +46,9 @@ class Pipeline:
     async def update(
         self, caller: Caller, request: UpdateRequest, time_remaining: float | None
     ) -> AsyncIterator[Event]:
-        """One update, start to end. `time_remaining`: seconds left of the call's deadline.
+        """One update, decided and launched; returns its events to the end. `time_remaining`:
+        seconds left of the call's deadline. Returned, not yielded through: a stream holds no
+        generator of the pipeline while it waits.
 
         A retry with the same idempotency key follows the first operation, undecided again.
         """
@@ -63,8 +65,7 @@ class Pipeline:
             if record.id == fresh.id:  # otherwise the same key won a race: follow the winner
                 self._runner.launch(record, caller, plan)
         assert record is not None  # the twin of an earlier call, or the one recorded above
-        async for event in self._streams.follow(record):
-            yield event
+        return self._streams.follow(record)
 
     async def evaluate(self, caller: Caller, request: UpdateRequest) -> tuple[UpdatePlan, Decision]:
         """Validate, classify and decide; nothing is submitted."""
@@ -76,8 +77,7 @@ class Pipeline:
         """Re-attach to an operation by id (its owner, or an admin on its data store)."""
         record = await self._runner.lookup(operation_id)
         await self._may_watch(caller, record)
-        async for event in self._streams.follow(record):
-            yield event
+        return self._streams.follow(record)
 
     async def _allowed(self, caller: Caller, plan: UpdatePlan) -> Decision:
         """OPA's decision when it allows the update; PermissionDenied (audited) otherwise."""

@@ -63,6 +63,7 @@ from service.model import (
     UpdateRequest,
 )
 from service.updates import normalise
+from service.wakeup import Wakeup
 from service.watch import Watcher
 
 log = structlog.get_logger(__name__)
@@ -77,7 +78,8 @@ class Operation:
     plan: UpdatePlan
     events: list[Event] = field(default_factory=list)
     error: ProxyError | None = None
-    subscribers: set[asyncio.Queue[Item]] = field(default_factory=set)
+    wakeup: Wakeup = field(default_factory=Wakeup)
+    """What its streams wait on; each stream keeps only its read position in `events`."""
     task: asyncio.Task[None] | None = None
     seq: int = 0
 
@@ -96,8 +98,7 @@ class Operation:
             self.events[-1] = item  # a replay needs only the latest position
         else:
             self.events.append(item)
-        for queue in self.subscribers:
-            queue.put_nowait(item)
+        self.wakeup.notify()
 
 
 class _Lost(Exception):

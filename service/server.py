@@ -69,17 +69,22 @@ def unary(
 
 
 def streaming(
-    handler: Callable[[Any, Any, grpc.aio.ServicerContext[Any, Any]], AsyncIterator[T]],
-) -> Callable[[Any, Any, grpc.aio.ServicerContext[Any, Any]], AsyncIterator[T]]:
+    handler: Callable[
+        [Any, Any, grpc.aio.ServicerContext[Any, Any]], Awaitable[AsyncIterator[Event]]
+    ],
+) -> Callable[[Any, Any, grpc.aio.ServicerContext[Any, Any]], AsyncIterator[pb.UpdateEvent]]:
+    """A status stream: the handler returns the events, so an idle stream holds one generator
+    (this one) and the operation's stream, nothing per layer in between."""
+
     @functools.wraps(handler)
     async def wrapper(
         self: Any, request: Any, context: grpc.aio.ServicerContext[Any, Any]
-    ) -> AsyncIterator[T]:
+    ) -> AsyncIterator[pb.UpdateEvent]:
         outcome = self.outcome(handler.__name__)
         with outcome.open():
             try:
-                async for item in handler(self, request, context):
-                    yield item
+                async for event in await handler(self, request, context):
+                    yield to_pb_event(event)
                 outcome.ok()
             except ProxyError as error:
                 outcome.failed(error)
@@ -143,19 +148,17 @@ class MetadataUpdateServicer(pb_grpc.MetadataUpdateServiceServicer):
     @streaming
     async def UpdateImageSetMetadata(
         self, request: pb.UpdateImageSetMetadataRequest, context: grpc.aio.ServicerContext[Any, Any]
-    ) -> AsyncIterator[pb.UpdateEvent]:
+    ) -> AsyncIterator[Event]:
         caller = self._caller(context, "UpdateImageSetMetadata")
         remaining = context.time_remaining()
-        async for event in self._pipeline.update(caller, to_update_request(request), remaining):
-            yield to_pb_event(event)
+        return await self._pipeline.update(caller, to_update_request(request), remaining)
 
     @streaming
     async def WatchUpdate(
         self, request: pb.WatchUpdateRequest, context: grpc.aio.ServicerContext[Any, Any]
-    ) -> AsyncIterator[pb.UpdateEvent]:
+    ) -> AsyncIterator[Event]:
         caller = self._caller(context, "WatchUpdate")
-        async for event in self._pipeline.watch(caller, request.operation_id):
-            yield to_pb_event(event)
+        return await self._pipeline.watch(caller, request.operation_id)
 
     @unary
     async def EvaluateUpdate(

@@ -25,7 +25,6 @@ from service.journal.codec import (
     is_stale,
     key_digest,
 )
-from service.journal.redis import RedisJournal
 from service.journal.sealing import Sealer, UnreadableRecord
 from service.journal.sqlite import SqliteJournal
 from service.model import ImageSetKey, OperationRecord
@@ -33,7 +32,6 @@ from service.model import ImageSetKey, OperationRecord
 __all__ = [
     "RESUBMITTABLE",
     "Journal",
-    "RedisJournal",
     "SqliteJournal",
     "UnreadableRecord",
     "at_rest",
@@ -98,6 +96,9 @@ async def open_journal(settings: JournalSettings) -> AsyncIterator[Journal]:
         log.warning("journal_in_clear", hint="set [journal] encryption_keys to seal records")
     scheme = urlsplit(settings.url).scheme
     if scheme in ("redis", "rediss", "unix"):
+        # Imported here: redis-py costs start-up time and memory a lone proxy never needs.
+        from service.journal.redis import RedisJournal
+
         async with RedisJournal.open(settings, sealer) as redis_journal:
             yield redis_journal
     elif settings.url:  # the URL itself may hold a password: name its scheme only

@@ -3,7 +3,9 @@
 The update's document (the attribute blobs) is patient data. A record keeps it only while a
 submit may still need it (`queued`, `submitting`); once HealthImaging has acknowledged the
 submit, or the operation has failed, the journal stores the record without it. Both journals
-(`sqlite.py`, `redis.py`) use this module; it imports neither.
+(`sqlite.py`, `redis.py`) use this module; it imports neither. A journal encodes with a
+`RecordEncoder`: the fields fixed at creation are turned into JSON once per operation, not on
+every save; the text is the same `asdict` + `json.dumps` gave (older journals read as before).
 """
 
 from __future__ import annotations
@@ -11,8 +13,9 @@ from __future__ import annotations
 import base64
 import hashlib
 import json
-from collections.abc import Iterable, Mapping
-from dataclasses import asdict, replace
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import fields, replace
+from operator import attrgetter, is_
 from typing import Any, cast, get_args
 
 import structlog
@@ -35,6 +38,17 @@ log = structlog.get_logger(__name__)
 RESUBMITTABLE: frozenset[str] = frozenset({"queued", "submitting"})
 """States in which the operation may still submit, so its record keeps the document."""
 
+_COMPACT = json.JSONEncoder(separators=(",", ":"), check_circular=False)
+"""`json.dumps(..., separators=(",", ":"))` without building an encoder per call."""
+_NAMES: dict[type, tuple[str, ...]] = {}
+_RECORD_FIELDS = tuple(field.name for field in fields(OperationRecord))
+_FIXED_NAMES = _RECORD_FIELDS[: _RECORD_FIELDS.index("state")]  # set at creation, in order
+_CHANGING_NAMES = _RECORD_FIELDS[len(_FIXED_NAMES) :]
+_fixed = cast("Callable[[OperationRecord], tuple[Any, ...]]", attrgetter(*_FIXED_NAMES))
+_DOCUMENT = ("updatable_attributes", "removable_attributes")
+_SAVED_AGAIN = RESUBMITTABLE | {"submitted"}
+"""States after which this process saves the same record again (and may reuse its parts)."""
+
 
 def at_rest(record: OperationRecord) -> OperationRecord:
     """The record as the journal keeps it: the document only while a submit may need it."""
@@ -56,22 +70,84 @@ def key_digest(key: str) -> str:
 
 def fingerprint(request: UpdateRequest) -> str:
     """What makes two requests "the same" for an idempotency key (the key itself aside)."""
-    fields = asdict(replace(request, idempotency_key=""))
-    for name, value in fields.items():
+    document = _plain(request)
+    document["idempotency_key"] = ""
+    for name, value in document.items():
         if isinstance(value, bytes):
-            fields[name] = hashlib.sha256(value).hexdigest()
-    return hashlib.sha256(json.dumps(fields, sort_keys=True).encode()).hexdigest()
+            document[name] = hashlib.sha256(value).hexdigest()
+    return hashlib.sha256(json.dumps(document, sort_keys=True).encode()).hexdigest()
 
 
 def encode(record: OperationRecord, sealer: Sealer) -> str:
-    document = asdict(at_rest(record))
-    for name in ("updatable_attributes", "removable_attributes"):
-        blob = document["request"][name]
-        document["request"][name] = base64.b64encode(blob).decode() if blob is not None else None
-    text = json.dumps(document, separators=(",", ":"))
+    """The record at rest, as stored (`RecordEncoder` does the same, reusing unchanged parts)."""
+    return _sealed(
+        record.id, _head(_fixed(record), record.state in RESUBMITTABLE) + _tail(record), sealer
+    )
+
+
+class RecordEncoder:
+    """`encode` for one journal: the JSON of a live operation's fields fixed at creation
+    (request, decision, caller...) is made once, and only the changing fields on each save.
+
+    The output is the same text `encode` gives. A cached part is reused only while every fixed
+    field is the very same object; the part holding the document is dropped with it (at rest).
+    """
+
+    def __init__(self, sealer: Sealer, capacity: int = 4096) -> None:
+        self._sealer = sealer
+        self._capacity = capacity
+        self._heads: dict[str, tuple[bool, tuple[Any, ...], str]] = {}
+        """Operation id → (document kept, fixed field values, their JSON without its '}')."""
+
+    def encode(self, record: OperationRecord) -> str:
+        keep = record.state in RESUBMITTABLE
+        fixed = _fixed(record)
+        cached = self._heads.pop(record.id, None)
+        if cached is not None and cached[0] == keep and all(map(is_, cached[1], fixed)):
+            head = cached[2]
+        else:
+            head = _head(fixed, keep)
+        if record.state in _SAVED_AGAIN:  # otherwise done here: forget it
+            self._heads[record.id] = (keep, fixed, head)
+            if len(self._heads) > self._capacity:  # the least recently saved goes
+                del self._heads[next(iter(self._heads))]
+        return _sealed(record.id, head + _tail(record), self._sealer)
+
+
+def _plain(value: Any) -> dict[str, Any]:
+    """A flat frozen dataclass as a dict, field by field (what `asdict` gives, without
+    its deep copy); nested ones are converted by the caller."""
+    kind = type(value)
+    names = _NAMES.get(kind)
+    if names is None:
+        names = _NAMES[kind] = tuple(field.name for field in fields(kind))
+    return {name: getattr(value, name) for name in names}
+
+
+def _head(fixed: tuple[Any, ...], keep_document: bool) -> str:
+    """The fixed fields' JSON, as `asdict` + `json.dumps` would give it, open at the end."""
+    document = dict(zip(_FIXED_NAMES, fixed, strict=True))
+    request = document["request"] = _plain(document["request"])
+    for name in _DOCUMENT:
+        blob = request[name] if keep_document else None
+        request[name] = base64.b64encode(blob).decode() if blob is not None else None
+    document["decision"] = _plain(document["decision"])
+    return _COMPACT.encode(document)[:-1]
+
+
+def _tail(record: OperationRecord) -> str:
+    """The fields that change as the operation goes on, closing the record's JSON."""
+    document = {name: getattr(record, name) for name in _CHANGING_NAMES}
+    for name in ("submitted", "last_status", "error"):
+        if document[name] is not None:
+            document[name] = _plain(document[name])
+    return "," + _COMPACT.encode(document)[1:]
+
+
+def _sealed(operation_id: str, text: str, sealer: Sealer) -> str:
     if not sealer.enabled:
         return text
-    return json.dumps(sealer.seal(record.id, text.encode()), separators=(",", ":"))
+    return _COMPACT.encode(sealer.seal(operation_id, text.encode()))
 
 
 def decode(text: str, operation_id: str, sealer: Sealer) -> OperationRecord:

@@ -26,7 +26,7 @@ import redis.asyncio as aioredis
 import structlog
 
 from service.config import JournalSettings
-from service.journal.codec import decode, decode_readable, encode, is_stale
+from service.journal.codec import RecordEncoder, at_rest, decode, decode_readable, is_stale
 from service.journal.sealing import Sealer
 from service.model import ImageSetKey, OperationRecord
 from service.redis import blocking_redis, translated
@@ -50,7 +50,7 @@ if #KEYS == 3 then
 end
 redis.call('HSET', KEYS[1], 'body', ARGV[2], 'owner', ARGV[3], 'state', 'queued')
 redis.call('SADD', KEYS[2], ARGV[1])
-return {ARGV[1], ARGV[2]}
+return {ARGV[1]}
 """
 
 _SAVE_LUA = """
@@ -100,6 +100,7 @@ class RedisJournal:
         self._client = client
         self._settings = settings
         self._sealer = sealer
+        self._encoder = RecordEncoder(sealer)
         self._prefix = settings.key_prefix
         self.replica_id = uuid.uuid4().hex[:12]
         self._create = client.register_script(_CREATE_LUA)
@@ -169,20 +170,22 @@ class RedisJournal:
         ttl_ms = int(self._settings.idempotency_ttl_seconds * 1000)
         args: list[str | int] = [
             record.id,
-            encode(record, self._sealer),
+            self._encoder.encode(record),
             self.replica_id,
             self._key("op", ""),
             ttl_ms,
         ]
-        operation_id, body = await self._create(keys=keys, args=args)
-        return decode(_text(body), _text(operation_id), self._sealer)
+        reply = await self._create(keys=keys, args=args)
+        if _text(reply[0]) == record.id:  # stored as sent: no need to read it back
+            return at_rest(record)
+        return decode(_text(reply[1]), _text(reply[0]), self._sealer)
 
     @translated("journal")
     async def save(self, record: OperationRecord) -> bool:
         keys = [self._key("op", record.id), self._key("unfinished")]
         retention_ms = int(self._settings.retention_seconds * 1000)
         finished = "1" if record.finished else "0"
-        body = encode(record, self._sealer)
+        body = self._encoder.encode(record)
         args: list[str | int] = [record.id, body, self.replica_id, finished, retention_ms]
         args.append(record.state)
         return bool(await self._save(keys=keys, args=args))

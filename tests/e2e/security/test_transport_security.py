@@ -4,10 +4,10 @@ The identity unit and handshake details (rotation, CN fallback) are covered in
 tests/e2e/security/test_tls_identity.py; here the whole product runs: `imaging-proxy serve`, real
 OPA, the emulator.
 
-TLS to OPA: opa-python-client builds its context with `ssl.create_default_context()` and offers no
-CA option, so the proxy trusts an internal CA only through OpenSSL's `SSL_CERT_FILE` (or
-`SSL_CERT_DIR`) environment variable. The tests prove that this works, that a wrong trust store
-fails closed, and that OPA's client-certificate authentication works with `[opa] client_cert`.
+TLS to OPA: the proxy trusts an internal CA through `[opa] ca_file` (for OPA alone) or, without
+it, through the process's roots (OpenSSL's `SSL_CERT_FILE`). The tests prove both, that a wrong
+trust store fails closed, and that OPA's client-certificate authentication works with
+`[opa] client_cert`.
 """
 
 from __future__ import annotations
@@ -190,17 +190,23 @@ class TlsOpa:
 
     trusting: Proxy
     """SSL_CERT_FILE = the test CA, with a client certificate for OPA."""
+    ca_file: Proxy
+    """[opa] ca_file = the test CA while SSL_CERT_FILE names a foreign one: the setting wins."""
     wrong_roots: Proxy
     """SSL_CERT_FILE = a foreign CA: OPA's certificate cannot be verified."""
     no_client_certificate: Proxy
     """Trusts OPA, but presents no client certificate: OPA refuses it."""
 
 
-def opa_config(url: str, client: CertificateFiles | None = None) -> SettingsDocument:
-    """The test settings with OPA at `url`, presenting `client` to it if given."""
+def opa_config(
+    url: str, client: CertificateFiles | None = None, ca_file: Path | None = None
+) -> SettingsDocument:
+    """The test settings with OPA at `url`, presenting `client` to it and trusting `ca_file`."""
     opa: dict[str, str | float | bool] = {**TEST_SETTINGS["opa"], "url": url}
     if client is not None:
         opa |= {"client_cert": str(client.cert), "client_key": str(client.key)}
+    if ca_file is not None:
+        opa |= {"ca_file": str(ca_file)}
     return {**TEST_SETTINGS, "opa": opa}
 
 
@@ -224,6 +230,9 @@ def tls_opa(secure_stack: SecureStack) -> Iterator[TlsOpa]:
         with_client = opa_config(url, client)
         yield TlsOpa(
             trusting=proxy("trusting", with_client, pki.ca.cert_path),
+            ca_file=proxy(
+                "ca-file", opa_config(url, client, pki.ca.cert_path), pki.foreign_ca.cert_path
+            ),
             wrong_roots=proxy("wrong-roots", with_client, pki.foreign_ca.cert_path),
             no_client_certificate=proxy("no-client", opa_config(url), pki.ca.cert_path),
         )
@@ -232,9 +241,13 @@ def tls_opa(secure_stack: SecureStack) -> Iterator[TlsOpa]:
             child.stop()
 
 
-async def test_ssl_cert_file_makes_the_proxy_trust_opas_internal_ca(tls_opa: TlsOpa) -> None:
-    assert await dev_allows(tls_opa.trusting)
-    await health_becomes(tls_opa.trusting, SERVING, READINESS)  # GET /health over the same TLS
+@pytest.mark.parametrize("case", ["trusting", "ca_file"])
+async def test_the_proxy_trusts_opas_internal_ca_by_setting_or_by_ssl_cert_file(
+    tls_opa: TlsOpa, case: str
+) -> None:
+    proxy: Proxy = getattr(tls_opa, case)
+    assert await dev_allows(proxy)
+    await health_becomes(proxy, SERVING, READINESS)  # GET /health over the same TLS
 
 
 @pytest.mark.parametrize("case", ["wrong_roots", "no_client_certificate"])

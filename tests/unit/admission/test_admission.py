@@ -18,7 +18,8 @@ from service.admission import (
     Ticket,
     estimated_start,
 )
-from service.budget import Budget, LocalStore
+from service.buckets import LocalStore
+from service.budget import Budget
 from service.config import AdmissionSettings, BudgetSettings
 from service.errors import DeadlineExceeded, ResourceExhausted
 from service.metrics import Metrics

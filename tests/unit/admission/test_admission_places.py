@@ -5,7 +5,8 @@ from __future__ import annotations
 import asyncio
 
 from service.admission import Admission, FairQueue
-from service.budget import Budget, LocalStore
+from service.buckets import LocalStore
+from service.budget import Budget
 from service.config import AdmissionSettings, BudgetSettings
 from service.metrics import Metrics
 from tests.unit.admission.test_admission import Held, admission, ids, queue_of, ticket

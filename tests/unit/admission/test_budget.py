@@ -9,12 +9,9 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 import pytest
 import redis.asyncio as aioredis
 
-from service.budget import (
-    UPDATE,
-    Budget,
+from service.buckets import (
     LocalStore,
     Quota,
-    RedisStore,
     Slot,
     backoff,
     decreased,
@@ -24,6 +21,8 @@ from service.budget import (
     schedule,
     tokens,
 )
+from service.budget import UPDATE, Budget
+from service.budget_redis import RedisStore
 from service.config import BackendSettings, BudgetSettings
 from service.errors import DeadlineExceeded, ResourceExhausted
 from service.metrics import Metrics

@@ -6,7 +6,8 @@ import pytest
 import redis.asyncio as aioredis
 from redis import exceptions
 
-from service.budget import Quota, RedisStore
+from service.buckets import Quota
+from service.budget_redis import RedisStore
 from service.config import BudgetSettings, JournalSettings
 from service.devstack.processes import free_port
 from service.errors import Internal, ProxyError

@@ -87,7 +87,7 @@ async def streamed(events: AsyncIterator[Event]) -> list[Event]:
 
 async def test_an_allowed_update_is_decided_recorded_submitted_and_followed_to_its_end() -> None:
     async with request_path(Policy()) as path:
-        events = await streamed(path.pipeline.update(CALLER, update_request(), 30.0))
+        events = await streamed(await path.pipeline.update(CALLER, update_request(), 30.0))
     assert isinstance(events[0], Authorized) and events[0].decision.decision_id == "decision-1"
     assert isinstance(events[-1], Finished)
     (record,) = path.shared.records.values()
@@ -99,7 +99,7 @@ async def test_an_allowed_update_is_decided_recorded_submitted_and_followed_to_i
 async def test_a_denied_update_records_nothing_and_submits_nothing() -> None:
     async with request_path(Policy(allow=False)) as path:
         with pytest.raises(PermissionDenied) as denied:
-            await streamed(path.pipeline.update(CALLER, update_request(), None))
+            await streamed(await path.pipeline.update(CALLER, update_request(), None))
     assert denied.value.decision_id == "decision-1"
     assert path.shared.writes == [] and path.image_set.submits == 0
 
@@ -107,17 +107,17 @@ async def test_a_denied_update_records_nothing_and_submits_nothing() -> None:
 async def test_a_caller_without_a_role_is_refused_before_the_decision() -> None:
     async with request_path(Policy(roles={})) as path:
         with pytest.raises(PermissionDenied):
-            await streamed(path.pipeline.update(CALLER, update_request(), None))
+            await streamed(await path.pipeline.update(CALLER, update_request(), None))
     assert path.policy.decided == 0 and path.shared.writes == []
 
 
 async def test_the_same_idempotency_key_follows_the_first_operation_undecided() -> None:
     async with request_path(Policy()) as path:
-        first = await streamed(path.pipeline.update(CALLER, update_request("key-1"), None))
-        again = await streamed(path.pipeline.update(CALLER, update_request("key-1"), None))
+        first = await streamed(await path.pipeline.update(CALLER, update_request("key-1"), None))
+        again = await streamed(await path.pipeline.update(CALLER, update_request("key-1"), None))
         other = update_request("key-1", latest_version_id="2")  # a different request
         with pytest.raises(InvalidArgument):
-            await streamed(path.pipeline.update(CALLER, other, None))
+            await streamed(await path.pipeline.update(CALLER, other, None))
     assert {event.operation_id for event in first + again} == {first[0].operation_id}
     assert isinstance(again[-1], Finished)
     assert path.policy.decided == 1 and path.image_set.submits == 1
@@ -129,7 +129,7 @@ async def test_a_key_won_by_a_concurrent_request_is_followed_not_launched_again(
         winner = MemoryJournal(path.shared, "b")
         twin = await winner.create(new_record(update_request("key-1"), "op-winner"))
         with pytest.raises(Unavailable, match="not running in this process"):
-            await streamed(path.pipeline.update(CALLER, update_request("key-1"), None))
+            await streamed(await path.pipeline.update(CALLER, update_request("key-1"), None))
     assert path.image_set.submits == 0
     assert path.shared.writes == [("b", twin.id, "queued")]  # ours was never recorded
 
@@ -141,11 +141,11 @@ async def test_only_the_owner_or_an_admin_may_watch_an_operation() -> None:
     )
     policy = Policy(roles={CALLER.principal: EDITOR, admin.principal: frozenset({ADMIN_ROLE})})
     async with request_path(policy) as path:
-        events = await streamed(path.pipeline.update(CALLER, update_request(), None))
+        events = await streamed(await path.pipeline.update(CALLER, update_request(), None))
         operation_id = events[0].operation_id
         with pytest.raises(PermissionDenied):
-            await streamed(path.pipeline.watch(stranger, operation_id))
-        watched = await streamed(path.pipeline.watch(admin, operation_id))
+            await streamed(await path.pipeline.watch(stranger, operation_id))
+        watched = await streamed(await path.pipeline.watch(admin, operation_id))
     last, replayed = events[-1], watched[-1]
     assert isinstance(last, Finished) and isinstance(replayed, Finished)
     assert replayed.status == last.status
