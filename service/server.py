@@ -2,10 +2,9 @@
 
 from __future__ import annotations
 
-import contextlib
 import functools
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any, NoReturn, TypeVar
 
@@ -81,7 +80,7 @@ def streaming(
         self: Any, request: Any, context: grpc.aio.ServicerContext[Any, Any]
     ) -> AsyncIterator[pb.UpdateEvent]:
         outcome = self.outcome(handler.__name__)
-        with outcome.open():
+        with outcome:
             try:
                 async for event in await handler(self, request, context):
                     yield to_pb_event(event)
@@ -98,7 +97,11 @@ def streaming(
 
 
 class _Outcome:
-    """Counts one RPC by method and final status code (a client that leaves: CANCELLED)."""
+    """Counts one RPC by method and final status code (a client that leaves: CANCELLED); as a
+    context manager, a stream open while its block runs (a plain object: an idle stream holds
+    it for hours, and a generator-based context manager would hold a frame too)."""
+
+    __slots__ = ("_code", "_metrics", "_rpc")
 
     def __init__(self, metrics: Metrics, rpc: str) -> None:
         self._metrics = metrics
@@ -114,16 +117,12 @@ class _Outcome:
     def count(self) -> None:
         self._metrics.requests.labels(self._rpc, self._code).inc()
 
-    @contextlib.contextmanager
-    def open(self) -> Iterator[None]:
-        """A stream: open while the block runs, counted when it ends."""
-        streams = self._metrics.open_streams.labels(self._rpc)
-        streams.inc()
-        try:
-            yield
-        finally:
-            streams.dec()
-            self.count()
+    def __enter__(self) -> None:
+        self._metrics.open_streams.labels(self._rpc).inc()
+
+    def __exit__(self, *exc_info: object) -> None:
+        self._metrics.open_streams.labels(self._rpc).dec()
+        self.count()
 
 
 class MetadataUpdateServicer(pb_grpc.MetadataUpdateServiceServicer):
