@@ -5,7 +5,7 @@ from __future__ import annotations
 import inspect
 from collections.abc import AsyncIterator, Iterator, Mapping
 from contextlib import asynccontextmanager, contextmanager
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any
 
 import aioboto3
@@ -15,6 +15,7 @@ import structlog
 import wrapt  # type: ignore[import-untyped]  # aiobotocore's dependency
 from aiobotocore.client import AioBaseClient
 from aiobotocore.config import AioConfig
+from botocore.utils import parse_timestamp
 
 import medical_imaging_model
 from service.config import BackendSettings
@@ -56,6 +57,8 @@ class HealthImaging:
     async def open(cls, settings: BackendSettings) -> AsyncIterator[HealthImaging]:
         session = aioboto3.Session(region_name=settings.region)
         medical_imaging_model.install(session._session)
+        parsers = session._session.get_component("response_parser_factory")
+        parsers.set_parser_defaults(timestamp_parser=parse_epoch_first)
         config = AioConfig(
             # Writes are never retried blindly: a lost response plus a retry is a second update
             # or a ConflictException. Reads are retried by the poll loop itself.
@@ -202,6 +205,14 @@ def _status(response: Mapping[str, Any], version_key: str) -> ImageSetStatus:
         updated_at=_epoch(response.get("updatedAt")),
         message=response.get("message", ""),
     )
+
+
+def parse_epoch_first(value: Any) -> datetime:
+    """botocore's timestamp parser, minus its new time-zone objects for every epoch number (the
+    form HealthImaging's JSON answers carry, two per call): the same instant, in UTC."""
+    if isinstance(value, int | float) and not isinstance(value, bool):
+        return datetime.fromtimestamp(value, UTC)
+    return parse_timestamp(value)
 
 
 def _epoch(value: datetime | None) -> float | None:
