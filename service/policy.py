@@ -127,7 +127,8 @@ class PolicyClient:
         body = json.dumps({"input": document}, separators=(",", ":")).encode()
         try:
             async with asyncio.timeout(self._settings.timeout_seconds):
-                async with self._session.post(url, data=body) as response:
+                # A redirect is not a decision: it is refused like any answer but 200.
+                async with self._session.post(url, data=body, allow_redirects=False) as response:
                     if response.status != 200:
                         raise PolicyUnavailable(f"policy engine answered HTTP {response.status}")
                     answer = json.loads(await response.read())

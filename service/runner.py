@@ -10,8 +10,7 @@ are watched again. A record drops the update's document once HealthImaging has a
 submit (`journal.at_rest`): an operation resumed past its submit only follows its image set.
 
 The runner publishes what it observes into each `Operation`; streams (service/streams.py) read
-it from there. The one thing a stream asks of the runner is `adopt`: an operation whose watch
-timed out (`unwatched`) is watched again when someone follows it.
+it there, and ask only `adopt`: an `unwatched` operation is watched again when followed.
 """
 
 from __future__ import annotations
@@ -377,16 +376,22 @@ class Runner:
 
     async def _unwatch(self, operation: Operation, error: DeadlineExceeded) -> None:
         """Stop polling a stuck update; it no longer holds its image set's turn either."""
-        with contextlib.suppress(_Lost):
-            await self._save(operation, state="unwatched")
-        self._emit(operation, error)
+        await self._end(operation, error, state="unwatched")
         with contextlib.suppress(ProxyError, OSError):
             await self._admission.release(_key(operation), operation.id)
 
     async def _fail(self, operation: Operation, error: ProxyError) -> None:
-        with contextlib.suppress(_Lost):
-            await self._save(operation, state="failed", error=record_error(error))
-        self._emit(operation, error)
+        await self._end(operation, error, state="failed", error=record_error(error))
+
+    async def _end(self, operation: Operation, told: ProxyError, **changes: Any) -> None:
+        """Journal how the operation ends, then tell its streams even if that write failed."""
+        try:
+            await self._save(operation, **changes)
+        except _Lost:
+            pass
+        except Exception as exc:  # noqa: BLE001 - the streams are told below either way
+            log.error("journal_write_failed", operation_id=operation.id, error=type(exc).__name__)
+        self._emit(operation, told)
 
     async def _finished(self, operation: Operation) -> None:
         with contextlib.suppress(ProxyError, OSError):

@@ -72,8 +72,8 @@ def streaming(
         [Any, Any, grpc.aio.ServicerContext[Any, Any]], Awaitable[AsyncIterator[Event]]
     ],
 ) -> Callable[[Any, Any, grpc.aio.ServicerContext[Any, Any]], AsyncIterator[pb.UpdateEvent]]:
-    """A status stream: the handler returns the events, so an idle stream holds one generator
-    (this one) and the operation's stream, nothing per layer in between."""
+    """A status stream: the handler returns the events, so an idle stream of an operation run
+    here holds one generator (this one) and its `LocalStream`, nothing per layer in between."""
 
     @functools.wraps(handler)
     async def wrapper(

@@ -152,6 +152,8 @@ class LocalStream:
             item = self._unread()
             if item is not None:
                 live = operation.wakeup.notified_at >= self._spoke_at
+                # A live item dates from its publish, the same instant for every stream of the
+                # operation: their next heartbeats fall due together, on one timer.
                 self._spoke_at = operation.wakeup.notified_at if live else time.monotonic()
                 self._slack = self._interval * _TIMER_SLACK if live else self._interval / 2
                 return item

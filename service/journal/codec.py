@@ -11,9 +11,10 @@ every save; the text is the same `asdict` + `json.dumps` gave (older journals re
 from __future__ import annotations
 
 import base64
+import contextlib
 import hashlib
 import json
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import fields, replace
 from operator import attrgetter, is_
 from typing import Any, cast, get_args
@@ -90,7 +91,8 @@ class RecordEncoder:
     (request, decision, caller...) is made once, and only the changing fields on each save.
 
     The output is the same text `encode` gives. A cached part is reused only while every fixed
-    field is the very same object; the part holding the document is dropped with it (at rest).
+    field is the very same object; the part holding the document is dropped with it (at rest),
+    or by `forget` when its operation will not be saved again.
     """
 
     def __init__(self, sealer: Sealer, capacity: int = 4096) -> None:
@@ -112,6 +114,20 @@ class RecordEncoder:
             if len(self._heads) > self._capacity:  # the least recently saved goes
                 del self._heads[next(iter(self._heads))]
         return _sealed(record.id, head + _tail(record), self._sealer)
+
+    def forget(self, operation_id: str) -> None:
+        """Drop an operation's cached part (it may hold the document): its write failed, or
+        it lost an idempotency race or its ownership, so no later save of it may come."""
+        self._heads.pop(operation_id, None)
+
+    @contextlib.contextmanager
+    def forgotten_on_failure(self, operation_id: str) -> Iterator[None]:
+        """Around a write of the record: if it fails, `forget` it (no save may follow)."""
+        try:
+            yield
+        except BaseException:
+            self.forget(operation_id)
+            raise
 
 
 def _plain(value: Any) -> dict[str, Any]:

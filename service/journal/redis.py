@@ -175,9 +175,11 @@ class RedisJournal:
             self._key("op", ""),
             ttl_ms,
         ]
-        reply = await self._create(keys=keys, args=args)
+        with self._encoder.forgotten_on_failure(record.id):
+            reply = await self._create(keys=keys, args=args)
         if _text(reply[0]) == record.id:  # stored as sent: no need to read it back
             return at_rest(record)
+        self._encoder.forget(record.id)  # never stored: the earlier record stands for it
         return decode(_text(reply[1]), _text(reply[0]), self._sealer)
 
     @translated("journal")
@@ -188,7 +190,11 @@ class RedisJournal:
         body = self._encoder.encode(record)
         args: list[str | int] = [record.id, body, self.replica_id, finished, retention_ms]
         args.append(record.state)
-        return bool(await self._save(keys=keys, args=args))
+        with self._encoder.forgotten_on_failure(record.id):
+            saved = bool(await self._save(keys=keys, args=args))
+        if not saved:  # another replica owns it now: this one never saves it again
+            self._encoder.forget(record.id)
+        return saved
 
     @translated("journal")
     async def get(self, operation_id: str) -> OperationRecord | None:

@@ -26,6 +26,7 @@ from typing import Any
 import structlog
 
 from service.config import JournalSettings
+from service.errors import ProxyError
 from service.journal.codec import (
     RESUBMITTABLE,
     RecordEncoder,
@@ -63,8 +64,10 @@ Row = tuple[str, str]
 class SqliteJournal:
     """One process's journal; its writer runs every statement, in batches, on one thread.
 
-    Jobs are plain functions run on that thread: they touch the connection and `_holding`, and
-    nothing else (records are encoded and decoded on the event loop)."""
+    Jobs are plain functions run on that thread: they touch the connection, and `_holding` once
+    their batch has committed (`Writer.on_commit`), nothing else (records are encoded and decoded
+    on the event loop). A record whose write failed, or that lost its idempotency race, leaves
+    the encoder's cache at once (`RecordEncoder.forget`): that entry may hold its document."""
 
     shared = False
 
@@ -76,7 +79,7 @@ class SqliteJournal:
         self._in_flight: dict[ImageSetKey, str] = {}
         self._taken_over = False
         self._holding: set[str] = set()
-        """Operations whose stored record may still hold a document (database thread only)."""
+        """Operations whose committed record may still hold a document (database thread only)."""
 
     @classmethod
     @contextlib.asynccontextmanager
@@ -121,8 +124,12 @@ class SqliteJournal:
             self._note_document(record)
             return None
 
-        earlier = await self._writer.run(job)
-        return record if earlier is None else self._decoded(earlier)
+        with self._encoder.forgotten_on_failure(record.id):
+            earlier = await self._writer.run(job, "create")
+        if earlier is None:
+            return record
+        self._encoder.forget(record.id)  # never stored: the earlier record stands for it
+        return self._decoded(earlier)
 
     async def save(self, record: OperationRecord) -> bool:
         values = (int(record.finished), time.time(), self._encoder.encode(record), record.id)
@@ -133,24 +140,32 @@ class SqliteJournal:
             )
             self._note_document(record)
 
-        await self._writer.run(job, savepoint=False)  # one statement, on the hot path
+        with self._encoder.forgotten_on_failure(record.id):  # one statement, on the hot path
+            await self._writer.run(job, "save", savepoint=False)
         return True
 
     def _note_document(self, record: OperationRecord) -> None:
-        """Track which stored records hold a document; dropping one schedules a scrub."""
+        """In a job: once it commits, track which stored records hold a document; dropping one
+        schedules a scrub (a batch rolled back changes nothing, so a later save still scrubs)."""
+        operation_id = record.id
         if record.state in RESUBMITTABLE:
-            self._holding.add(record.id)
-        elif record.id in self._holding:
-            self._holding.discard(record.id)
+            self._writer.on_commit(lambda: self._holding.add(operation_id))
+        else:
+            self._writer.on_commit(lambda: self._dropped(operation_id))
+
+    def _dropped(self, operation_id: str) -> None:
+        """On commit: the stored record no longer holds its document; its old copies go."""
+        if operation_id in self._holding:
+            self._holding.discard(operation_id)
             self._writer.scrub_after_commit()
 
     async def get(self, operation_id: str) -> OperationRecord | None:
-        row = await self._writer.run(lambda db: _select_op(db, operation_id))
+        row = await self._writer.run(lambda db: _select_op(db, operation_id), "get")
         return self._decoded(row) if row else None
 
     async def by_key(self, principal: str, key: str) -> OperationRecord | None:
         now = time.time()
-        row = await self._writer.run(lambda db: _select_key(db, principal, key, now))
+        row = await self._writer.run(lambda db: _select_key(db, principal, key, now), "by_key")
         return self._decoded(row) if row else None
 
     async def forget_key(self, principal: str, key: str, operation_id: str) -> None:
@@ -161,7 +176,7 @@ class SqliteJournal:
                 (principal, key_digest(key), key, operation_id),
             )
 
-        await self._writer.run(job)
+        await self._writer.run(job, "forget_key")
 
     async def take_over(self) -> list[OperationRecord]:
         """Everything unfinished, once: the lock file proves the previous process is gone."""
@@ -172,10 +187,10 @@ class SqliteJournal:
         def job(db: sqlite3.Connection) -> list[Row]:
             rows = db.execute("SELECT id, body FROM operations WHERE finished = 0").fetchall()
             # Any of them may hold a document: the first save that drops it scrubs the log.
-            self._holding.update(operation_id for operation_id, _ in rows)
+            self._writer.on_commit(lambda: self._holding.update(taken for taken, _ in rows))
             return [(operation_id, body) for operation_id, body in rows]
 
-        return decode_readable(await self._writer.run(job), self._sealer)
+        return decode_readable(await self._writer.run(job, "take_over"), self._sealer)
 
     async def adopt(self, operation_id: str) -> OperationRecord | None:
         record = await self.get(operation_id)
@@ -184,7 +199,10 @@ class SqliteJournal:
     async def _purge_forever(self) -> None:
         """Forget finished operations past their retention, and expired keys (hourly)."""
         while True:
-            await self._purge()
+            try:
+                await self._purge()
+            except ProxyError as error:  # the next hour tries again; the journal goes on
+                log.warning("journal_purge_failed", error=error.message)
             await asyncio.sleep(3600)
 
     async def _purge(self) -> None:
@@ -197,7 +215,7 @@ class SqliteJournal:
             )
             db.execute("DELETE FROM idempotency_keys WHERE expires_at < ?", (now,))
 
-        await self._writer.run(job)
+        await self._writer.run(job, "purge")
 
     def _decoded(self, row: Row) -> OperationRecord:
         return decode(row[1], row[0], self._sealer)

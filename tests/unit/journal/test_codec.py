@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import contextlib
 import hashlib
 import json
 from dataclasses import asdict, replace
@@ -215,3 +216,21 @@ def test_a_record_stored_before_the_upgrade_resumes_and_is_stored_the_same() -> 
     )
     assert decode(STORED, "op-1", CLEAR) == expected
     assert RecordEncoder(CLEAR).encode(expected) == STORED
+
+
+def test_a_forgotten_operation_keeps_no_part_and_is_encoded_whole_again() -> None:
+    encoder = RecordEncoder(CLEAR)
+    request = UpdateRequest("d", "i", "1", False, False, MARKER, None, None, "dicom_updates")
+    record = OperationRecord(
+        "op-1", "svc", "dev", (), request, Decision(True, (), "d-1"), "f", 1.0, None
+    )
+    encoder.encode(record)
+    with contextlib.suppress(OSError), encoder.forgotten_on_failure("op-1"):
+        raise OSError("the write failed")
+    assert encoder._heads == {}
+    encoder.encode(record)
+    with encoder.forgotten_on_failure("op-1"):  # the write went through: kept for the next save
+        pass
+    assert list(encoder._heads) == ["op-1"]
+    encoder.forget("op-1")
+    assert encoder._heads == {} and encoder.encode(record) == encode(record, CLEAR)

@@ -8,7 +8,7 @@ import time
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import replace
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import pytest
 
@@ -134,6 +134,7 @@ async def check_idempotency(journal: Journal) -> None:
     first = await journal.create(record("op-k1", key="retry-me"))
     again = await journal.create(record("op-k2", key="retry-me"))
     assert again.id == first.id == "op-k1"
+    assert "op-k2" not in cached(journal)  # never stored: its document is not kept either
     assert (await journal.by_key("svc", "retry-me")) == first
     other_caller = await journal.create(record("op-k3", key="retry-me", principal="other"))
     assert other_caller.id == "op-k3"  # keys belong to one principal
@@ -149,6 +150,12 @@ async def check_in_flight(journal: Journal) -> None:
     assert (await journal.snapshot()) == {key: "op-a"}
     await journal.release(key, "op-a")
     assert (await journal.snapshot()) == {}
+
+
+def cached(journal: Journal) -> dict[str, Any]:
+    """The journal's encoder cache: operation id → parts that may hold the document."""
+    heads: dict[str, Any] = cast(Any, journal)._encoder._heads
+    return heads
 
 
 # --- SQLite ---------------------------------------------------------------------------------------
@@ -270,6 +277,7 @@ async def test_redis_the_old_owner_can_no_longer_save(shared: JournalSettings) -
         await silent._client.delete(silent._key("replica", silent.replica_id))  # lease lapses
         assert [r.id for r in await survivor.take_over()] == ["op-lapsed"]
         assert not await silent.save(replace(created, state="submitted", seq=2))
+        assert "op-lapsed" not in cached(silent)  # it never saves it again: nothing kept
 
 
 @pytest.mark.redis

@@ -12,7 +12,7 @@ import pytest
 from structlog.testing import capture_logs
 
 from service.devstack.polling import eventually
-from service.errors import Aborted, ProxyError
+from service.errors import Aborted, ProxyError, Unavailable
 from service.events import Authorized, Finished, StatusChanged, Submitted
 from service.model import ImageSetStatus, OperationRecord, State, UpdatePlan
 from tests.unit.runner.inmemory import (
@@ -157,6 +157,27 @@ async def test_a_refused_submit_fails_the_operation_and_its_stream() -> None:
     failed = shared.records[record.id]
     assert failed.error is not None and failed.error.reason == "BACKEND_CONFLICT"
     assert image_set.submits == 1
+
+
+class JournalDown(MemoryJournal):
+    """A journal whose writes fail once the operation is recorded (a full disk, Redis gone)."""
+
+    async def save(self, record: OperationRecord) -> bool:
+        raise Unavailable("journal: unavailable (OperationalError)")
+
+
+async def test_a_journal_that_cannot_be_written_still_ends_the_stream(
+    logs: list[MutableMapping[str, Any]],
+) -> None:
+    shared, image_set = Shared(), ImageSet()
+    async with replica(JournalDown(shared, "a"), image_set) as one:
+        record = await one.runner.record(new_record(update_request()))
+        one.runner.launch(record, CALLER, plan_of(record))
+        with pytest.raises(ProxyError) as ended:
+            await asyncio.wait_for(one.events(record), WITHIN)  # not heartbeats forever
+    assert ended.value.status == "UNAVAILABLE"
+    assert image_set.submits == 0  # the submit is marked before it is made: never unmarked
+    assert [e["event"] for e in logs if e["event"] == "journal_write_failed"]
 
 
 async def test_a_replica_takes_over_an_operation_whose_owner_lease_is_gone(
