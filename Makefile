@@ -98,7 +98,7 @@ soak: install $(OPA) redis
 	SOAK_SECONDS=$${SOAK_SECONDS:-600} SOAK_REPORT=$${SOAK_REPORT:-soak-report.json} \
 	  $(BIN)/pytest -q -p no:cacheprovider -s --basetemp=.soak tests/soak
 
-# The six benchmarks of docs/BENCHMARKS.md, full size (about 50 minutes); results in build/bench/.
+# The six benchmarks of docs/BENCHMARKS.md, full size (about 35 minutes); results in build/bench/.
 bench: install $(OPA) $(TOOLS)/ghz redis
 	$(BIN)/python -m benchmarks
 

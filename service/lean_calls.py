@@ -11,7 +11,9 @@ error fields and the retry handler's response metadata), raising the client's ow
 
 It refuses (`Unsupported`) a client on which it would not be equivalent: retries on, a handler
 it would skip that is not one of botocore's defaults, or an operation with checksums,
-compression, streaming or an idempotency token.
+compression, streaming or an idempotency token. The check runs once, when the proxy opens its
+client: a handler registered on the client afterwards is not seen, and the user agent is the one
+of the first call.
 """
 
 from __future__ import annotations
