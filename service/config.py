@@ -122,6 +122,12 @@ class OpaSettings:
     health_failures: Count = 2
     """Consecutive failed probes before readiness goes NOT_SERVING."""
 
+    def __post_init__(self) -> None:
+        # TLS material for a plaintext URL would be silently unused: say so instead.
+        for name in ("ca_file", "client_cert", "client_key"):
+            if getattr(self, name) and not self.url.startswith("https://"):
+                raise ValueError(f"opa.{name} is set but opa.url is not https://: TLS is off")
+
 
 @dataclass(frozen=True)
 class BackendSettings:

@@ -58,3 +58,11 @@ def test_every_default_passes_its_own_checks() -> None:
         for section in dataclasses.fields(Settings)
     }
     assert load_settings(None, overrides) == defaults
+
+
+@pytest.mark.parametrize("name", ["ca_file", "client_cert", "client_key"])
+def test_tls_settings_for_a_plaintext_opa_are_refused(name: str) -> None:
+    with pytest.raises(ValueError, match=f"opa.{name} is set but opa.url is not https"):
+        load_settings(overrides={"opa": {"url": "http://opa:8181", name: "/etc/opa/x.pem"}})
+    https = load_settings(overrides={"opa": {"url": "https://opa:8181", name: "/etc/opa/x.pem"}})
+    assert getattr(https.opa, name) == "/etc/opa/x.pem"
