@@ -162,11 +162,15 @@ async def test_session_credentials_are_signed_in_as_botocore_does(
 
 
 def steady(response: dict[str, Any]) -> dict[str, Any]:
-    """A response without what changes from call to call (times, request ids, date)."""
+    """A response without what changes from call to call (times, request ids, date, and the
+    length, which follows the times' digits)."""
     volatile = {"lastAccessedAt", "createdAt", "updatedAt"}
     kept = {k: v for k, v in response.items() if k not in volatile}
     metadata = dict(kept.pop("ResponseMetadata"))
-    metadata["HTTPHeaders"] = {k: v for k, v in metadata["HTTPHeaders"].items() if k != "date"}
+    changing = {"date", "content-length"}
+    metadata["HTTPHeaders"] = {
+        k: v for k, v in metadata["HTTPHeaders"].items() if k not in changing
+    }
     metadata.pop("RequestId", None)
     return {**kept, "ResponseMetadata": metadata, "times": sorted(volatile & response.keys())}
 
