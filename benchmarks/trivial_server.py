@@ -2,7 +2,7 @@
 
 `python -m benchmarks.trivial_server --port P --ready-file F` serves
 imaging.metadata.v1.MetadataUpdateService with grpc.aio on uvloop and the server options the
-proxy uses by default (`service.server` builds them from `ServerSettings`). EvaluateUpdate
+proxy uses by default (`ServerSettings.grpc_options`, as `service.server` does). EvaluateUpdate
 returns a fixed Evaluation without work; WatchUpdate yields one `authorized` event (what the
 proxy replays first) and is then silent until the client cancels. UpdateImageSetMetadata
 answers UNIMPLEMENTED. It imports grpc, uvloop, the generated stubs and the settings only, so
@@ -36,20 +36,6 @@ EVALUATION = pb.Evaluation(
 AUTHORIZED = pb.UpdateEvent(operation_id="trivial", authorized=pb.Authorized(decision_id="trivial"))
 
 
-def server_options(settings: ServerSettings) -> list[tuple[str, Any]]:
-    """The options that set the proxy's per-stream and per-message cost (`service.server`)."""
-    return [
-        ("grpc.max_receive_message_length", settings.max_message_bytes),
-        ("grpc.max_send_message_length", settings.max_message_bytes),
-        ("grpc.server.max_pending_requests", settings.max_pending_requests),
-        ("grpc.server.max_pending_requests_hard_limit", settings.max_pending_requests * 3),
-        ("grpc.keepalive_time_ms", int(settings.keepalive_seconds * 1000)),
-        ("grpc.http2.max_pings_without_data", 0),
-        ("grpc.keepalive_permit_without_calls", 1),
-        ("grpc.so_reuseport", 0),
-    ]
-
-
 class TrivialServicer(pb_grpc.MetadataUpdateServiceServicer):
     """No identity, no normaliser, no decision, no journal: only gRPC's work remains."""
 
@@ -73,7 +59,7 @@ class TrivialServicer(pb_grpc.MetadataUpdateServiceServicer):
 
 
 async def serve(port: int, ready_file: Path) -> None:
-    server = grpc.aio.server(options=server_options(ServerSettings()))
+    server = grpc.aio.server(options=ServerSettings().grpc_options())
     pb_grpc.add_MetadataUpdateServiceServicer_to_server(TrivialServicer(), server)
     bound = server.add_insecure_port(f"127.0.0.1:{port}")
     await server.start()

@@ -64,6 +64,24 @@ class ServerSettings:
     """Plaintext port serving only grpc.health.v1, for orchestrator probes that cannot present a
     client certificate (Kubernetes gRPC probes, compose healthchecks); 0 = disabled."""
 
+    def grpc_options(self) -> list[tuple[str, Any]]:
+        """gRPC core's channel arguments for the listener (also the benchmarks' trivial server,
+        which must pay the same per-stream and per-message costs)."""
+        options: list[tuple[str, Any]] = [
+            ("grpc.max_receive_message_length", self.max_message_bytes),
+            ("grpc.max_send_message_length", self.max_message_bytes),
+            ("grpc.server.max_pending_requests", self.max_pending_requests),
+            ("grpc.server.max_pending_requests_hard_limit", self.max_pending_requests * 3),
+            ("grpc.keepalive_time_ms", int(self.keepalive_seconds * 1000)),
+            ("grpc.http2.max_pings_without_data", 0),
+            ("grpc.keepalive_permit_without_calls", 1),
+            ("grpc.so_reuseport", 0),  # a second process on the port is an error, not a twin
+        ]
+        if self.max_connection_age_seconds > 0:
+            age_ms = int(self.max_connection_age_seconds * 1000)
+            options.append(("grpc.max_connection_age_ms", age_ms))
+        return options
+
 
 @dataclass(frozen=True)
 class IdentitySettings:

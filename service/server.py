@@ -270,24 +270,6 @@ def to_pb_evaluation(plan: UpdatePlan, decision: Decision) -> pb.Evaluation:
 # --- listeners ---------------------------------------------------------------------------------
 
 
-def _server_options(settings: ServerSettings) -> list[tuple[str, Any]]:
-    options: list[tuple[str, Any]] = [
-        ("grpc.max_receive_message_length", settings.max_message_bytes),
-        ("grpc.max_send_message_length", settings.max_message_bytes),
-        ("grpc.server.max_pending_requests", settings.max_pending_requests),
-        ("grpc.server.max_pending_requests_hard_limit", settings.max_pending_requests * 3),
-        ("grpc.keepalive_time_ms", int(settings.keepalive_seconds * 1000)),
-        ("grpc.http2.max_pings_without_data", 0),
-        ("grpc.keepalive_permit_without_calls", 1),
-        ("grpc.so_reuseport", 0),  # a second process on the port is an error, not a silent twin
-    ]
-    if settings.max_connection_age_seconds > 0:
-        options.append(
-            ("grpc.max_connection_age_ms", int(settings.max_connection_age_seconds * 1000))
-        )
-    return options
-
-
 @dataclass(frozen=True)
 class Listeners:
     """The gRPC server (service, health, reflection) and an optional plaintext health-only one."""
@@ -322,7 +304,7 @@ def listeners(
     settings: Settings, pipeline: Pipeline, authenticator: Authenticator, metrics: Metrics
 ) -> Listeners:
     """Bind the ports (port 0: any free one); nothing is served before `start`."""
-    server = grpc.aio.server(options=_server_options(settings.server))
+    server = grpc.aio.server(options=settings.server.grpc_options())
     servicer = MetadataUpdateServicer(pipeline, authenticator, metrics)
     pb_grpc.add_MetadataUpdateServiceServicer_to_server(servicer, server)
     health_servicer = health.aio.HealthServicer()
