@@ -33,6 +33,7 @@ from service.pipeline import Pipeline
 from service.policy import PolicyClient
 from service.runner import Runner
 from service.server import SERVICE_NAME, Listeners, listeners
+from service.steering import Steering
 from service.streams import Streams
 from service.watch import Watcher
 
@@ -48,6 +49,7 @@ class Parts:
     """The long-lived parts behind the server."""
 
     pipeline: Pipeline
+    steering: Steering
     runner: Runner
     admission: Admission
     probes: Mapping[str, Probe]
@@ -84,7 +86,8 @@ async def open_parts(settings: Settings, stack: AsyncExitStack, metrics: Metrics
         "healthimaging": BackendProbe(session, settings.backend),
         CREDENTIALS: CredentialsProbe(backend),
     }
-    return Parts(pipeline, runner, admission, probes, journal.shared)
+    steering = Steering(policy, runner, journal)
+    return Parts(pipeline, steering, runner, admission, probes, journal.shared)
 
 
 async def run(
@@ -105,7 +108,7 @@ async def run(
             stack.enter_context(metrics.serving(settings.server.host, settings.server.metrics_port))
         parts = await open_parts(settings, stack, metrics)
         resumed = await parts.runner.resume()
-        served = listeners(settings, parts.pipeline, authenticator, metrics)
+        served = listeners(settings, parts.pipeline, parts.steering, authenticator, metrics)
         await stack.enter_async_context(_serving(settings, parts, served))
         _install_signal_handlers(stop)
         address = f"{settings.server.host}:{served.port}"
@@ -146,6 +149,7 @@ def _background(settings: Settings, parts: Parts, checks: Health) -> list[asynci
     if parts.shared:  # take over the operations of replicas that went away
         interval = settings.journal.lease_seconds / 2
         tasks.append(asyncio.create_task(parts.runner.take_over_forever(interval), name="takeover"))
+        tasks.append(asyncio.create_task(parts.steering.hear_cancels_forever(), name="cancels"))
     return tasks
 
 

@@ -8,7 +8,7 @@ from __future__ import annotations
 import structlog
 
 from service import tracing
-from service.model import Caller, Decision, UpdatePlan
+from service.model import Caller, Decision, OperationRecord, UpdatePlan
 
 _log = structlog.get_logger("imaging_proxy.audit")
 
@@ -36,6 +36,24 @@ def no_role(
         allow=False,
         reasons=[reason],
         outcome="DENIED",
+        **tracing.log_fields(),
+    )
+
+
+def cancelled(caller: Caller, record: OperationRecord) -> None:
+    """A queued operation taken back (by its owner, or whom the policy allows): never written."""
+    _log.info(
+        "audit",
+        rpc="CancelUpdate",
+        principal=caller.principal,
+        auth_method=caller.auth_method,
+        operation_id=record.id,
+        owner=record.principal,
+        datastore_id=record.request.datastore_id,
+        image_set_id=record.request.image_set_id,
+        touched=list(record.touched),
+        decision_id=record.decision.decision_id,
+        outcome="CANCELLED",
         **tracing.log_fields(),
     )
 

@@ -12,6 +12,7 @@
     │   └── NoCredentials           (no AWS credentials: nothing can be sent to HealthImaging)
     ├── DeadlineExceeded            DEADLINE_EXCEEDED
     ├── BackendRejected             FAILED_PRECONDITION (HealthImaging refused the request)
+    ├── NotCancellable              FAILED_PRECONDITION (the update is past its submit)
     └── Internal                    INTERNAL
 
 Like h11's `error_status_hint`, a class carries its status as a name and its details as plain
@@ -206,6 +207,19 @@ class BackendRejected(ProxyError):
         super().__init__(message, aws_code=aws_code)
         if status is not None:
             self.status = status
+
+
+class NotCancellable(ProxyError):
+    """CancelUpdate on an operation whose write may already be on its way (or is over)."""
+
+    status = "FAILED_PRECONDITION"
+    reason = "NOT_CANCELLABLE"
+
+    def __init__(self, operation_id: str, state: str) -> None:
+        super().__init__(
+            f"operation {operation_id} is {state}: only a queued update can be cancelled"
+        )
+        self.state = state
 
 
 class Internal(ProxyError):

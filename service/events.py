@@ -50,13 +50,24 @@ class Finished:
 
 
 @dataclass(frozen=True)
+class Cancelled:
+    """Terminal: taken back before its submit; nothing was written."""
+
+    operation_id: str
+    at: float
+    cancelled_by: str
+
+
+@dataclass(frozen=True)
 class Heartbeat:
     operation_id: str
     at: float
     status: ImageSetStatus | None
 
 
-Event = Authorized | Queued | Submitted | StatusChanged | Finished | Heartbeat
+Event = Authorized | Queued | Submitted | StatusChanged | Finished | Cancelled | Heartbeat
+Terminal = Finished | Cancelled
+"""The events that end a stream."""
 Item = Event | ProxyError
 
 _STATUS_EVENTS: dict[str, type[Submitted | StatusChanged | Finished]] = {
@@ -102,6 +113,8 @@ def replay(record: OperationRecord) -> list[Item]:
         items.append(event(record.id, record.created_at, last))
     if record.error is not None:
         items.append(error_from(record.error))
+    if record.state == "cancelled":
+        items.append(Cancelled(record.id, record.created_at, record.cancelled_by))
     return items
 
 
@@ -117,6 +130,8 @@ def to_payload(seq: int, item: Item) -> dict[str, Any]:
         case Submitted() | StatusChanged() | Finished():
             kind = next(k for k, cls in _STATUS_EVENTS.items() if isinstance(item, cls))
             return {"seq": seq, "kind": kind, "at": item.at, "status": asdict(item.status)}
+        case Cancelled(at=at, cancelled_by=by):
+            return {"seq": seq, "kind": "cancelled", "at": at, "cancelled_by": by}
         case Heartbeat():
             return {"seq": seq, "kind": "heartbeat", "at": item.at}
 
@@ -134,6 +149,8 @@ def from_payload(operation_id: str, payload: dict[str, Any]) -> Item:
         )
     if kind == "queued":
         return Queued(operation_id, at, payload["position"], payload["start"])
+    if kind == "cancelled":
+        return Cancelled(operation_id, at, payload["cancelled_by"])
     if kind in _STATUS_EVENTS:
         return _STATUS_EVENTS[kind](operation_id, at, ImageSetStatus(**payload["status"]))
     return Heartbeat(operation_id, at, None)

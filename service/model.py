@@ -11,11 +11,13 @@ AuthMethod = Literal["mtls", "jwt", "dev"]
 Kind = Literal["dicom_updates", "revert"]
 Level = Literal["patient", "study", "series", "instance"]
 Action = Literal["update", "remove", "remove_series", "remove_instance"]
-State = Literal["queued", "submitting", "submitted", "unwatched", "finished", "failed"]
+State = Literal["queued", "submitting", "submitted", "unwatched", "finished", "failed", "cancelled"]
 """`unwatched`: submitted, but nobody follows it any more (the watch timed out); the next
-WatchUpdate adopts it and watches again."""
+WatchUpdate adopts it and watches again. `cancelled`: taken back before its submit."""
 
-FINISHED: frozenset[str] = frozenset({"finished", "failed"})
+FINISHED: frozenset[str] = frozenset({"finished", "failed", "cancelled"})
+CANCELLABLE: frozenset[str] = frozenset({"queued"})
+"""From `submitting` on, the write may be on its way to HealthImaging: it cannot be taken back."""
 _RESOURCE_ID = re.compile(r"[0-9a-z]{32}")
 
 
@@ -168,6 +170,19 @@ class RecordedError:
 
 
 @dataclass(frozen=True)
+class OperationQuery:
+    """ListOperations' filters ("" = any) and page."""
+
+    principal: str = ""
+    datastore_id: str = ""
+    image_set_id: str = ""
+    state: str = ""
+    max_results: int = 0
+    """0 = the default page size."""
+    next_token: str = ""
+
+
+@dataclass(frozen=True)
 class OperationRecord:
     """Everything needed to re-stream an operation, or to resume it after a restart."""
 
@@ -190,6 +205,8 @@ class OperationRecord:
     error: RecordedError | None = None
     touched: tuple[str, ...] = ()
     """The audit's "level:TAG" list (no values), for an operation resumed without its document."""
+    cancelled_by: str = ""
+    """The principal who cancelled it (state `cancelled`)."""
 
     @property
     def finished(self) -> bool:

@@ -5,6 +5,7 @@ The pipeline calls the runner and the streams; neither calls back into the pipel
 
 from __future__ import annotations
 
+import json
 import time
 import uuid
 from collections.abc import AsyncIterator
@@ -19,10 +20,9 @@ from service.metrics import Metrics
 from service.model import Caller, Decision, OperationRecord, UpdatePlan, UpdateRequest
 from service.policy import PolicyClient
 from service.runner import Runner
+from service.steering import may_act_on
 from service.streams import Streams
 from service.updates import normalise
-
-ADMIN_ROLE = "metadata-admin"
 
 
 class Pipeline:
@@ -67,16 +67,30 @@ class Pipeline:
         assert record is not None  # the twin of an earlier call, or the one recorded above
         return self._streams.follow(record)
 
-    async def evaluate(self, caller: Caller, request: UpdateRequest) -> tuple[UpdatePlan, Decision]:
-        """Validate, classify and decide; nothing is submitted."""
+    async def evaluate(
+        self, caller: Caller, request: UpdateRequest, with_input: bool = False
+    ) -> tuple[UpdatePlan, Decision, str]:
+        """Validate, classify and decide; nothing is submitted. `with_input`: also the exact
+        policy input as JSON, when the policy lets the caller see it (else PermissionDenied)."""
         async with self._gate.entry(caller, request.datastore_id, request.image_set_id):
             plan = normalise(request, self._limits)
-            return plan, await self._decide(caller, plan)
+            decision = await self._decide(caller, plan)
+            shown = await self._policy_input(caller, plan) if with_input else ""
+            return plan, decision, shown
+
+    async def _policy_input(self, caller: Caller, plan: UpdatePlan) -> str:
+        seeing = await self._policy.permits(caller, "see_input", plan.datastore_id, {})
+        if not seeing.allow:
+            reasons = "; ".join(seeing.reasons or ("no reason given",))
+            raise PermissionDenied(
+                f"policy denied see_input: {reasons}", seeing.decision_id, seeing.reasons
+            )
+        return json.dumps(self._policy.input_for(caller, plan), indent=2)
 
     async def watch(self, caller: Caller, operation_id: str) -> AsyncIterator[Event]:
         """Re-attach to an operation by id (its owner, or an admin on its data store)."""
         record = await self._runner.lookup(operation_id)
-        await self._may_watch(caller, record)
+        await may_act_on(self._policy, caller, "watch", record)
         return self._streams.follow(record)
 
     async def _allowed(self, caller: Caller, plan: UpdatePlan) -> Decision:
@@ -98,16 +112,6 @@ class Pipeline:
                 return await self._policy.decide(caller, plan)
         finally:
             self._metrics.decision_seconds.observe(time.perf_counter() - started)
-
-    async def _may_watch(self, caller: Caller, record: OperationRecord) -> None:
-        """Its owner, or an admin on its data store (roles as OPA grants them)."""
-        if caller.principal == record.principal:
-            return
-        if ADMIN_ROLE in await self._policy.roles(caller, record.request.datastore_id):
-            return
-        raise PermissionDenied(
-            "only the caller who started an operation (or an admin) may watch it"
-        )
 
 
 def new_record(

@@ -84,6 +84,7 @@ class PolicyClient:
         self._base = f"{scheme}://{host}:{port}/v1/data/"
         self._decision_url = self._url(settings.decision_path)
         self._roles_url = self._url("imaging.caller.roles")
+        self._operations_url = self._url("imaging.operations.decision")
 
     def _url(self, dotted: str) -> yarl.URL:
         return yarl.URL(self._base + dotted.replace(".", "/"), encoded=True)
@@ -99,7 +100,24 @@ class PolicyClient:
             yield cls(session, settings)
 
     async def decide(self, caller: Caller, plan: UpdatePlan) -> Decision:
-        return await self._query(build_input(caller, plan, self._settings.send_values))
+        return await self._query(self.input_for(caller, plan))
+
+    def input_for(self, caller: Caller, plan: UpdatePlan) -> dict[str, Any]:
+        """The very input `decide` sends to OPA for this caller and plan."""
+        return build_input(caller, plan, self._settings.send_values)
+
+    async def permits(
+        self, caller: Caller, action: str, datastore_id: str, facts: Mapping[str, Any]
+    ) -> Decision:
+        """`data.imaging.operations.decision`: may the caller do `action` on what is not its own
+        (an operation, a listing, a policy input)? `facts` name it (no patient data)."""
+        document = {
+            "action": action,
+            "caller": caller_input(caller),
+            "request": {"datastore_id": datastore_id},
+            **facts,
+        }
+        return parse_result(await self._post(document, self._operations_url))
 
     async def roles(self, caller: Caller, datastore_id: str) -> frozenset[str]:
         """The caller's effective roles on a data store (`data.imaging.caller.roles`): grants

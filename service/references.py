@@ -1,5 +1,11 @@
-"""Referenced series and instances: an update may only name UIDs its image set holds.
+"""What reads before the queue can tell: a stale version, and series/instances an update names.
 
+A `latest_version_id` older than the image set's latest version can only fail (HealthImaging's
+ConflictException), after the update has waited its turn for a write: one GetImageSet refuses it
+first (ABORTED, reason STALE_VERSION). A newer one is let through: updates queued ahead of it
+for the same image set may bring the image set to it by its turn.
+
+Referenced series and instances: an update may only name UIDs its image set holds.
 HealthImaging cannot create series or instances: an update naming one the image set lacks fails
 after it has taken a write (0.25/s by default). One GetImageSetMetadata read, made only when the
 document names series or instances, refuses it first: INVALID_ARGUMENT, a field violation per
@@ -14,9 +20,9 @@ import gzip
 import json
 from collections.abc import Awaitable, Callable, Mapping
 
-from service.errors import FieldViolation, InvalidArgument
+from service.errors import Aborted, FieldViolation, InvalidArgument
 from service.jsondoc import field_path
-from service.model import UpdatePlan
+from service.model import ImageSetStatus, UpdatePlan
 from service.updates import DICOM_UPDATES, MAX_VIOLATIONS
 
 Named = Mapping[tuple[str, str], str]
@@ -74,3 +80,17 @@ async def check(plan: UpdatePlan, read: Callable[[], Awaitable[bytes]]) -> None:
     violations = missing(wanted, present)
     if violations:
         raise InvalidArgument(violations[:MAX_VIOLATIONS], len(violations))
+
+
+async def check_version(plan: UpdatePlan, latest: Callable[[], Awaitable[ImageSetStatus]]) -> None:
+    """Raise Aborted if the image set is already past the version the update names."""
+    if not plan.latest_version_id.isdigit():
+        return  # HealthImaging's versions are numbers: anything else it refuses itself
+    current = (await latest()).version_id
+    if current.isdigit() and int(current) > int(plan.latest_version_id):
+        raise Aborted(
+            f"latestVersionId {plan.latest_version_id} is stale: the image set is at version "
+            f"{current} (nothing was queued)",
+            reason="STALE_VERSION",
+            aws_code="ConflictException",
+        )

@@ -18,7 +18,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
-from dataclasses import dataclass, field, replace
+from dataclasses import replace
 from typing import Any, cast
 
 import structlog
@@ -33,13 +33,14 @@ from service.errors import (
     Internal,
     InvalidArgument,
     NoCredentials,
+    NotCancellable,
     NotFound,
     ProxyError,
     Unavailable,
 )
 from service.events import (
     Authorized,
-    Event,
+    Cancelled,
     Finished,
     Item,
     Queued,
@@ -53,51 +54,19 @@ from service.healthimaging import HealthImaging
 from service.journal import RESUBMITTABLE, Journal, fingerprint, followed
 from service.metrics import Metrics
 from service.model import (
+    CANCELLABLE,
     AuthMethod,
     Caller,
-    ImageSetKey,
     ImageSetStatus,
     OperationRecord,
     UpdatePlan,
     UpdateRequest,
 )
+from service.operation import Operation, describe, image_set_of, outcome
 from service.updates import normalise
-from service.wakeup import Wakeup
 from service.watch import Watcher
 
 log = structlog.get_logger(__name__)
-
-
-@dataclass(eq=False)
-class Operation:
-    """One update this process runs, and everything observed of it (what streams read)."""
-
-    record: OperationRecord
-    caller: Caller
-    plan: UpdatePlan
-    events: list[Event] = field(default_factory=list)
-    error: ProxyError | None = None
-    wakeup: Wakeup = field(default_factory=Wakeup)
-    """What its streams wait on; each stream keeps only its read position in `events`."""
-    task: asyncio.Task[None] | None = None
-    seq: int = 0
-
-    @property
-    def id(self) -> str:
-        return self.record.id
-
-    @property
-    def last_status(self) -> ImageSetStatus | None:
-        return self.record.last_status
-
-    def publish(self, item: Item) -> None:
-        if isinstance(item, ProxyError):
-            self.error = item
-        elif isinstance(item, Queued) and self.events and isinstance(self.events[-1], Queued):
-            self.events[-1] = item  # a replay needs only the latest position
-        else:
-            self.events.append(item)
-        self.wakeup.notify()
 
 
 class _Lost(Exception):
@@ -163,8 +132,10 @@ class Runner:
         return record
 
     async def admit(self, principal: str, plan: UpdatePlan, deadline: float | None) -> None:
-        """Refuse now what the queue cannot take in time, or what names absent series/instances."""
+        """Refuse now what the queue cannot take in time, or what a read shows can only fail
+        (a stale version, absent series/instances)."""
         await self._admission.admit(principal, deadline)
+        await references.check_version(plan, lambda: self._latest(plan, deadline))
         await references.check(plan, lambda: self._metadata(plan, deadline))
 
     async def record(self, fresh: OperationRecord) -> OperationRecord:
@@ -179,6 +150,19 @@ class Runner:
         operation = Operation(record, caller, plan)
         self._emit(operation, Authorized(record.id, record.created_at, record.decision))
         self._start(operation)
+
+    async def cancel(self, operation_id: str, by: str) -> OperationRecord | None:
+        """Take back a queued operation this process runs; None if it runs elsewhere (or
+        nowhere). Its task stops where it waits, before any submit, and ends it `cancelled`."""
+        operation = self._operations.get(operation_id)
+        if operation is None or operation.task is None:
+            return None
+        if operation.record.state not in CANCELLABLE:
+            raise NotCancellable(operation_id, operation.record.state)
+        operation.cancelled_by = by
+        operation.task.cancel()
+        await asyncio.wait([operation.task])
+        return operation.record
 
     # --- resuming ----------------------------------------------------------------------------
 
@@ -238,7 +222,13 @@ class Runner:
         except Draining as error:
             operation.publish(error)  # it stays recorded as it was, for whoever resumes it
         except _Lost:
-            log.info("operation_taken_over", operation_id=operation.id)
+            await self._lost(operation)
+        except asyncio.CancelledError:
+            if operation.cancelled_by is None:
+                raise  # shutting down: the record stays as it was, for the next owner
+            by = operation.cancelled_by
+            cancelled = Cancelled(operation.id, time.time(), by)
+            await self._end(operation, cancelled, state="cancelled", cancelled_by=by)
         except _Unwatched as stop:
             await self._unwatch(operation, stop.error)
         except ProxyError as error:
@@ -260,14 +250,18 @@ class Runner:
             await self._submit(operation)
             await self._follow(operation, operation.record.submitted)
         else:  # submitted before this process took it on: watch it again, at once
-            await self._admission.hold(_key(operation), operation.id)
+            await self._admission.hold(image_set_of(operation), operation.id)
             await self._follow(operation, None)
 
     @tracing.stage("admission.queue")
     async def _take_turn(self, operation: Operation, *, again: bool) -> None:
         record = operation.record
         ticket = Ticket(
-            record.id, record.principal, *_key(operation), record.created_at, record.deadline
+            record.id,
+            record.principal,
+            *image_set_of(operation),
+            record.created_at,
+            record.deadline,
         )
 
         def notify(position: int, start: float) -> None:
@@ -342,6 +336,13 @@ class Runner:
             GET_IMAGE_SET, lambda: self._backend.get_image_set(datastore_id, image_set_id, version)
         )
 
+    async def _latest(self, plan: UpdatePlan, deadline: float | None) -> ImageSetStatus:
+        return await self._budget.call(
+            GET_IMAGE_SET,
+            lambda: self._backend.get_image_set(plan.datastore_id, plan.image_set_id, ""),
+            deadline=deadline,
+        )
+
     async def _metadata(self, plan: UpdatePlan, deadline: float | None) -> bytes:
         """The image set's latest metadata, one read through its budget."""
         return await self._budget.call(
@@ -368,7 +369,7 @@ class Runner:
         except TimeoutError:
             raise _Unwatched(
                 DeadlineExceeded(
-                    f"update still {_describe(operation.last_status)} after "
+                    f"update still {describe(operation.last_status)} after "
                     f"{self._settings.timeout_seconds:g} s; "
                     f"re-attach with WatchUpdate({operation.id})"
                 )
@@ -378,12 +379,22 @@ class Runner:
         """Stop polling a stuck update; it no longer holds its image set's turn either."""
         await self._end(operation, error, state="unwatched")
         with contextlib.suppress(ProxyError, OSError):
-            await self._admission.release(_key(operation), operation.id)
+            await self._admission.release(image_set_of(operation), operation.id)
 
     async def _fail(self, operation: Operation, error: ProxyError) -> None:
         await self._end(operation, error, state="failed", error=record_error(error))
 
-    async def _end(self, operation: Operation, told: ProxyError, **changes: Any) -> None:
+    async def _lost(self, operation: Operation) -> None:
+        """Another replica took it over, or cancelled it while queued: then its streams here
+        are told so (the owner may have missed the word on the `CANCELS` channel)."""
+        log.info("operation_taken_over", operation_id=operation.id)
+        with contextlib.suppress(ProxyError, OSError):
+            record = await self._journal.get(operation.id)
+            if record is not None and record.state == "cancelled":
+                operation.record = record
+                operation.publish(Cancelled(record.id, time.time(), record.cancelled_by))
+
+    async def _end(self, operation: Operation, told: Item, **changes: Any) -> None:
         """Journal how the operation ends, then tell its streams even if that write failed."""
         try:
             await self._save(operation, **changes)
@@ -395,9 +406,9 @@ class Runner:
 
     async def _finished(self, operation: Operation) -> None:
         with contextlib.suppress(ProxyError, OSError):
-            await self._admission.release(_key(operation), operation.id)
+            await self._admission.release(image_set_of(operation), operation.id)
         record = operation.record
-        audit.operation_outcome(operation.caller, operation.plan, record.decision, _outcome(record))
+        audit.operation_outcome(operation.caller, operation.plan, record.decision, outcome(record))
 
     async def _save(self, operation: Operation, **changes: Any) -> None:
         """Journal a step; the event telling it gets the next sequence number."""
@@ -432,19 +443,3 @@ def _same_request(record: OperationRecord, request: UpdateRequest) -> None:
                 )
             ]
         )
-
-
-def _key(operation: Operation) -> ImageSetKey:
-    request = operation.record.request
-    return ImageSetKey(request.datastore_id, request.image_set_id)
-
-
-def _describe(status: ImageSetStatus | None) -> str:
-    return status.workflow_status if status else "not submitted"
-
-
-def _outcome(record: OperationRecord) -> str:
-    if record.error is not None:
-        return record.error.reason
-    status = record.last_status
-    return status.workflow_status if status else "UNKNOWN"

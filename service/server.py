@@ -19,12 +19,30 @@ from service._proto.imaging.metadata.v1 import metadata_pb2 as pb
 from service._proto.imaging.metadata.v1 import metadata_pb2_grpc as pb_grpc
 from service.config import ServerSettings, Settings
 from service.errors import Internal, ProxyError, StartupError
-from service.events import Authorized, Event, Finished, Heartbeat, Queued, StatusChanged, Submitted
+from service.events import (
+    Authorized,
+    Cancelled,
+    Event,
+    Finished,
+    Heartbeat,
+    Queued,
+    StatusChanged,
+    Submitted,
+)
 from service.identity import Authenticator
 from service.metrics import Metrics
-from service.model import Caller, Decision, ImageSetStatus, UpdatePlan, UpdateRequest
+from service.model import (
+    Caller,
+    Decision,
+    ImageSetStatus,
+    OperationQuery,
+    OperationRecord,
+    UpdatePlan,
+    UpdateRequest,
+)
 from service.pipeline import Pipeline
 from service.status import to_status
+from service.steering import Steering
 from service.tls import server_credentials
 
 log = structlog.get_logger(__name__)
@@ -128,8 +146,15 @@ class _Outcome:
 class MetadataUpdateServicer(pb_grpc.MetadataUpdateServiceServicer):
     """Thin handlers: identify the caller, convert, delegate to the pipeline."""
 
-    def __init__(self, pipeline: Pipeline, authenticator: Authenticator, metrics: Metrics) -> None:
+    def __init__(
+        self,
+        pipeline: Pipeline,
+        steering: Steering,
+        authenticator: Authenticator,
+        metrics: Metrics,
+    ) -> None:
         self._pipeline = pipeline
+        self._steering = steering
         self._authenticator = authenticator
         self._metrics = metrics
 
@@ -164,8 +189,44 @@ class MetadataUpdateServicer(pb_grpc.MetadataUpdateServiceServicer):
         self, request: pb.UpdateImageSetMetadataRequest, context: grpc.aio.ServicerContext[Any, Any]
     ) -> pb.Evaluation:
         caller = self._caller(context, "EvaluateUpdate")
-        plan, decision = await self._pipeline.evaluate(caller, to_update_request(request))
-        return to_pb_evaluation(plan, decision)
+        plan, decision, shown = await self._pipeline.evaluate(
+            caller, to_update_request(request), request.include_policy_input
+        )
+        evaluation = to_pb_evaluation(plan, decision)
+        evaluation.policy_input = shown
+        return evaluation
+
+    @unary
+    async def ListOperations(
+        self, request: pb.ListOperationsRequest, context: grpc.aio.ServicerContext[Any, Any]
+    ) -> pb.ListOperationsResponse:
+        caller = self._caller(context, "ListOperations")
+        query = OperationQuery(
+            principal=request.principal,
+            datastore_id=request.datastore_id,
+            image_set_id=request.image_set_id,
+            state=request.state,
+            max_results=request.max_results,
+            next_token=request.next_token,
+        )
+        records, next_token = await self._steering.list(caller, query)
+        return pb.ListOperationsResponse(
+            operations=[to_pb_summary(r) for r in records], next_token=next_token
+        )
+
+    @unary
+    async def GetOperation(
+        self, request: pb.GetOperationRequest, context: grpc.aio.ServicerContext[Any, Any]
+    ) -> pb.OperationSummary:
+        caller = self._caller(context, "GetOperation")
+        return to_pb_summary(await self._steering.get(caller, request.operation_id))
+
+    @unary
+    async def CancelUpdate(
+        self, request: pb.CancelUpdateRequest, context: grpc.aio.ServicerContext[Any, Any]
+    ) -> pb.OperationSummary:
+        caller = self._caller(context, "CancelUpdate")
+        return to_pb_summary(await self._steering.cancel(caller, request.operation_id))
 
 
 # --- protobuf ↔ domain -------------------------------------------------------------------------
@@ -230,6 +291,8 @@ def to_pb_event(event: Event) -> pb.UpdateEvent:
             message.status.CopyFrom(pb.Status(state=to_pb_state(status)))
         case Finished(status=status):
             message.finished.CopyFrom(pb.Finished(state=to_pb_state(status)))
+        case Cancelled(cancelled_by=by):
+            message.cancelled.CopyFrom(pb.Cancelled(cancelled_by=by))
         case Heartbeat(status=status):
             message.heartbeat.CopyFrom(
                 pb.Heartbeat(
@@ -238,6 +301,27 @@ def to_pb_event(event: Event) -> pb.UpdateEvent:
                 )
             )
     return message
+
+
+def to_pb_summary(record: OperationRecord) -> pb.OperationSummary:
+    """An operation as ListOperations and friends show it: ids, state, never the document."""
+    request = record.request
+    error = record.error
+    return pb.OperationSummary(
+        operation_id=record.id,
+        principal=record.principal,
+        datastore_id=request.datastore_id,
+        image_set_id=request.image_set_id,
+        latest_version_id=request.latest_version_id,
+        kind=request.kind or "",
+        state=record.state,
+        created_at=_timestamp(record.created_at),
+        decision_id=record.decision.decision_id,
+        last_state=to_pb_state(record.last_status) if record.last_status else None,
+        error_code=error.code if error else "",
+        error_message=error.message if error else "",
+        cancelled_by=record.cancelled_by,
+    )
 
 
 def to_pb_evaluation(plan: UpdatePlan, decision: Decision) -> pb.Evaluation:
@@ -301,11 +385,15 @@ class Listeners:
 
 
 def listeners(
-    settings: Settings, pipeline: Pipeline, authenticator: Authenticator, metrics: Metrics
+    settings: Settings,
+    pipeline: Pipeline,
+    steering: Steering,
+    authenticator: Authenticator,
+    metrics: Metrics,
 ) -> Listeners:
     """Bind the ports (port 0: any free one); nothing is served before `start`."""
     server = grpc.aio.server(options=settings.server.grpc_options())
-    servicer = MetadataUpdateServicer(pipeline, authenticator, metrics)
+    servicer = MetadataUpdateServicer(pipeline, steering, authenticator, metrics)
     pb_grpc.add_MetadataUpdateServiceServicer_to_server(servicer, server)
     health_servicer = health.aio.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)

@@ -12,6 +12,7 @@ from google.rpc import error_details_pb2, status_pb2
 
 from service.errors import (
     InvalidArgument,
+    NotCancellable,
     PermissionDenied,
     ProxyError,
     ResourceExhausted,
@@ -35,6 +36,8 @@ def details(error: ProxyError) -> list[any_pb2.Any]:
             metadata = {"decision_id": error.decision_id}
             metadata.update({f"reason_{i}": r for i, r in enumerate(error.reasons)})
             return [_pack(_info(error, metadata))]
+        case NotCancellable():
+            return [_pack(_info(error, {"state": error.state}))]
         case ResourceExhausted():
             delay = duration_pb2.Duration()
             delay.FromNanoseconds(int(error.retry_after_seconds * 1e9))

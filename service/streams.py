@@ -22,12 +22,14 @@ from service.events import (
     Item,
     StatusChanged,
     Submitted,
+    Terminal,
     from_payload,
     replay,
 )
 from service.journal import Journal
 from service.model import ImageSetStatus, OperationRecord
-from service.runner import Operation, Runner
+from service.operation import Operation
+from service.runner import Runner
 
 _TIMER_SLACK = 0.01
 """Timers fire a little early or late: after a live event, a beat may come this share early."""
@@ -87,9 +89,13 @@ class Streams:
             if isinstance(payload, Heartbeat):
                 yield payload
                 continue
-            if not isinstance(payload, dict) or payload["seq"] <= seen:
+            if not isinstance(payload, dict):
                 continue
-            seen = payload["seq"]
+            # A cancel made on another replica is numbered from the record: it may trail the
+            # queue positions its owner told, but it ends the stream all the same.
+            if payload["seq"] <= seen and payload["kind"] != "cancelled":
+                continue
+            seen = max(seen, payload["seq"])
             item = from_payload(record.id, payload)
             if isinstance(item, ProxyError) and item.reason == Draining.reason:
                 continue  # its replica is leaving; another one will take the operation over
@@ -98,7 +104,7 @@ class Streams:
             if isinstance(item, Submitted | StatusChanged | Finished):
                 last = item.status
             yield item
-            if isinstance(item, Finished):
+            if isinstance(item, Terminal):
                 return
 
     async def _next(
@@ -178,5 +184,5 @@ class LocalStream:
         else:
             return None
         self._told = item
-        self._over = isinstance(item, Finished)
+        self._over = isinstance(item, Terminal)
         return item

@@ -29,7 +29,12 @@ from service.journal.sealing import Sealer, UnreadableRecord
 from service.journal.sqlite import SqliteJournal
 from service.model import ImageSetKey, OperationRecord
 
+CANCELS = "cancels"
+"""The pub/sub channel (in the operations' namespace: ids are UUIDs) on which a replica that
+cancelled another's queued operation tells its owner, which lets go of it at once."""
+
 __all__ = [
+    "CANCELS",
     "RESUBMITTABLE",
     "Journal",
     "SqliteJournal",
@@ -76,6 +81,17 @@ class Journal(Protocol):
 
     async def adopt(self, operation_id: str) -> OperationRecord | None:
         """An `unwatched` operation, now this process's to watch (None: not unwatched)."""
+        ...
+
+    async def records(self) -> list[OperationRecord]:
+        """Every operation the journal holds (unfinished, and finished within retention),
+        oldest first; one that cannot be opened is left out (and logged)."""
+        ...
+
+    async def cancel_queued(self, cancelled: OperationRecord) -> str:
+        """Store `cancelled` (state `cancelled`) if the journal still holds its operation as
+        `queued`, atomically; returns the state it held ("" when there is no such operation).
+        Its owner, if any, loses it: its next save answers False, so it never submits."""
         ...
 
     async def snapshot(self) -> Mapping[ImageSetKey, str]: ...

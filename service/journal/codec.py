@@ -154,6 +154,8 @@ def _head(fixed: tuple[Any, ...], keep_document: bool) -> str:
 def _tail(record: OperationRecord) -> str:
     """The fields that change as the operation goes on, closing the record's JSON."""
     document = {name: getattr(record, name) for name in _CHANGING_NAMES}
+    if not record.cancelled_by:  # only cancelled records have it: others read as they were
+        del document["cancelled_by"]
     for name in ("submitted", "last_status", "error"):
         if document[name] is not None:
             document[name] = _plain(document[name])

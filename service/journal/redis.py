@@ -85,6 +85,17 @@ redis.call('HSET', KEYS[1], 'owner', ARGV[1], 'state', 'adopted')
 return redis.call('HGET', KEYS[1], 'body')
 """
 
+_CANCEL_LUA = """
+local state = redis.call('HGET', KEYS[1], 'state')
+if not state then return '' end
+if state ~= 'queued' then return state end
+redis.call('HSET', KEYS[1], 'body', ARGV[2], 'owner', '', 'state', 'cancelled')
+redis.call('SREM', KEYS[2], ARGV[1])
+redis.call('PEXPIRE', KEYS[1], ARGV[3])
+return state
+"""
+"""A queued operation cancelled by any replica: its owner (now nobody) can no longer save it."""
+
 _RELEASE_LUA = """
 if redis.call('HGET', KEYS[1], ARGV[1]) == ARGV[2] then redis.call('HDEL', KEYS[1], ARGV[1]) end
 return 1
@@ -108,6 +119,7 @@ class RedisJournal:
         self._take_over = client.register_script(_TAKE_OVER_LUA)
         self._release = client.register_script(_RELEASE_LUA)
         self._adopt = client.register_script(_ADOPT_LUA)
+        self._cancel = client.register_script(_CANCEL_LUA)
         self._bus = _Bus(client)
         self._tasks: list[asyncio.Task[None]] = []
 
@@ -224,6 +236,28 @@ class RedisJournal:
     async def adopt(self, operation_id: str) -> OperationRecord | None:
         body = await self._adopt(keys=[self._key("op", operation_id)], args=[self.replica_id])
         return decode(_text(body), operation_id, self._sealer) if body else None
+
+    @translated("journal")
+    async def records(self) -> list[OperationRecord]:
+        ids = [
+            _text(name).removeprefix(self._key("op", ""))
+            async for name in self._client.scan_iter(match=self._key("op", "*"), count=500)
+        ]
+        async with self._client.pipeline(transaction=False) as pipe:
+            for operation_id in ids:
+                pipe.hget(self._key("op", operation_id), "body")
+            bodies = await pipe.execute()
+        stored = [(i, _text(body)) for i, body in zip(ids, bodies, strict=True) if body]
+        return decode_readable(stored, self._sealer)
+
+    @translated("journal")
+    async def cancel_queued(self, cancelled: OperationRecord) -> str:
+        keys = [self._key("op", cancelled.id), self._key("unfinished")]
+        retention_ms = int(self._settings.retention_seconds * 1000)
+        body = self._encoder.encode(cancelled)
+        self._encoder.forget(cancelled.id)  # this replica saves it no more
+        held = await self._cancel(keys=keys, args=[cancelled.id, body, retention_ms])
+        return _text(held)
 
     @translated("journal")
     async def snapshot(self) -> Mapping[ImageSetKey, str]:

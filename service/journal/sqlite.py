@@ -192,6 +192,21 @@ class SqliteJournal:
 
         return decode_readable(await self._writer.run(job, "take_over"), self._sealer)
 
+    async def records(self) -> list[OperationRecord]:
+        def job(db: sqlite3.Connection) -> list[Row]:
+            return [(op, body) for op, body in db.execute("SELECT id, body FROM operations")]
+
+        return decode_readable(await self._writer.run(job, "records"), self._sealer)
+
+    async def cancel_queued(self, cancelled: OperationRecord) -> str:
+        """One process runs every operation of this journal: the runner cancels its own, so
+        this serves only a record nobody runs (read, then saved, on the one event loop)."""
+        record = await self.get(cancelled.id)
+        if record is None or record.state != "queued":
+            return record.state if record is not None else ""
+        await self.save(cancelled)
+        return "queued"
+
     async def adopt(self, operation_id: str) -> OperationRecord | None:
         record = await self.get(operation_id)
         return record if record is not None and record.state == "unwatched" else None

@@ -31,6 +31,8 @@ MARKER = b"A^B"
 def asdict_encode(record: OperationRecord, sealer: Sealer) -> str:
     """The encoder before issue 12, kept verbatim: journals written by it must still resume."""
     document = asdict(at_rest(record))
+    if not document["cancelled_by"]:  # issue 21's field, written only when set
+        del document["cancelled_by"]
     for name in ("updatable_attributes", "removable_attributes"):
         blob = document["request"][name]
         document["request"][name] = base64.b64encode(blob).decode() if blob is not None else None
@@ -98,6 +100,7 @@ records = st.builds(
     last_status=statuses,
     error=errors,
     touched=_texts,
+    cancelled_by=st.sampled_from(["", "dev:alice"]),
 )
 progress = st.lists(
     st.fixed_dictionaries(

@@ -15,7 +15,7 @@ from service.errors import InvalidArgument, PermissionDenied, Unavailable
 from service.events import Authorized, Event, Finished
 from service.metrics import Metrics
 from service.model import Caller, Decision, OperationRecord, UpdatePlan
-from service.pipeline import ADMIN_ROLE, Pipeline
+from service.pipeline import Pipeline
 from service.policy import RoleAnswer
 from service.updates import DEFAULT_LIMITS
 from tests.unit.runner.inmemory import (
@@ -30,6 +30,7 @@ from tests.unit.runner.inmemory import (
 
 WITHIN = 5.0
 EDITOR = frozenset({"metadata-editor"})
+ADMIN_ROLE = "metadata-admin"
 
 
 class Policy:
@@ -47,6 +48,13 @@ class Policy:
 
     async def roles(self, caller: Caller, datastore_id: str) -> frozenset[str]:
         return self.grants.get(caller.principal, frozenset())
+
+    async def permits(
+        self, caller: Caller, action: str, datastore_id: str, facts: dict[str, Any]
+    ) -> Decision:
+        """policies/imaging/operations.rego's rule: an admin may act on others' operations."""
+        allow = ADMIN_ROLE in await self.roles(caller, datastore_id)
+        return Decision(allow, () if allow else ("requires role metadata-admin",), "ops-1")
 
     async def role_answer(self, caller: Caller, datastore_id: str) -> RoleAnswer:
         return RoleAnswer(await self.roles(caller, datastore_id), "roles-1")

@@ -159,6 +159,17 @@ class MemoryJournal:
         self.store.owners[operation_id] = self.replica
         return record
 
+    async def records(self) -> list[OperationRecord]:
+        return sorted(self.store.records.values(), key=lambda record: record.created_at)
+
+    async def cancel_queued(self, cancelled: OperationRecord) -> str:
+        held = self.store.records.get(cancelled.id)
+        if held is None or held.state != "queued":
+            return held.state if held is not None else ""
+        self.write(cancelled)
+        self.store.owners[cancelled.id] = ""  # its owner can no longer save it
+        return "queued"
+
     async def snapshot(self) -> Mapping[ImageSetKey, str]:
         return dict(self.store.in_flight)
 

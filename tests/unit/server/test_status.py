@@ -78,6 +78,11 @@ WIRE: list[tuple[ProxyError, grpc.StatusCode, list[message.Message]]] = [
     (errors.NotFound("no such image set"), grpc.StatusCode.NOT_FOUND, [info("NOT_FOUND")]),
     (errors.Aborted("stale"), grpc.StatusCode.ABORTED, [info("CONFLICT")]),
     (
+        errors.NotCancellable("op-1", "submitted"),
+        grpc.StatusCode.FAILED_PRECONDITION,
+        [info("NOT_CANCELLABLE", state="submitted")],
+    ),
+    (
         errors.Aborted("locked", "BACKEND_CONFLICT"),
         grpc.StatusCode.ABORTED,
         [info("BACKEND_CONFLICT")],
