@@ -76,6 +76,8 @@ class Steering:
     async def cancel(self, caller: Caller, operation_id: str) -> OperationRecord:
         record = await self._runner.lookup(operation_id)
         await may_act_on(self._policy, caller, "cancel", record)
+        if record.state == "cancelled":  # a retried cancel: the same answer
+            return record
         if record.state not in CANCELLABLE:
             raise NotCancellable(record.id, record.state)
         cancelled = await self._runner.cancel(operation_id, caller.principal)

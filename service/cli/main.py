@@ -7,7 +7,7 @@ import sys
 from collections.abc import Sequence
 
 from service.cli import serve
-from service.cli.client import verbs
+from service.cli.client import steering, verbs
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -18,6 +18,7 @@ def build_parser() -> argparse.ArgumentParser:
     subparsers = parser.add_subparsers(dest="verb", metavar="VERB", required=True)
     serve.add_server_verbs(subparsers)
     verbs.add_client_verbs(subparsers)
+    steering.add_steering_verbs(subparsers)
     return parser
 
 

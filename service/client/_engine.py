@@ -19,6 +19,7 @@ from typing import Any
 
 import grpc
 import grpc.aio
+from google.protobuf.message import Message
 
 from service._proto.imaging.metadata.v1 import metadata_pb2, metadata_pb2_grpc
 from service.client.errors import ClientError, TransportError, details, from_rpc_error, rich_status
@@ -254,25 +255,31 @@ def _record(event: metadata_pb2.UpdateEvent, tracker: Tracker, until_submitted: 
         tracker.operation_id = event.operation_id
     if kind == "submitted":
         tracker.acknowledged = True
-    return kind == "finished" or (kind == "submitted" and until_submitted)
+    return kind in ("finished", "cancelled") or (kind == "submitted" and until_submitted)
 
 
 async def evaluate(
     settings: Settings, request: metadata_pb2.UpdateImageSetMetadataRequest
 ) -> metadata_pb2.Evaluation:
     """The dry run; retried like a submit while the proxy is unreachable."""
+    result: metadata_pb2.Evaluation = await unary(settings, "EvaluateUpdate", request)
+    return result
+
+
+async def unary(settings: Settings, method: str, request: Message) -> Any:
+    """One unary call of the service by its method name, retried while the proxy is
+    unreachable (each is safe to repeat: cancelling a cancelled operation answers it again)."""
     failures = 0
     clock = _RetryClock(settings.retry_timeout)
     while True:
         try:
             async with open_channel(settings) as channel:
                 stub = metadata_pb2_grpc.MetadataUpdateServiceStub(channel)
-                result: metadata_pb2.Evaluation = await stub.EvaluateUpdate(
+                return await getattr(stub, method)(
                     request,
                     metadata=with_trace_context(settings.metadata),
                     timeout=settings.read_timeout,
                 )
-                return result
         except grpc.aio.AioRpcError as err:
             plan = retry_plan(err, False, failures)
             error = from_rpc_error(err, settings.target)

@@ -12,14 +12,17 @@ from typing import Any
 import service.client._engine as _engine
 from service._proto.imaging.metadata.v1 import metadata_pb2
 from service.client.credentials import Credentials
-from service.client.errors import ClientError, DeadlineExceeded
+from service.client.errors import ClientError, DeadlineExceeded, UpdateCancelled
 from service.client.events import (
+    Cancelled,
     Evaluation,
     Finished,
     ImageSetState,
+    OperationSummary,
     UpdateEvent,
     evaluation,
     from_proto,
+    operation_summary,
 )
 
 Updates = Mapping[str, Any] | bytes
@@ -151,9 +154,11 @@ class MetadataUpdateClient:
         revert_to_version_id: str | None = None,
         force: bool = False,
         include_study_image_sets: bool = False,
+        include_policy_input: bool = False,
         time_limit: float | None = None,
     ) -> Evaluation:
-        """The dry run: what the policy would decide, and the changes it would see."""
+        """The dry run: what the policy would decide, and the changes it would see;
+        `include_policy_input`: also the exact OPA input (PolicyDenied unless allowed)."""
         self._check_open()
         request = build_request(
             datastore_id,
@@ -166,9 +171,63 @@ class MetadataUpdateClient:
             include_study_image_sets=include_study_image_sets,
             idempotency_key="",
         )
+        request.include_policy_input = include_policy_input
+        return evaluation(await self._unary("EvaluateUpdate", request, time_limit))
+
+    async def list_operations(
+        self,
+        *,
+        principal: str = "",
+        datastore_id: str = "",
+        image_set_id: str = "",
+        state: str = "",
+        max_results: int = 0,
+        next_token: str = "",
+        time_limit: float | None = None,
+    ) -> tuple[list[OperationSummary], str]:
+        """One page of operations (oldest first) and the next page's token ("" on the last).
+        Filters left empty match any; without `principal`, everyone's if the policy lets the
+        caller see others', else the caller's own."""
+        request = metadata_pb2.ListOperationsRequest(
+            principal=principal,
+            datastore_id=datastore_id,
+            image_set_id=image_set_id,
+            state=state,
+            max_results=max_results,
+            next_token=next_token,
+        )
+        page = await self._unary("ListOperations", request, time_limit)
+        return [operation_summary(o) for o in page.operations], page.next_token
+
+    async def operations(self, **filters: Any) -> AsyncIterator[OperationSummary]:
+        """Every matching operation, page after page (the filters of `list_operations`)."""
+        token = ""
+        while True:
+            page, token = await self.list_operations(next_token=token, **filters)
+            for summary in page:
+                yield summary
+            if not token:
+                return
+
+    async def get_operation(
+        self, operation_id: str, *, time_limit: float | None = None
+    ) -> OperationSummary:
+        request = metadata_pb2.GetOperationRequest(operation_id=operation_id)
+        return operation_summary(await self._unary("GetOperation", request, time_limit))
+
+    async def cancel_update(
+        self, operation_id: str, *, time_limit: float | None = None
+    ) -> OperationSummary:
+        """Take back a queued update (state `cancelled`); RpcError FAILED_PRECONDITION (reason
+        NOT_CANCELLABLE) once it is submitting or later."""
+        request = metadata_pb2.CancelUpdateRequest(operation_id=operation_id)
+        return operation_summary(await self._unary("CancelUpdate", request, time_limit))
+
+    async def _unary(self, method: str, request: Any, time_limit: float | None) -> Any:
+        self._check_open()
         try:
             async with asyncio.timeout(time_limit):
-                return evaluation(await _engine.evaluate(self._settings, request))
+                return await _engine.unary(self._settings, method, request)
         except TimeoutError:
             raise DeadlineExceeded(time_limit or 0.0, "") from None
 
@@ -203,10 +262,13 @@ class MetadataUpdateClient:
 
 
 async def final_state(events: AsyncIterator[UpdateEvent]) -> ImageSetState:
-    """Drain an update's events; the state its `Finished` carries."""
+    """Drain an update's events; the state its `Finished` carries (UpdateCancelled if it was
+    cancelled instead)."""
     async for event in events:
         if isinstance(event, Finished):
             return event.state
+        if isinstance(event, Cancelled):
+            raise UpdateCancelled(event.operation_id, event.cancelled_by)
     raise ClientError("the stream ended without a finished event")
 
 

@@ -99,6 +99,15 @@ class RpcError(ClientError):
         self.retry_after = retry_after
 
 
+class UpdateCancelled(ClientError):
+    """The update was cancelled (CancelUpdate) before it was submitted: nothing was written."""
+
+    def __init__(self, operation_id: str, cancelled_by: str) -> None:
+        super().__init__(f"operation {operation_id} was cancelled by {cancelled_by}")
+        self.operation_id = operation_id
+        self.cancelled_by = cancelled_by
+
+
 class PolicyDenied(RpcError):
     """The policy denied the update; `reasons` and `decision_id` say why and where to look."""
 

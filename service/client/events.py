@@ -78,6 +78,14 @@ class Finished:
 
 
 @dataclass(frozen=True)
+class Cancelled:
+    """The update was cancelled before it was submitted (CancelUpdate); nothing was written."""
+
+    operation_id: str
+    cancelled_by: str
+
+
+@dataclass(frozen=True)
 class Retrying:
     """The client lost the stream (or was told to come back) and tries again after `delay`."""
 
@@ -87,7 +95,7 @@ class Retrying:
     delay: float
 
 
-UpdateEvent = Authorized | Queued | Submitted | Status | Heartbeat | Finished | Retrying
+UpdateEvent = Authorized | Queued | Submitted | Status | Heartbeat | Finished | Cancelled | Retrying
 
 
 def image_set_state(state: metadata_pb2.ImageSetState) -> ImageSetState:
@@ -123,7 +131,48 @@ def from_proto(event: metadata_pb2.UpdateEvent) -> UpdateEvent | None:
             return Heartbeat(op, beat.image_set_state, beat.image_set_workflow_status)
         case "finished":
             return Finished(op, image_set_state(event.finished.state))
+        case "cancelled":
+            return Cancelled(op, event.cancelled.cancelled_by)
     return None
+
+
+@dataclass(frozen=True)
+class OperationSummary:
+    """An operation as ListOperations, GetOperation and CancelUpdate show it (no document)."""
+
+    operation_id: str
+    principal: str
+    datastore_id: str
+    image_set_id: str
+    latest_version_id: str
+    kind: str
+    state: str
+    """queued, submitting, submitted, unwatched, finished, failed or cancelled."""
+    created_at: datetime | None
+    decision_id: str
+    last_state: ImageSetState | None
+    error_code: str
+    error_message: str
+    cancelled_by: str
+
+
+def operation_summary(summary: metadata_pb2.OperationSummary) -> OperationSummary:
+    """The proto summary as a value."""
+    return OperationSummary(
+        operation_id=summary.operation_id,
+        principal=summary.principal,
+        datastore_id=summary.datastore_id,
+        image_set_id=summary.image_set_id,
+        latest_version_id=summary.latest_version_id,
+        kind=summary.kind,
+        state=summary.state,
+        created_at=summary.created_at.ToDatetime() if summary.HasField("created_at") else None,
+        decision_id=summary.decision_id,
+        last_state=image_set_state(summary.last_state) if summary.HasField("last_state") else None,
+        error_code=summary.error_code,
+        error_message=summary.error_message,
+        cancelled_by=summary.cancelled_by,
+    )
 
 
 @dataclass(frozen=True)
@@ -157,6 +206,8 @@ class Evaluation:
     revert_to_version_id: str
     include_study_image_sets: bool
     force: bool
+    policy_input: str = ""
+    """The exact JSON the proxy sent to OPA (asked with include_policy_input, when allowed)."""
 
 
 def evaluation(result: metadata_pb2.Evaluation) -> Evaluation:
@@ -184,4 +235,5 @@ def evaluation(result: metadata_pb2.Evaluation) -> Evaluation:
         revert_to_version_id=result.revert_to_version_id,
         include_study_image_sets=result.include_study_image_sets,
         force=result.force,
+        policy_input=result.policy_input,
     )

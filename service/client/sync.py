@@ -7,7 +7,7 @@ from types import TracebackType
 from typing import Any
 
 from service.client.client import MetadataUpdateClient, final_state
-from service.client.events import Evaluation, ImageSetState
+from service.client.events import Evaluation, ImageSetState, OperationSummary
 
 
 class SyncMetadataUpdateClient:
@@ -48,3 +48,15 @@ class SyncMetadataUpdateClient:
     def evaluate(self, *args: Any, **kwargs: Any) -> Evaluation:
         """`MetadataUpdateClient.evaluate`."""
         return self._runner.run(self._client.evaluate(*args, **kwargs))
+
+    def list_operations(self, **kwargs: Any) -> tuple[list[OperationSummary], str]:
+        """`MetadataUpdateClient.list_operations`."""
+        return self._runner.run(self._client.list_operations(**kwargs))
+
+    def get_operation(self, operation_id: str) -> OperationSummary:
+        """`MetadataUpdateClient.get_operation`."""
+        return self._runner.run(self._client.get_operation(operation_id))
+
+    def cancel_update(self, operation_id: str) -> OperationSummary:
+        """`MetadataUpdateClient.cancel_update`."""
+        return self._runner.run(self._client.cancel_update(operation_id))

@@ -100,6 +100,13 @@ async def follow_update(
             kind = item.WhichOneof("event")
             if kind == "finished":
                 return item.finished.state
+            if kind == "cancelled":
+                raise ServiceError(
+                    "UpdateCancelled",
+                    operation,
+                    f"operation {item.operation_id} was cancelled by "
+                    f"{item.cancelled.cancelled_by} before it was submitted; nothing was written",
+                )
             if kind == "submitted" and until_submitted:
                 return item.submitted.state
     except ClientError as error:

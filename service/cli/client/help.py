@@ -207,6 +207,53 @@ EVALUATE = VerbHelp(
     synopsis="%(prog)s\n" + _UPDATE_SYNOPSIS + _COMMON_SYNOPSIS,
 )
 
+LIST = VerbHelp(
+    summary="List updates (operations): who is waiting, for what, since when.",
+    description=(
+        "List the operations the proxy's journal holds, oldest first: your own, or everyone's\n"
+        "when the policy lets you see others' (policies/imaging/operations.rego). Filters:\n"
+        "--principal, --datastore-id, --image-set-id, --state (queued, submitting, submitted,\n"
+        "unwatched, finished, failed, cancelled). Every page is fetched unless --no-paginate is\n"
+        "given (then one page of --max-results, and its nextToken for --next-token)."
+    ),
+    epilog="\n".join(
+        (
+            "EXAMPLE\n  imaging-proxy list-updates --state queued "
+            "--query 'operations[].[operationId,principal,createdAt]' --output table\n",
+            _OUTPUT_SECTION,
+            _RETURN_CODES,
+            _ENVIRONMENT,
+        )
+    ),
+    synopsis="%(prog)s\n  [--principal <value>] [--datastore-id <value>] [--image-set-id <value>]\n"
+    "  [--state <value>] [--max-results <value>] [--next-token <value>]\n" + _COMMON_SYNOPSIS,
+)
+GET = VerbHelp(
+    summary="Show one update (operation): its state, owner, decision and last image set state.",
+    description="Show one operation by id (yours, or another's when the policy allows it).",
+    epilog="\n".join((_OUTPUT_SECTION, _RETURN_CODES, _ENVIRONMENT)),
+    synopsis="%(prog)s\n  --operation-id <value>\n" + _COMMON_SYNOPSIS,
+)
+CANCEL = VerbHelp(
+    summary="Cancel an update that is still queued; nothing is written to HealthImaging.",
+    description=(
+        "Take back an update still waiting in the proxy's queue: it ends `cancelled`, every\n"
+        "stream following it ends, and HealthImaging is never called. An update already\n"
+        "submitting or submitted cannot be taken back: FailedPrecondition, rc 254. Cancelling a\n"
+        "cancelled update prints it again. Yours, or another's when the policy allows it."
+    ),
+    epilog="\n".join(
+        (
+            "EXAMPLE\n  imaging-proxy cancel-update --operation-id "
+            "0b6c0c3e-2f5a-4f0e-9a53-2d3b1c7f9e10\n",
+            _OUTPUT_SECTION,
+            _RETURN_CODES,
+            _ENVIRONMENT,
+        )
+    ),
+    synopsis="%(prog)s\n  --operation-id <value>\n" + _COMMON_SYNOPSIS,
+)
+
 UPDATE_OPTIONS = (
     ("--datastore-id", "(string) The data store identifier."),
     ("--image-set-id", "(string) The image set identifier."),

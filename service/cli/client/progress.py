@@ -25,6 +25,8 @@ def describe(event: metadata_pb2.UpdateEvent, now: float) -> str | None:
     if kind in ("submitted", "status", "finished"):
         state: metadata_pb2.ImageSetState = getattr(event, kind).state
         return f"{kind}: {_state_words(state)}"
+    if kind == "cancelled":
+        return f"cancelled by {event.cancelled.cancelled_by}: nothing was written"
     return None
 
 

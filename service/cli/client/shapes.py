@@ -13,7 +13,7 @@ from typing import Any, Literal
 
 from service.cli.client.errors import ParamValidationError
 
-Kind = Literal["string", "boolean", "blob", "timestamp", "structure", "union", "list"]
+Kind = Literal["string", "boolean", "blob", "timestamp", "structure", "union", "list", "integer"]
 
 
 @dataclass(frozen=True)
@@ -100,6 +100,18 @@ WATCH_INPUT = Shape(
             "The operation to re-attach to, as printed by update-image-set-metadata.",
             required=True,
         ),
+    ),
+)
+LIST_INPUT = Shape(
+    "input",
+    "structure",
+    members=(
+        Shape("principal", "string", "Only this caller's operations (default: all you may see)."),
+        Shape("datastoreId", "string", "Only operations on this data store."),
+        Shape("imageSetId", "string", "Only operations on this image set."),
+        Shape("state", "string", "Only operations in this state (queued, submitted, ...)."),
+        Shape("maxResults", "integer", "Operations per page: 1 to 1000 (default 100)."),
+        Shape("nextToken", "string", "The nextToken of the previous page."),
     ),
 )
 IMAGE_SET_STATE_OUTPUT = Shape(

@@ -69,25 +69,25 @@ class ClientArgumentParser(argparse.ArgumentParser):
 
 def add_client_verbs(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     """Register the three client verbs on the `imaging-proxy` command."""
-    update = _add_verb(subparsers, "update-image-set-metadata", client_help.UPDATE)
+    update = add_verb(subparsers, "update-image-set-metadata", client_help.UPDATE)
     _add_update_options(update)
     update.add_argument("--no-wait", action="store_true", help=client_help.NO_WAIT)
     update.add_argument("--idempotency-key", metavar="<value>", help=client_help.IDEMPOTENCY_KEY)
-    _add_common_options(update, skeleton=True)
+    add_common_options(update, skeleton=True)
     update.set_defaults(run=run_update)
 
-    watch = _add_verb(subparsers, "watch-update", client_help.WATCH)
+    watch = add_verb(subparsers, "watch-update", client_help.WATCH)
     watch.add_argument("--operation-id", metavar="<value>", help=client_help.OPERATION_ID)
-    _add_common_options(watch, skeleton=True)
+    add_common_options(watch, skeleton=True)
     watch.set_defaults(run=run_watch)
 
-    dry_run = _add_verb(subparsers, "evaluate-update", client_help.EVALUATE)
+    dry_run = add_verb(subparsers, "evaluate-update", client_help.EVALUATE)
     _add_update_options(dry_run)
-    _add_common_options(dry_run, skeleton=True)
+    add_common_options(dry_run, skeleton=True)
     dry_run.set_defaults(run=run_evaluate)
 
 
-def _add_verb(
+def add_verb(
     subparsers: argparse._SubParsersAction,  # type: ignore[type-arg]
     name: str,
     text: client_help.VerbHelp,
@@ -131,7 +131,7 @@ def _add_update_options(parser: argparse.ArgumentParser) -> None:
     )
 
 
-def _add_common_options(parser: argparse.ArgumentParser, skeleton: bool) -> None:
+def add_common_options(parser: argparse.ArgumentParser, skeleton: bool) -> None:
     _add_input_options(parser, skeleton)
     _add_output_options(parser)
     _add_connection_options(parser)
@@ -218,18 +218,18 @@ def _non_negative_seconds(text: str) -> float:
 
 
 def run_update(args: argparse.Namespace) -> int:
-    return _guarded(args, _update)
+    return guarded(args, _update)
 
 
 def run_watch(args: argparse.Namespace) -> int:
-    return _guarded(args, _watch)
+    return guarded(args, _watch)
 
 
 def run_evaluate(args: argparse.Namespace) -> int:
-    return _guarded(args, _evaluate)
+    return guarded(args, _evaluate)
 
 
-def _guarded(args: argparse.Namespace, verb: Callable[[argparse.Namespace], int]) -> int:
+def guarded(args: argparse.Namespace, verb: Callable[[argparse.Namespace], int]) -> int:
     """Run a verb; turn its errors into the AWS CLI's stderr line and return code."""
     if args.debug:
         logging.basicConfig(level=logging.DEBUG, format=LOG_FORMAT, stream=sys.stderr)
@@ -244,7 +244,7 @@ def _guarded(args: argparse.Namespace, verb: Callable[[argparse.Namespace], int]
         return exc.exit_code
 
 
-def _output_settings(args: argparse.Namespace, environ: Mapping[str, str]) -> OutputSettings:
+def output_settings(args: argparse.Namespace, environ: Mapping[str, str]) -> OutputSettings:
     return OutputSettings(
         output=resolve_output(args.output, environ),
         query=compile_query(args.query),
@@ -287,7 +287,7 @@ def _command_line_update_params(args: argparse.Namespace) -> dict[str, Any]:
     return given
 
 
-def _merged(
+def merged_input(
     args: argparse.Namespace, command_line: dict[str, Any], shape: shapes.Shape
 ) -> dict[str, Any]:
     cli_input = params.load_cli_input(args.cli_input_json, args.cli_input_yaml)
@@ -302,7 +302,7 @@ def _merged(
 
 
 def _update_params(args: argparse.Namespace) -> params.UpdateParams:
-    merged = _merged(args, _command_line_update_params(args), shapes.UPDATE_INPUT)
+    merged = merged_input(args, _command_line_update_params(args), shapes.UPDATE_INPUT)
     update = params.update_params(merged, args.cli_binary_format)
     LOG.debug(
         "request: datastore %s, image set %s, version %s, force %s, study %s, updatable %s bytes, "
@@ -346,7 +346,7 @@ def to_request(
 
 
 def _update(args: argparse.Namespace) -> int:
-    out = _output_settings(args, os.environ)
+    out = output_settings(args, os.environ)
     if _printed_skeleton(args, shapes.UPDATE_INPUT):
         return 0
     update = _update_params(args)
@@ -363,11 +363,11 @@ def _update(args: argparse.Namespace) -> int:
 
 
 def _watch(args: argparse.Namespace) -> int:
-    out = _output_settings(args, os.environ)
+    out = output_settings(args, os.environ)
     if _printed_skeleton(args, shapes.WATCH_INPUT):
         return 0
     command_line = {} if args.operation_id is None else {"operationId": args.operation_id}
-    merged = _merged(args, command_line, shapes.WATCH_INPUT)
+    merged = merged_input(args, command_line, shapes.WATCH_INPUT)
     merged = shapes.prune(merged, shapes.WATCH_INPUT)
     shapes.validate(merged, shapes.WATCH_INPUT)
     if args.generate_cli_skeleton == "output":
@@ -379,7 +379,7 @@ def _watch(args: argparse.Namespace) -> int:
 
 
 def _evaluate(args: argparse.Namespace) -> int:
-    out = _output_settings(args, os.environ)
+    out = output_settings(args, os.environ)
     if _printed_skeleton(args, shapes.UPDATE_INPUT):
         return 0
     update = _update_params(args)
