@@ -12,6 +12,7 @@ import tempfile
 import threading
 from pathlib import Path
 
+from service.cli.program import program
 from service.devstack.processes import Child, stop_all
 from service.devstack.seeds import SAMPLES, samples_then_copies
 from service.devstack.servers import EMULATOR_AWS_ENV, find_opa, find_policies
@@ -181,7 +182,7 @@ def _update_example(ready: dict[str, object]) -> list[list[str]]:
         }
     )
     return [
-        [_program(), "update-image-set-metadata"],
+        [*program(), "update-image-set-metadata"],
         ["--endpoint-url", str(ready["endpoint"]), "--dev-principal", "demo-admin"],
         ["--datastore-id", str(ready["datastoreId"])],
         ["--image-set-id", _strings(ready["imageSetIds"])[0], "--latest-version-id", "1"],
@@ -214,17 +215,6 @@ def _quote(word: str) -> str:
     if equals and name.isidentifier() and name.isupper():
         return f"{name}={shlex.quote(value)}"
     return shlex.quote(word)
-
-
-def _program() -> str:
-    """How to run this `imaging-proxy` again: its name when PATH finds this very script."""
-    script = Path(sys.argv[0])
-    if script.name != "imaging-proxy":
-        return "imaging-proxy"  # run as `python -m service.cli.main`
-    on_path = shutil.which("imaging-proxy")
-    if on_path and Path(on_path).resolve() == script.resolve():
-        return "imaging-proxy"
-    return str(script)
 
 
 def _strings(value: object) -> list[str]:

@@ -22,7 +22,15 @@ import grpc.aio
 from google.protobuf.message import Message
 
 from service._proto.imaging.metadata.v1 import metadata_pb2, metadata_pb2_grpc
-from service.client.errors import ClientError, TransportError, details, from_rpc_error, rich_status
+from service.client.errors import (
+    DEFINITE_HANDSHAKE_FAILURES,
+    ClientError,
+    TransportError,
+    details,
+    from_rpc_error,
+    handshake_failure,
+    rich_status,
+)
 from service.client.events import Retrying
 from service.client.tracing import with_trace_context
 
@@ -100,6 +108,8 @@ def retry_plan(err: grpc.aio.AioRpcError, acknowledged: bool, failures: int) -> 
         return None
     status = rich_status(err)
     if code is grpc.StatusCode.UNAVAILABLE and status is None:
+        if handshake_failure(err.details() or "") in DEFINITE_HANDSHAKE_FAILURES:
+            return None  # a certificate or a scheme that is wrong stays wrong
         return RetryPlan(backoff_seconds(failures), resubmit=False)
     _, _, retry = details(status)
     # RESOURCE_EXHAUSTED without RetryInfo is not the proxy's throttle but e.g. gRPC's own
@@ -116,6 +126,11 @@ def retry_plan(err: grpc.aio.AioRpcError, acknowledged: bool, failures: int) -> 
 def backoff_seconds(attempt: int) -> float:
     """Full-jitter exponential backoff, as botocore's standard retry mode."""
     return random.uniform(0, min(_BACKOFF_CAP_S, _BACKOFF_BASE_S * 2**attempt))
+
+
+_PROBE = "/grpc.health.v1.Health/Check"
+"""Served on the proxy's port; called only to learn why a connection failed."""
+_PROBE_TIMEOUT_S = 2.0
 
 
 @asynccontextmanager
@@ -144,9 +159,23 @@ async def _until_ready(channel: grpc.aio.Channel, settings: Settings) -> None:
     state = channel.get_state(try_to_connect=True)
     while state is not grpc.ChannelConnectivity.READY:
         if state is grpc.ChannelConnectivity.TRANSIENT_FAILURE:
-            raise _Retryable(TransportError("unreachable", settings.target))
+            failure = await _connect_failure(channel, settings.target)
+            if failure.handshake in DEFINITE_HANDSHAKE_FAILURES:
+                raise failure  # a certificate or a scheme that is wrong stays wrong
+            raise _Retryable(failure)
         await channel.wait_for_state_change(state)
         state = channel.get_state(try_to_connect=True)
+
+
+async def _connect_failure(channel: grpc.aio.Channel, target: str) -> TransportError:
+    """Why connecting failed: TRANSIENT_FAILURE does not say, but a call that does not wait for
+    the connection fails with gRPC's words (a refused handshake, an unknown CA...)."""
+    probe: grpc.aio.UnaryUnaryMultiCallable[bytes, bytes] = channel.unary_unary(_PROBE)
+    try:
+        await probe(b"", timeout=_PROBE_TIMEOUT_S, wait_for_ready=False)
+    except grpc.aio.AioRpcError as err:
+        return TransportError("unreachable", target, err.code(), err.details() or "")
+    return TransportError("unreachable", target)
 
 
 class _RetryClock:

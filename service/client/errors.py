@@ -29,6 +29,29 @@ _TRANSPORT_WORDS: dict[TransportKind, str] = {
 }
 
 
+HandshakeFailure = Literal["unknown-ca", "server-name", "not-tls", "closed-at-connect", ""]
+_HANDSHAKE_WORDS: tuple[tuple[str, HandshakeFailure], ...] = (
+    ("CERTIFICATE_VERIFY_FAILED", "unknown-ca"),
+    ("Hostname Verification Check failed", "server-name"),
+    ("WRONG_VERSION_NUMBER", "not-tls"),
+    ("Socket closed", "closed-at-connect"),
+)
+"""gRPC core's words for a failed connection (grpcio 1.8x), and what they mean. The server
+closing the socket during the handshake is all a client sees of a missing or refused client
+certificate, and of plaintext sent to a TLS port."""
+DEFINITE_HANDSHAKE_FAILURES: frozenset[HandshakeFailure] = frozenset(
+    {"unknown-ca", "server-name", "not-tls"}
+)
+"""Failures a retry cannot mend."""
+
+
+def handshake_failure(detail: str) -> HandshakeFailure:
+    """Which connection failure gRPC's `detail` describes ("" when none of these)."""
+    if "failed to connect" not in detail:
+        return ""
+    return next((kind for words, kind in _HANDSHAKE_WORDS if words in detail), "")
+
+
 @dataclass(frozen=True)
 class FieldViolation:
     """One google.rpc.BadRequest field violation: where in the request, and what is wrong."""
@@ -61,6 +84,8 @@ class TransportError(ClientError):
         """The gRPC status when the failure came as one (UNAVAILABLE without details)."""
         self.detail = detail
         """gRPC's own words (e.g. "Socket closed"), when it gave some."""
+        self.handshake: HandshakeFailure = handshake_failure(detail)
+        """How connecting failed, when gRPC's words say (TLS trouble, mostly)."""
 
 
 class DeadlineExceeded(ClientError):

@@ -179,6 +179,7 @@ def resolve_connection(args: argparse.Namespace, environ: Mapping[str, str]) -> 
         read_timeout=_timeout(args.cli_read_timeout),
         max_attempts=_max_attempts(environ),
         retry_timeout=_retry_timeout(args, environ),
+        client_cert=bool(use_tls and tls is not None and tls.chain),
     )
 
 

@@ -67,6 +67,14 @@ class Connection:
     """Attempts per call when the proxy is unreachable or the stream is lost."""
     retry_timeout: float | None = None
     """The longest time spent retrying without progress before giving up; None for no bound."""
+    client_cert: bool = False
+    """A client certificate is presented (mutual TLS): names a refused handshake."""
+
+    def error(self, error: ClientError, operation: str) -> CliError:
+        """The library's error as the AWS CLI's line, a failed handshake named for this
+        connection (TLS or not, with a client certificate or not)."""
+        tls = self.credentials is not None
+        return cli_error(error, operation, self.endpoint_url, tls, self.client_cert)
 
     def settings(self) -> _engine.Settings:
         """The library's settings for this connection."""
@@ -110,7 +118,7 @@ async def follow_update(
             if kind == "submitted" and until_submitted:
                 return item.submitted.state
     except ClientError as error:
-        raise cli_error(error, operation, conn.endpoint_url) from None
+        raise conn.error(error, operation) from None
     raise EndpointError("The proxy closed the stream before the update finished")
 
 
@@ -121,7 +129,7 @@ async def evaluate(
     try:
         return await _engine.evaluate(conn.settings(), request)
     except ClientError as error:
-        raise cli_error(error, "EvaluateUpdate", conn.endpoint_url) from None
+        raise conn.error(error, "EvaluateUpdate") from None
 
 
 def _retry_note(retry: Retrying, endpoint_url: str) -> str:
@@ -148,7 +156,13 @@ def translate(err: grpc.aio.AioRpcError, operation: str, endpoint_url: str) -> C
     return cli_error(from_rpc_error(err, endpoint_url), operation, endpoint_url)
 
 
-def cli_error(error: ClientError, operation: str, endpoint_url: str) -> CliError:
+def cli_error(
+    error: ClientError,
+    operation: str,
+    endpoint_url: str,
+    conn_tls: bool = False,
+    client_cert: bool = False,
+) -> CliError:
     """The library's error as the AWS CLI's error line (and return code)."""
     note = ""
     if error.gave_up_after is not None:
@@ -157,11 +171,48 @@ def cli_error(error: ClientError, operation: str, endpoint_url: str) -> CliError
         name = error_name(error)
         told = (error.message or error.code.name).removeprefix(f"HealthImaging {name}: ")
         return ServiceError(name, operation, told + _extras(error) + note)
+    if isinstance(error, TransportError) and error.handshake:
+        return EndpointError(_handshake_words(error, endpoint_url, conn_tls, client_cert) + note)
     if isinstance(error, TransportError) and error.kind in _ENDPOINT_WORDS:
         return EndpointError(f'{_ENDPOINT_WORDS[error.kind]}"{endpoint_url}"{note}')
     if isinstance(error, TransportError):
         return EndpointError(f"The proxy closed the stream before the update finished{note}")
     return EndpointError(f"{error}{note}")
+
+
+def _handshake_words(error: TransportError, endpoint_url: str, tls: bool, client_cert: bool) -> str:
+    """A failed connection named as the AWS CLI names its SSL failures, with what to change."""
+    where = f'"{endpoint_url}"'
+    match error.handshake:
+        case "unknown-ca":
+            return (
+                f"SSL validation failed for {where}: the proxy's certificate is not signed by a "
+                "CA you trust (unknown CA): give the CA that issued it with --ca-bundle"
+            )
+        case "server-name":
+            return (
+                f"SSL validation failed for {where}: the proxy's certificate does not name this "
+                "host (wrong server name): connect by a name the certificate holds"
+            )
+        case "not-tls":
+            return (
+                f"SSL handshake failed for {where}: the proxy does not speak TLS on this port: "
+                "use http:// (without --ca-bundle, --client-cert)"
+            )
+    if not tls:
+        return (
+            f"The proxy at {where} closed the connection at once: it probably requires TLS "
+            "(plaintext sent to a TLS port): use https:// and --ca-bundle"
+        )
+    if not client_cert:
+        return (
+            f"The proxy at {where} refused the TLS handshake: it requires a client certificate "
+            "(client certificate required): give --client-cert and --client-key"
+        )
+    return (
+        f"The proxy at {where} refused the TLS handshake: it did not accept the client "
+        "certificate (issued by a CA it does not trust?)"
+    )
 
 
 def error_name(error: RpcError) -> str:

@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import argparse
 import platform
+import shlex
 from dataclasses import dataclass
 from importlib import metadata
 
 from service.cli.client.connection import Tracker
+from service.cli.program import program
 
 
 @dataclass(frozen=True)
@@ -191,8 +194,10 @@ EVALUATE = VerbHelp(
         "options of update-image-set-metadata and prints the decision (allow, decision id,\n"
         "reasons) and the normalised change list: every touched attribute with its action, level,\n"
         "series and instance UIDs, canonical tag, keyword, VR, whether it is private and whether\n"
-        "it requires --force. The return code is 0 whether or not the change would be allowed;\n"
-        "use --query decision.allow to branch on the decision."
+        "it requires --force. The return code is 0 when the policy decided, whether or not the\n"
+        "change would be allowed (use --query decision.allow to branch on the decision); a call\n"
+        "the proxy refuses itself is 254, as for any service error: a caller with no role on the\n"
+        "data store (PolicyDeniedException, before its document is read), an invalid request."
     ),
     epilog="\n".join(
         (
@@ -270,6 +275,10 @@ UPDATE_OPTIONS = (
         'blob, "updatableAttributes": blob}, "revertToVersionId": "string"}. Inline, '
         "file://path or fileb://path; in shorthand, key@=file://path reads one value from a file.",
     ),
+)
+INCLUDE_POLICY_INPUT = (
+    "(boolean) Also print the exact input the proxy sends to OPA (policyInput), to turn into\n"
+    "an `opa test` case; only when the policy allows you (role policy-author or metadata-admin)."
 )
 FORCE = (
     "(boolean) Setting this flag will force the UpdateImageSetMetadata operation for the "
@@ -378,13 +387,34 @@ AWS_ONLY_OPTIONS = {
 }
 
 
-def interrupted(tracker: Tracker, endpoint_url: str) -> str:
-    """What to tell the user after Ctrl-C: the update goes on, and how to re-attach."""
+def reattach_options(args: argparse.Namespace) -> list[str]:
+    """The connection and identity options given on the command line, to repeat in a hint
+    (options read from the environment or the config file apply again by themselves)."""
+    words: list[str] = []
+    for option, value in (
+        ("--endpoint-url", args.endpoint_url),
+        ("--ca-bundle", args.ca_bundle),
+        ("--client-cert", args.client_cert),
+        ("--client-key", args.client_key),
+        ("--token", args.token),
+        ("--dev-principal", args.dev_principal),
+    ):
+        if value is not None:
+            words += [option, value]
+    if args.no_verify_ssl:
+        words.append("--no-verify-ssl")
+    return words
+
+
+def interrupted(tracker: Tracker, options: list[str]) -> str:
+    """What to tell the user after Ctrl-C: the update goes on, and how to re-attach (a command
+    that runs as printed: this program, the operation and the identity options)."""
     if tracker.operation_id:
+        named = ["--operation-id", tracker.operation_id, *options]
         return (
             "\nInterrupted. The update goes on in the proxy; nothing was cancelled.\n"
-            f"Re-attach with: imaging-proxy watch-update --operation-id {tracker.operation_id} "
-            f"--endpoint-url {endpoint_url}\n"
+            f"Re-attach with: {shlex.join([*program(), 'watch-update', *named])}\n"
+            f"Take it back while queued: {shlex.join([*program(), 'cancel-update', *named])}\n"
         )
     return (
         "\nInterrupted before the proxy acknowledged the update; it may or may not have been "

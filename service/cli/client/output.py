@@ -265,6 +265,8 @@ def evaluation(result: metadata_pb2.Evaluation) -> dict[str, Any]:
     if result.revert_to_version_id:
         out["revertToVersionId"] = result.revert_to_version_id
     out["changes"] = [_change(c) for c in result.changes]
+    if result.policy_input:
+        out["policyInput"] = json.loads(result.policy_input)
     return out
 
 

@@ -17,7 +17,7 @@ from service._proto.imaging.metadata.v1 import metadata_pb2
 from service.cli.client import help as client_help
 from service.cli.client import shapes
 from service.cli.client.config import resolve_connection
-from service.cli.client.connection import Connection, cli_error
+from service.cli.client.connection import Connection
 from service.cli.client.errors import INTERRUPTED_RC, ParamValidationError
 from service.cli.client.output import epoch_seconds, image_set_state, print_response
 from service.cli.client.verbs import (
@@ -160,7 +160,7 @@ async def _call(conn: Connection, method: str, request: Any) -> Any:
     try:
         return await _engine.unary(conn.settings(), method, request)
     except ClientError as error:
-        raise cli_error(error, method, conn.endpoint_url) from None
+        raise conn.error(error, method) from None
 
 
 def _interruptible(work: Any) -> Any:

@@ -83,6 +83,9 @@ def add_client_verbs(subparsers: argparse._SubParsersAction) -> None:  # type: i
 
     dry_run = add_verb(subparsers, "evaluate-update", client_help.EVALUATE)
     _add_update_options(dry_run)
+    dry_run.add_argument(
+        "--include-policy-input", action="store_true", help=client_help.INCLUDE_POLICY_INPUT
+    )
     add_common_options(dry_run, skeleton=True)
     dry_run.set_defaults(run=run_evaluate)
 
@@ -359,7 +362,8 @@ def _update(args: argparse.Namespace) -> int:
     tracker = Tracker(idempotency_key=args.idempotency_key or str(uuid.uuid4()))
     LOG.debug("idempotency key %s", tracker.idempotency_key)
     request = to_request(update, tracker.idempotency_key)
-    return _follow(conn, request, tracker, out, "UpdateImageSetMetadata", args.no_wait)
+    hint = client_help.reattach_options(args)
+    return _follow(conn, request, tracker, out, "UpdateImageSetMetadata", args.no_wait, hint)
 
 
 def _watch(args: argparse.Namespace) -> int:
@@ -375,7 +379,8 @@ def _watch(args: argparse.Namespace) -> int:
         return 0
     conn = resolve_connection(args, os.environ)
     tracker = Tracker(idempotency_key="", operation_id=merged["operationId"])
-    return _follow(conn, None, tracker, out, "WatchUpdate", until_submitted=False)
+    hint = client_help.reattach_options(args)
+    return _follow(conn, None, tracker, out, "WatchUpdate", False, hint)
 
 
 def _evaluate(args: argparse.Namespace) -> int:
@@ -387,8 +392,10 @@ def _evaluate(args: argparse.Namespace) -> int:
         print_response(shapes.output_skeleton(shapes.EVALUATION_OUTPUT), "EvaluateUpdate", out)
         return 0
     conn = resolve_connection(args, os.environ)
+    request = to_request(update, "")
+    request.include_policy_input = args.include_policy_input
     try:
-        result = asyncio.run(evaluate(conn, to_request(update, "")))
+        result = asyncio.run(evaluate(conn, request))
     except KeyboardInterrupt:
         sys.stderr.write("\nInterrupted: nothing was submitted (evaluate-update is a dry run).\n")
         return INTERRUPTED_RC
@@ -403,6 +410,7 @@ def _follow(
     out: OutputSettings,
     operation: str,
     until_submitted: bool,
+    hint_options: list[str],
 ) -> int:
     progress = Progress(sys.stderr, live=sys.stderr.isatty())
     try:
@@ -411,7 +419,7 @@ def _follow(
         )
     except KeyboardInterrupt:
         progress.close()
-        sys.stderr.write(client_help.interrupted(tracker, conn.endpoint_url))
+        sys.stderr.write(client_help.interrupted(tracker, hint_options))
         return INTERRUPTED_RC
     finally:
         progress.close()
