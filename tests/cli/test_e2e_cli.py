@@ -6,6 +6,7 @@ import asyncio
 import base64
 import json
 import os
+import shlex
 import signal
 import sys
 import urllib.request
@@ -601,6 +602,9 @@ async def test_update_failed_is_254_with_the_final_state(stack: Stack, healthima
     )
 
 
+WITHOUT_IDENTITY = {k: v for k, v in os.environ.items() if not k.startswith("IMAGING_PROXY_")}
+
+
 async def test_ctrl_c_is_130_and_watch_update_re_attaches(stack: Stack, healthimaging: Any) -> None:
     image_set, _ = await fresh(stack, healthimaging)
     with faults(stack, update_stall_rate=1.0):
@@ -613,9 +617,11 @@ async def test_ctrl_c_is_130_and_watch_update_re_attaches(stack: Stack, healthim
             "raw-in-base64-out",
             "--update-image-set-metadata-updates",
             patient_name("CTRL^C"),
+            "--dev-principal",  # on the command line: the hint must repeat it
+            "demo-admin",
             stdout=asyncio.subprocess.PIPE,
             stderr=asyncio.subprocess.PIPE,
-            env={**os.environ, "IMAGING_PROXY_DEV_PRINCIPAL": "demo-admin"},
+            env=WITHOUT_IDENTITY,
         )
         assert process.stderr is not None
         seen = b""
@@ -628,7 +634,13 @@ async def test_ctrl_c_is_130_and_watch_update_re_attaches(stack: Stack, healthim
         assert process.returncode == 130, err
         message = err.decode()
         assert "The update goes on" in message
-        operation_id = message.split("--operation-id ")[1].split()[0]
-    # Leaving `faults` released the stalled update; watch-update follows it to the end.
-    result = await cli(stack, "watch-update", "--operation-id", operation_id)
-    assert_finished(result, stack, image_set, "2")
+        hint = next(line for line in message.splitlines() if line.startswith("Re-attach with: "))
+    # Leaving `faults` released the stalled update; the hint, run as printed, follows it.
+    command = shlex.split(hint.removeprefix("Re-attach with: "))
+    again = await asyncio.create_subprocess_exec(
+        *command, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+        env=WITHOUT_IDENTITY,
+    )  # fmt: skip
+    out, err = await again.communicate()
+    assert again.returncode is not None
+    assert_finished(Result(again.returncode, out.decode(), err.decode()), stack, image_set, "2")
