@@ -8,6 +8,8 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import shlex
+import sys
 from collections.abc import AsyncIterator
 
 import grpc
@@ -15,6 +17,7 @@ import grpc.aio
 import pytest
 from grpc_health.v1 import health, health_pb2_grpc
 
+from service.cli import demo
 from service.config import IdentitySettings
 from service.devstack.pki import Pki, write_pki
 from service.tls import server_credentials
@@ -167,3 +170,27 @@ async def test_each_tls_failure_is_named_without_grpc_core_lines(
         assert ".cc:" not in result.stderr and "E1" not in result.stderr  # no gRPC core lines
     works = await watch("--endpoint-url", f"https://{tls}", *trusted, *client)
     assert "UNIMPLEMENTED" in works.stderr or "Unimplemented" in works.stderr  # it connected
+
+
+async def test_the_banner_update_command_runs_as_printed(
+    stack: Stack, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """As `make run` starts it: `.venv/bin/imaging-proxy demo`, not on PATH."""
+    monkeypatch.setattr(sys, "argv", [CLI, "demo"])
+    monkeypatch.setenv("PATH", "/usr/bin:/bin")
+    image_set = stack.take_image_set()
+    ready = {
+        "endpoint": stack.endpoint, "opaUrl": stack.opa_url, "emulatorUrl": stack.emulator_url,
+        "datastoreId": stack.datastore_id, "imageSetIds": [image_set],
+        "exampleImageSetIds": [], "policies": "policies", "logDir": str(stack.log_dir),
+    }  # fmt: skip
+    banner = demo._banner(ready)
+    command = banner.split("demo-viewer nothing):\n")[1].split("\n\n")[0]
+    assert command.lstrip().startswith(shlex.quote(CLI) + " update-image-set-metadata")
+    shell = await asyncio.create_subprocess_exec(
+        "/bin/sh", "-c", command, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+        env={**QUIET_UNSET, "PATH": "/usr/bin:/bin"},
+    )  # fmt: skip
+    out, err = await asyncio.wait_for(shell.communicate(), 60)
+    assert shell.returncode == 0, err.decode()
+    assert json.loads(out)["imageSetWorkflowStatus"] == "UPDATED"
