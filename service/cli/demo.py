@@ -12,7 +12,7 @@ import tempfile
 import threading
 from pathlib import Path
 
-from service.cli.program import program
+from service.cli.client.program import program
 from service.devstack.processes import Child, stop_all
 from service.devstack.seeds import SAMPLES, samples_then_copies
 from service.devstack.servers import EMULATOR_AWS_ENV, find_opa, find_policies

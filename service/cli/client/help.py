@@ -9,7 +9,7 @@ from dataclasses import dataclass
 from importlib import metadata
 
 from service.cli.client.connection import Tracker
-from service.cli.program import program
+from service.cli.client.program import program
 
 
 @dataclass(frozen=True)
