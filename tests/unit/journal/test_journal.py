@@ -318,3 +318,42 @@ async def test_redis_gone_mid_life_reaches_callers_as_a_domain_error(tmp_path: P
                 pass
         with pytest.raises(RedisUnavailable):  # leaving: the lease cannot be dropped either
             await stack.aclose()
+
+
+# --- issue 21: listing and cancelling, both journals ---------------------------------------------
+
+
+async def check_records_and_cancel(owner: Journal, other: Journal) -> None:
+    """`other` cancels what `owner` queued: only while queued, atomically; the owner's next save
+    fails; the cancelled record keeps no document; `records` lists everything, oldest first."""
+    queued = await owner.create(replace(record("op-q"), created_at=1.0))
+    submitting = await owner.create(replace(record("op-s"), created_at=2.0))
+    assert await owner.save(replace(submitting, state="submitting", seq=2))
+    cancel = replace(queued, seq=2, state="cancelled", cancelled_by="dev:boss")
+
+    assert await other.cancel_queued(cancel) == "queued"
+    assert await other.cancel_queued(replace(cancel, id="op-s")) == "submitting"
+    assert await other.cancel_queued(replace(cancel, id="op-none")) == ""
+    assert await other.cancel_queued(cancel) == "cancelled"  # once only
+
+    stored = await owner.get("op-q")
+    assert stored is not None and stored.state == "cancelled" and stored.cancelled_by == "dev:boss"
+    assert stored.request.updatable_attributes is None  # no document kept
+    listed = [r for r in await other.records() if r.id in ("op-q", "op-s")]
+    assert [(r.id, r.state) for r in listed] == [("op-q", "cancelled"), ("op-s", "submitting")]
+
+
+async def test_sqlite_lists_and_cancels_a_queued_record(tmp_path: Path) -> None:
+    async with open_journal(sqlite_settings(tmp_path)) as journal:
+        await check_records_and_cancel(journal, journal)
+
+
+@pytest.mark.redis
+async def test_redis_a_cancel_by_another_replica_fences_the_owner(shared: JournalSettings) -> None:
+    async with open_journal(shared) as owner, open_journal(shared) as other:
+        await check_records_and_cancel(owner, other)
+        queued = await owner.get("op-q")
+        assert queued is not None
+        # The owner, not knowing yet, tries its next step: refused, so it never submits.
+        assert not await owner.save(replace(queued, state="submitting", seq=3, cancelled_by=""))
+        assert await other.take_over() == []  # a cancelled operation is nobody's to resume
