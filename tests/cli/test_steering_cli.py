@@ -21,7 +21,7 @@ from service.cli import demo
 from service.config import IdentitySettings
 from service.devstack.pki import Pki, write_pki
 from service.tls import server_credentials
-from tests.cli.test_e2e_cli import CLI, Result, cli, patient_name, target
+from tests.cli.test_e2e_cli import CLI, Result, cli, faults, patient_name, target
 from tests.e2e.conftest import Stack
 
 pytestmark = pytest.mark.e2e
@@ -194,3 +194,45 @@ async def test_the_banner_update_command_runs_as_printed(
     out, err = await asyncio.wait_for(shell.communicate(), 60)
     assert shell.returncode == 0, err.decode()
     assert json.loads(out)["imageSetWorkflowStatus"] == "UPDATED"
+
+
+async def test_cancel_update_takes_back_a_queued_update_the_cli_is_following(
+    stack: Stack,
+) -> None:
+    """The demo's single proxy (SQLite journal): the follower ends 254 UpdateCancelled."""
+    image_set = stack.take_image_set()
+    update = [*target(stack, image_set), "--cli-binary-format", "raw-in-base64-out"]
+    with faults(stack, update_stall_rate=1.0):
+        first = await cli(
+            stack, *update, "--update-image-set-metadata-updates", study("FIRST"), "--no-wait"
+        )
+        assert first.code == 0, first.stderr
+        second_args = [*target(stack, image_set, "2"), "--cli-binary-format", "raw-in-base64-out"]
+        follower = await asyncio.create_subprocess_exec(
+            CLI, *second_args, "--update-image-set-metadata-updates", study("SECOND"),
+            "--endpoint-url", f"http://{stack.endpoint}", "--dev-principal", "demo-editor",
+            stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE, env=QUIET_UNSET,
+        )  # fmt: skip
+        assert follower.stderr is not None
+        seen = b""
+        while b"queued:" not in seen:
+            try:
+                line = await asyncio.wait_for(follower.stderr.readline(), 30)
+            except TimeoutError:
+                raise AssertionError(seen) from None
+            assert line, seen
+            seen += line
+        waiting = await cli(
+            stack, "list-updates", "--datastore-id", stack.datastore_id, "--image-set-id",
+            image_set, "--state", "queued", "--query", "operations[0].operationId",
+            "--output", "text",
+        )  # fmt: skip
+        assert waiting.code == 0 and waiting.stdout.strip() != "None", waiting
+        cancelled = await cli(stack, "cancel-update", "--operation-id", waiting.stdout.strip())
+        out, err = await asyncio.wait_for(follower.communicate(), 30)
+    assert cancelled.code == 0, cancelled.stderr
+    assert cancelled.json()["state"] == "cancelled"
+    assert cancelled.json()["cancelledBy"] == "dev:demo-admin"
+    assert follower.returncode == 254 and out == b""
+    assert "An error occurred (UpdateCancelled)" in (seen + err).decode()
+    assert len(stack.update_calls(image_set)) == 1  # the first only
