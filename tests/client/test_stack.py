@@ -163,3 +163,32 @@ def test_the_sync_wrapper_evaluates_then_updates(proxy: Proxy, emulator: Emulato
     assert evaluation.allow and evaluation.decision_id
     assert [change.keyword for change in evaluation.changes] == ["PatientName"]
     assert state.workflow_status == "UPDATED"
+
+
+async def test_operations_are_listed_got_and_a_finished_one_cannot_be_cancelled(
+    client: MetadataUpdateClient, emulator: Emulator
+) -> None:
+    image_set = emulator.take_image_set()
+    events = [
+        event
+        async for event in client.update(
+            emulator.datastore_id, image_set, "1", updatable=_name("CLIENT^LISTED")
+        )
+    ]
+    operation_id = events[-1].operation_id
+    listed = [
+        summary
+        async for summary in client.operations(
+            datastore_id=emulator.datastore_id, image_set_id=image_set, max_results=1
+        )
+    ]
+    got = await client.get_operation(operation_id)
+    with pytest.raises(RpcError) as refused:
+        await client.cancel_update(operation_id)
+
+    assert [s.operation_id for s in listed] == [operation_id]
+    assert got == listed[0]
+    assert (got.principal, got.state, got.image_set_id) == ("dev:demo-admin", "finished", image_set)
+    assert got.last_state is not None and got.last_state.workflow_status == "UPDATED"
+    assert refused.value.code is grpc.StatusCode.FAILED_PRECONDITION
+    assert refused.value.reason == "NOT_CANCELLABLE"
