@@ -226,6 +226,7 @@ class Runner:
         except asyncio.CancelledError:
             if operation.cancelled_by is None:
                 raise  # shutting down: the record stays as it was, for the next owner
+            asyncio.current_task().uncancel()  # type: ignore[union-attr]  # ours: it ends here
             by = operation.cancelled_by
             cancelled = Cancelled(operation.id, time.time(), by)
             await self._end(operation, cancelled, state="cancelled", cancelled_by=by)

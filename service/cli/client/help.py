@@ -212,6 +212,7 @@ EVALUATE = VerbHelp(
     synopsis="%(prog)s\n" + _UPDATE_SYNOPSIS + _COMMON_SYNOPSIS,
 )
 
+_STEERING_SYNOPSIS = _COMMON_SYNOPSIS.replace("  [--generate-cli-skeleton <value>]\n", "")
 LIST = VerbHelp(
     summary="List updates (operations): who is waiting, for what, since when.",
     description=(
@@ -231,13 +232,13 @@ LIST = VerbHelp(
         )
     ),
     synopsis="%(prog)s\n  [--principal <value>] [--datastore-id <value>] [--image-set-id <value>]\n"
-    "  [--state <value>] [--max-results <value>] [--next-token <value>]\n" + _COMMON_SYNOPSIS,
+    "  [--state <value>] [--max-results <value>] [--next-token <value>]\n" + _STEERING_SYNOPSIS,
 )
 GET = VerbHelp(
     summary="Show one update (operation): its state, owner, decision and last image set state.",
     description="Show one operation by id (yours, or another's when the policy allows it).",
     epilog="\n".join((_OUTPUT_SECTION, _RETURN_CODES, _ENVIRONMENT)),
-    synopsis="%(prog)s\n  --operation-id <value>\n" + _COMMON_SYNOPSIS,
+    synopsis="%(prog)s\n  --operation-id <value>\n" + _STEERING_SYNOPSIS,
 )
 CANCEL = VerbHelp(
     summary="Cancel an update that is still queued; nothing is written to HealthImaging.",
@@ -256,7 +257,7 @@ CANCEL = VerbHelp(
             _ENVIRONMENT,
         )
     ),
-    synopsis="%(prog)s\n  --operation-id <value>\n" + _COMMON_SYNOPSIS,
+    synopsis="%(prog)s\n  --operation-id <value>\n" + _STEERING_SYNOPSIS,
 )
 
 UPDATE_OPTIONS = (
