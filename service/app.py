@@ -22,17 +22,19 @@ import structlog
 
 from service import tracing
 from service.admission import Admission
+from service.approvals import Approvals
 from service.budget import Budget
 from service.config import Settings
 from service.health import Health, Probe, opa_probe
 from service.healthimaging import BackendProbe, CredentialsProbe, HealthImaging
 from service.identity import Authenticator
 from service.journal import open_journal
+from service.listeners import Listeners, listeners
 from service.metrics import Metrics
 from service.pipeline import Pipeline
 from service.policy import PolicyClient
 from service.runner import Runner
-from service.server import SERVICE_NAME, Listeners, listeners
+from service.server import SERVICE_NAME
 from service.steering import Steering
 from service.streams import Streams
 from service.watch import Watcher
@@ -50,6 +52,7 @@ class Parts:
 
     pipeline: Pipeline
     steering: Steering
+    approvals: Approvals
     runner: Runner
     admission: Admission
     probes: Mapping[str, Probe]
@@ -87,7 +90,8 @@ async def open_parts(settings: Settings, stack: AsyncExitStack, metrics: Metrics
         CREDENTIALS: CredentialsProbe(backend),
     }
     steering = Steering(policy, runner, journal)
-    return Parts(pipeline, steering, runner, admission, probes, journal.shared)
+    approvals = Approvals(policy, runner, journal, backend, budget, metrics, settings.limits)
+    return Parts(pipeline, steering, approvals, runner, admission, probes, journal.shared)
 
 
 async def run(
@@ -108,7 +112,9 @@ async def run(
             stack.enter_context(metrics.serving(settings.server.host, settings.server.metrics_port))
         parts = await open_parts(settings, stack, metrics)
         resumed = await parts.runner.resume()
-        served = listeners(settings, parts.pipeline, parts.steering, authenticator, metrics)
+        served = listeners(
+            settings, parts.pipeline, parts.steering, parts.approvals, authenticator, metrics
+        )
         await stack.enter_async_context(_serving(settings, parts, served))
         _install_signal_handlers(stop)
         address = f"{settings.server.host}:{served.port}"
@@ -150,6 +156,7 @@ def _background(settings: Settings, parts: Parts, checks: Health) -> list[asynci
         interval = settings.journal.lease_seconds / 2
         tasks.append(asyncio.create_task(parts.runner.take_over_forever(interval), name="takeover"))
         tasks.append(asyncio.create_task(parts.steering.hear_cancels_forever(), name="cancels"))
+        tasks.append(asyncio.create_task(parts.approvals.hear_nudges_forever(), name="nudges"))
     return tasks
 
 

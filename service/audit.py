@@ -8,7 +8,8 @@ from __future__ import annotations
 import structlog
 
 from service import tracing
-from service.model import Caller, Decision, OperationRecord, UpdatePlan
+from service.model import Caller, Decision, OperationRecord, UpdatePlan, UpdateRequest
+from service.purpose import digest
 
 _log = structlog.get_logger("imaging_proxy.audit")
 
@@ -58,6 +59,57 @@ def cancelled(caller: Caller, record: OperationRecord) -> None:
     )
 
 
+def approval_required(caller: Caller, plan: UpdatePlan, record: OperationRecord) -> None:
+    """The policy wants the update approved first: recorded as awaiting approval."""
+    _emit(caller, plan, record.decision, "APPROVAL_REQUIRED", operation_id=record.id)
+
+
+def break_glass(caller: Caller, plan: UpdatePlan, record: OperationRecord) -> None:
+    """Allowed only because the caller broke the glass on a required approval (to review)."""
+    _emit(caller, plan, record.decision, "BREAK_GLASS", operation_id=record.id)
+
+
+def verdict(caller: Caller, record: OperationRecord, verdict: str, comment: str) -> None:
+    """An approver's approval or rejection, or a reviewer's review; of the comment (which may
+    name a patient) only its length and digest."""
+    outcome = {"approve": "APPROVED", "reject": "REJECTED", "review": "REVIEWED"}[verdict]
+    _log.info(
+        "audit",
+        rpc=f"{verdict.capitalize()}Update",
+        principal=caller.principal,
+        auth_method=caller.auth_method,
+        operation_id=record.id,
+        owner=record.principal,
+        datastore_id=record.request.datastore_id,
+        image_set_id=record.request.image_set_id,
+        touched=list(record.touched),
+        decision_id=record.decision.decision_id,
+        state=record.state,
+        outcome=outcome,
+        **_text_fields("comment", comment),
+        **why(record.request),
+        **tracing.log_fields(),
+    )
+
+
+def why(request: UpdateRequest | UpdatePlan) -> dict[str, object]:
+    """The purpose of use and ticket as sent; the justification's length and digest only."""
+    fields: dict[str, object] = {}
+    if request.purpose_of_use:
+        fields["purpose_of_use"] = request.purpose_of_use
+    if request.ticket:
+        fields["ticket"] = request.ticket
+    if request.break_glass:
+        fields["break_glass"] = True
+    return {**fields, **_text_fields("justification", request.justification)}
+
+
+def _text_fields(name: str, text: str) -> dict[str, object]:
+    if not text:
+        return {}
+    return {f"{name}_length": len(text), f"{name}_sha256": digest(text)}
+
+
 def refused(method: str, principal: str, auth_method: str, reason: str) -> None:
     """A caller refused before it was identified (UNAUTHENTICATED): no principal to name."""
     _log.info(
@@ -70,7 +122,9 @@ def refused(method: str, principal: str, auth_method: str, reason: str) -> None:
     )
 
 
-def _emit(caller: Caller, plan: UpdatePlan, decision: Decision, outcome: str) -> None:
+def _emit(
+    caller: Caller, plan: UpdatePlan, decision: Decision, outcome: str, **extra: object
+) -> None:
     _log.info(
         "audit",
         principal=caller.principal,
@@ -85,5 +139,7 @@ def _emit(caller: Caller, plan: UpdatePlan, decision: Decision, outcome: str) ->
         allow=decision.allow,
         reasons=list(decision.reasons),
         outcome=outcome,
+        **extra,
+        **why(plan),
         **tracing.log_fields(),
     )

@@ -13,6 +13,7 @@
     ├── DeadlineExceeded            DEADLINE_EXCEEDED
     ├── BackendRejected             FAILED_PRECONDITION (HealthImaging refused the request)
     ├── NotCancellable              FAILED_PRECONDITION (the update is past its submit)
+    ├── WrongState                  FAILED_PRECONDITION (not awaiting approval, not reviewable)
     └── Internal                    INTERNAL
 
 Like h11's `error_status_hint`, a class carries its status as a name and its details as plain
@@ -219,6 +220,17 @@ class NotCancellable(ProxyError):
         super().__init__(
             f"operation {operation_id} is {state}: only a queued update can be cancelled"
         )
+        self.state = state
+
+
+class WrongState(ProxyError):
+    """An approval, rejection or review of an operation not in a state that takes one."""
+
+    status = "FAILED_PRECONDITION"
+
+    def __init__(self, message: str, reason: str, state: str) -> None:
+        super().__init__(message)
+        self.reason = reason
         self.state = state
 
 

@@ -10,7 +10,7 @@ from dataclasses import asdict, dataclass
 from typing import Any
 
 from service.errors import ProxyError, ResourceExhausted, status_named
-from service.model import Decision, ImageSetStatus, OperationRecord, RecordedError
+from service.model import Approval, Decision, ImageSetStatus, OperationRecord, RecordedError
 
 
 @dataclass(frozen=True)
@@ -59,14 +59,63 @@ class Cancelled:
 
 
 @dataclass(frozen=True)
+class ApprovalRequired:
+    """The policy wants approval first: who may give it, how many, until when."""
+
+    operation_id: str
+    at: float
+    approval: Approval
+
+
+@dataclass(frozen=True)
+class Approved:
+    """One approval given (`authorized` follows once enough are)."""
+
+    operation_id: str
+    at: float
+    approved_by: str
+    approvals: int
+    count: int
+
+
+@dataclass(frozen=True)
+class Rejected:
+    """Terminal: an approver rejected the update; nothing was written."""
+
+    operation_id: str
+    at: float
+    rejected_by: str
+
+
+@dataclass(frozen=True)
+class Expired:
+    """Terminal: not approved in time; nothing was written."""
+
+    operation_id: str
+    at: float
+
+
+@dataclass(frozen=True)
 class Heartbeat:
     operation_id: str
     at: float
     status: ImageSetStatus | None
 
 
-Event = Authorized | Queued | Submitted | StatusChanged | Finished | Cancelled | Heartbeat
-Terminal = Finished | Cancelled
+Event = (
+    Authorized
+    | Queued
+    | Submitted
+    | StatusChanged
+    | Finished
+    | Cancelled
+    | Heartbeat
+    | ApprovalRequired
+    | Approved
+    | Rejected
+    | Expired
+)
+Terminal = Finished | Cancelled | Rejected | Expired
 """The events that end a stream."""
 Item = Event | ProxyError
 
@@ -104,7 +153,9 @@ def error_from(recorded: RecordedError) -> ProxyError:
 
 def replay(record: OperationRecord) -> list[Item]:
     """The events a stream attaching now has missed, reduced to the last known state."""
-    items: list[Item] = [Authorized(record.id, record.created_at, record.decision)]
+    items: list[Item] = _approval_replayed(record)
+    if record.decision.allow:
+        items.append(Authorized(record.id, record.created_at, record.decision))
     if record.submitted is not None:
         items.append(Submitted(record.id, record.created_at, record.submitted))
     last = record.last_status
@@ -115,6 +166,21 @@ def replay(record: OperationRecord) -> list[Item]:
         items.append(error_from(record.error))
     if record.state == "cancelled":
         items.append(Cancelled(record.id, record.created_at, record.cancelled_by))
+    return items
+
+
+def _approval_replayed(record: OperationRecord) -> list[Item]:
+    approval = record.approval
+    if approval is None:
+        return []
+    at, count = record.created_at, approval.count
+    items: list[Item] = [ApprovalRequired(record.id, at, approval)]
+    for given, by in enumerate(approval.approved_by, 1):
+        items.append(Approved(record.id, at, by, given, count))
+    if record.state == "rejected":
+        items.append(Rejected(record.id, at, approval.rejected_by))
+    if record.state == "expired":
+        items.append(Expired(record.id, approval.expires_at))
     return items
 
 
@@ -132,6 +198,15 @@ def to_payload(seq: int, item: Item) -> dict[str, Any]:
             return {"seq": seq, "kind": kind, "at": item.at, "status": asdict(item.status)}
         case Cancelled(at=at, cancelled_by=by):
             return {"seq": seq, "kind": "cancelled", "at": at, "cancelled_by": by}
+        case ApprovalRequired(at=at, approval=approval):
+            return {"seq": seq, "kind": "approval_required", "at": at, "approval": asdict(approval)}
+        case Approved(at=at, approved_by=by, approvals=approvals, count=count):
+            return {"seq": seq, "kind": "approved", "at": at, "by": by, "approvals": approvals,
+                    "count": count}  # fmt: skip
+        case Rejected(at=at, rejected_by=by):
+            return {"seq": seq, "kind": "rejected", "at": at, "by": by}
+        case Expired(at=at):
+            return {"seq": seq, "kind": "expired", "at": at}
         case Heartbeat():
             return {"seq": seq, "kind": "heartbeat", "at": item.at}
 
@@ -151,6 +226,17 @@ def from_payload(operation_id: str, payload: dict[str, Any]) -> Item:
         return Queued(operation_id, at, payload["position"], payload["start"])
     if kind == "cancelled":
         return Cancelled(operation_id, at, payload["cancelled_by"])
+    if kind == "approval_required":
+        approval = payload["approval"]
+        lists = ("roles", "principals", "reasons", "approved_by")
+        approval = Approval(**{**approval, **{name: tuple(approval[name]) for name in lists}})
+        return ApprovalRequired(operation_id, at, approval)
+    if kind == "approved":
+        return Approved(operation_id, at, payload["by"], payload["approvals"], payload["count"])
+    if kind == "rejected":
+        return Rejected(operation_id, at, payload["by"])
+    if kind == "expired":
+        return Expired(operation_id, at)
     if kind in _STATUS_EVENTS:
         return _STATUS_EVENTS[kind](operation_id, at, ImageSetStatus(**payload["status"]))
     return Heartbeat(operation_id, at, None)

@@ -99,6 +99,23 @@ class Metrics:
             "GetImageSet poll loops (one per image set).",
             registry=registry,
         )
+        self.approvals = Counter(
+            "imaging_proxy_approvals",
+            "Updates the policy wanted approved (required), and approvers' verdicts (approved: "
+            "one approval given; rejected).",
+            ["outcome"],
+            registry=registry,
+        )
+        self.break_glass = Counter(
+            "imaging_proxy_break_glass",
+            "Updates that went ahead without a required approval (break-glass), to review.",
+            registry=registry,
+        )
+        self.break_glass_reviews = Counter(
+            "imaging_proxy_break_glass_reviews",
+            "Break-glass updates marked reviewed.",
+            registry=registry,
+        )
         self.running_operations = Gauge(
             "imaging_proxy_running_operations",
             "Operation tasks running in this process.",

@@ -11,12 +11,25 @@ AuthMethod = Literal["mtls", "jwt", "dev"]
 Kind = Literal["dicom_updates", "revert"]
 Level = Literal["patient", "study", "series", "instance"]
 Action = Literal["update", "remove", "remove_series", "remove_instance"]
-State = Literal["queued", "submitting", "submitted", "unwatched", "finished", "failed", "cancelled"]
-"""`unwatched`: submitted, but nobody follows it any more (the watch timed out); the next
-WatchUpdate adopts it and watches again. `cancelled`: taken back before its submit."""
+State = Literal[
+    "awaiting_approval",
+    "queued",
+    "submitting",
+    "submitted",
+    "unwatched",
+    "finished",
+    "failed",
+    "cancelled",
+    "rejected",
+    "expired",
+]
+"""`awaiting_approval`: the policy wants approval first (nothing queued, nothing submitted).
+`unwatched`: submitted, but nobody follows it any more (the watch timed out); the next
+WatchUpdate adopts it and watches again. `cancelled`: taken back before its submit. `rejected`,
+`expired`: an approver said no, or nobody said yes in time; nothing was written."""
 
-FINISHED: frozenset[str] = frozenset({"finished", "failed", "cancelled"})
-CANCELLABLE: frozenset[str] = frozenset({"queued"})
+FINISHED: frozenset[str] = frozenset({"finished", "failed", "cancelled", "rejected", "expired"})
+CANCELLABLE: frozenset[str] = frozenset({"queued", "awaiting_approval"})
 """From `submitting` on, the write may be on its way to HealthImaging: it cannot be taken back."""
 _RESOURCE_ID = re.compile(r"[0-9a-z]{32}")
 
@@ -55,6 +68,10 @@ class UpdateRequest:
     revert_to_version_id: str | None
     kind: Kind | None  # which union member was set; None = neither
     idempotency_key: str = ""
+    purpose_of_use: str = ""  # an HL7 v3 PurposeOfUse code; "" = not given
+    justification: str = field(default="", repr=False)  # may hold patient data: never logged
+    ticket: str = ""
+    break_glass: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -94,6 +111,10 @@ class UpdatePlan:
     updatable_attributes: bytes | None = field(repr=False)
     removable_attributes: bytes | None = field(repr=False)
     idempotency_key: str
+    purpose_of_use: str = ""
+    justification: str = field(default="", repr=False)  # may hold patient data: never logged
+    ticket: str = ""
+    break_glass: bool = False
 
     def summary(self) -> dict[str, object]:
         """Counts and sets for policy and logs (JSON-able, no values)."""
@@ -116,12 +137,57 @@ class UpdatePlan:
 
 
 @dataclass(frozen=True)
+class ApprovalNeed:
+    """What the policy asks before an update may go ahead: who may approve, how many, how long."""
+
+    roles: tuple[str, ...]
+    principals: tuple[str, ...]
+    count: int
+    ttl_seconds: float
+
+
+@dataclass(frozen=True)
 class Decision:
     """OPA's verdict on one update."""
 
     allow: bool
     reasons: tuple[str, ...]
     decision_id: str
+    approval: ApprovalNeed | None = None
+    """Not allowed yet, but allowed once approved as this says (`allow` is False)."""
+    break_glass: bool = False
+    """Allowed only because the caller broke the glass on a required approval."""
+
+    @property
+    def needs_approval(self) -> bool:
+        return not self.allow and self.approval is not None
+
+
+@dataclass(frozen=True)
+class Approval:
+    """An operation's approval: what was asked, and what the approvers have said so far."""
+
+    roles: tuple[str, ...]
+    principals: tuple[str, ...]
+    count: int
+    expires_at: float
+    reasons: tuple[str, ...]
+    """The reasons of the decision that asked for it."""
+    decision_id: str
+    approved_by: tuple[str, ...] = ()
+    rejected_by: str = ""
+
+    @classmethod
+    def asked(cls, decision: Decision, now: float) -> Approval:
+        need = decision.approval
+        assert need is not None
+        expires_at = now + need.ttl_seconds
+        return cls(need.roles, need.principals, need.count, expires_at, decision.reasons,
+                   decision.decision_id)  # fmt: skip
+
+    @property
+    def complete(self) -> bool:
+        return len(self.approved_by) >= self.count
 
 
 class ImageSetKey(NamedTuple):
@@ -180,6 +246,8 @@ class OperationQuery:
     max_results: int = 0
     """0 = the default page size."""
     next_token: str = ""
+    break_glass: bool = False
+    """Only operations that broke the glass (to review)."""
 
 
 @dataclass(frozen=True)
@@ -207,6 +275,10 @@ class OperationRecord:
     """The audit's "level:TAG" list (no values), for an operation resumed without its document."""
     cancelled_by: str = ""
     """The principal who cancelled it (state `cancelled`)."""
+    approval: Approval | None = None
+    """The approval the policy asked for (state `awaiting_approval`, and after)."""
+    reviewed_by: str = ""
+    """A break-glass operation: the principal who reviewed it ("" = not yet)."""
 
     @property
     def finished(self) -> bool:

@@ -30,6 +30,8 @@ class Operation:
     seq: int = 0
     cancelled_by: str | None = None
     """Who asked to take it back (its task is being cancelled for them)."""
+    nudged: asyncio.Event = field(default_factory=asyncio.Event)
+    """Set when its record was changed by someone else (an approver): its task reads it again."""
 
     @property
     def id(self) -> str:
@@ -59,8 +61,8 @@ def describe(status: ImageSetStatus | None) -> str:
 
 
 def outcome(record: OperationRecord) -> str:
-    if record.state == "cancelled":
-        return "CANCELLED"
+    if record.state in ("cancelled", "rejected", "expired"):
+        return record.state.upper()
     if record.error is not None:
         return record.error.reason
     status = record.last_status

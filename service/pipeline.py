@@ -17,7 +17,7 @@ from service.events import Event
 from service.gate import Gate
 from service.journal import fingerprint
 from service.metrics import Metrics
-from service.model import Caller, Decision, OperationRecord, UpdatePlan, UpdateRequest
+from service.model import Approval, Caller, Decision, OperationRecord, UpdatePlan, UpdateRequest
 from service.policy import PolicyClient
 from service.runner import Runner
 from service.steering import may_act_on
@@ -56,13 +56,16 @@ class Pipeline:
             plan = normalise(request, self._limits)
             record = await self._runner.existing(caller.principal, request)
             decision = await self._allowed(caller, plan) if record is None else None
-        if decision is not None:  # a new operation, allowed
+        if decision is not None:  # a new operation, allowed (or to be approved first)
             deadline = time.time() + time_remaining if time_remaining is not None else None
+            if decision.needs_approval:  # it waits for approvers, not for the call's deadline
+                deadline = None
             await self._runner.admit(caller.principal, plan, deadline)
             fresh = new_record(caller, request, plan, decision, deadline)
             record = await self._runner.record(fresh)
             tracing.tag_operation(record.id)
             if record.id == fresh.id:  # otherwise the same key won a race: follow the winner
+                self._noted(caller, plan, record)
                 self._runner.launch(record, caller, plan)
         assert record is not None  # the twin of an earlier call, or the one recorded above
         return self._streams.follow(record)
@@ -93,10 +96,20 @@ class Pipeline:
         await may_act_on(self._policy, caller, "watch", record)
         return self._streams.follow(record)
 
+    def _noted(self, caller: Caller, plan: UpdatePlan, record: OperationRecord) -> None:
+        """Audit and count what is out of the ordinary: approval asked, glass broken."""
+        if record.approval is not None:
+            audit.approval_required(caller, plan, record)
+            self._metrics.approvals.labels("required").inc()
+        elif record.decision.break_glass:
+            audit.break_glass(caller, plan, record)
+            self._metrics.break_glass.inc()
+
     async def _allowed(self, caller: Caller, plan: UpdatePlan) -> Decision:
-        """OPA's decision when it allows the update; PermissionDenied (audited) otherwise."""
+        """OPA's decision when it allows the update (or asks for approval first);
+        PermissionDenied (audited) otherwise."""
         decision = await self._decide(caller, plan)
-        if not decision.allow:
+        if not decision.allow and not decision.needs_approval:
             audit.denied(caller, plan, decision)
             raise PermissionDenied(
                 "policy denied this update: " + "; ".join(decision.reasons or ("no reason given",)),
@@ -121,7 +134,10 @@ def new_record(
     decision: Decision,
     deadline: float | None,
 ) -> OperationRecord:
-    """The first record of an allowed update: queued, with the audit's tag list (no values)."""
+    """The first record of an allowed update: queued (or awaiting approval, when the policy asks
+    for it), with the audit's tag list (no values)."""
+    now = time.time()
+    approval = Approval.asked(decision, now) if decision.needs_approval else None
     return OperationRecord(
         id=str(uuid.uuid4()),
         principal=caller.principal,
@@ -130,8 +146,10 @@ def new_record(
         request=request,
         decision=decision,
         fingerprint=fingerprint(request),
-        created_at=time.time(),
+        created_at=now,
         deadline=deadline,
+        state="awaiting_approval" if approval else "queued",
         seq=1,
         touched=plan.touched_tags(),
+        approval=approval,
     )

@@ -20,7 +20,7 @@ import yarl
 
 from service.config import OpaSettings
 from service.errors import PolicyUnavailable
-from service.model import Caller, Decision, UpdatePlan
+from service.model import ApprovalNeed, Caller, Decision, UpdatePlan
 from service.policy_input import build_input, caller_input
 
 
@@ -46,7 +46,44 @@ def parse_result(response: Mapping[str, Any]) -> Decision:
     decision_id = response.get("decision_id", "")  # absent when decision logging is off
     if not isinstance(decision_id, str):
         raise PolicyUnavailable("policy decision is malformed: 'decision_id' is not a string")
-    return Decision(allow, tuple(reasons), decision_id)
+    break_glass = result.get("break_glass", False)
+    if not isinstance(break_glass, bool):
+        raise PolicyUnavailable("policy decision is malformed: 'break_glass' is not a boolean")
+    approval = _approval_need(result.get("approval")) if not allow else None
+    return Decision(allow, tuple(reasons), decision_id, approval, break_glass and allow)
+
+
+MAX_APPROVAL_TTL = 30 * 86400.0
+
+
+def _approval_need(answer: object) -> ApprovalNeed | None:
+    """`approval` of a decision that does not allow (yet): who may approve, how many, how long.
+    Absent: a plain denial. Present but unusable: no decision at all (fail closed)."""
+    if answer is None:
+        return None
+    if not isinstance(answer, Mapping):
+        raise PolicyUnavailable("policy decision is malformed: 'approval' is not an object")
+    approvers = answer.get("approvers")
+    approvers = approvers if isinstance(approvers, Mapping) else {}
+    roles, principals = (
+        _strings(approvers.get("roles", [])),
+        _strings(approvers.get("principals", [])),
+    )
+    count, ttl = answer.get("count", 1), answer.get("ttl_seconds")
+    if roles is None or principals is None or not (roles or principals):
+        raise PolicyUnavailable("policy decision is malformed: 'approval.approvers' names nobody")
+    if isinstance(count, bool) or not isinstance(count, int) or not 1 <= count <= 10:
+        raise PolicyUnavailable("policy decision is malformed: 'approval.count' is not 1 to 10")
+    if isinstance(ttl, bool) or not isinstance(ttl, int | float) or not 0 < ttl <= MAX_APPROVAL_TTL:
+        raise PolicyUnavailable("policy decision is malformed: 'approval.ttl_seconds' is not 0-30d")
+    return ApprovalNeed(tuple(sorted(roles)), tuple(sorted(principals)), count, float(ttl))
+
+
+def _strings(value: object) -> list[str] | None:
+    """`value` if it is a list of strings, else None."""
+    if isinstance(value, list) and all(isinstance(item, str) for item in value):
+        return value
+    return None
 
 
 def opa_address(settings: OpaSettings) -> tuple[str, str, int]:
@@ -99,12 +136,17 @@ class PolicyClient:
         async with session:
             yield cls(session, settings)
 
-    async def decide(self, caller: Caller, plan: UpdatePlan) -> Decision:
-        return await self._query(self.input_for(caller, plan))
+    async def decide(
+        self, caller: Caller, plan: UpdatePlan, approved_by: tuple[str, ...] = ()
+    ) -> Decision:
+        """`approved_by`: who has approved the update so far (deciding it again)."""
+        return await self._query(self.input_for(caller, plan, approved_by))
 
-    def input_for(self, caller: Caller, plan: UpdatePlan) -> dict[str, Any]:
+    def input_for(
+        self, caller: Caller, plan: UpdatePlan, approved_by: tuple[str, ...] = ()
+    ) -> dict[str, Any]:
         """The very input `decide` sends to OPA for this caller and plan."""
-        return build_input(caller, plan, self._settings.send_values)
+        return build_input(caller, plan, self._settings.send_values, approved_by)
 
     async def permits(
         self, caller: Caller, action: str, datastore_id: str, facts: Mapping[str, Any]

@@ -24,9 +24,15 @@ FACT_FIELDS: Final = (
 STANDARD: Final = {"ps3_15_edition": dicom.PS3_15_EDITION}
 
 
-def build_input(caller: Caller, plan: UpdatePlan, send_values: bool = False) -> dict[str, Any]:
-    """The OPA input document: who, what request, which attributes (values only if enabled)."""
-    return {
+def build_input(
+    caller: Caller,
+    plan: UpdatePlan,
+    send_values: bool = False,
+    approved_by: tuple[str, ...] = (),
+) -> dict[str, Any]:
+    """The OPA input document: who, what request, which attributes (values only if enabled),
+    why; `approval.approved_by` only when the update is decided again after approvals."""
+    document = {
         "caller": caller_input(caller),
         "request": {
             "datastore_id": plan.datastore_id,
@@ -40,6 +46,21 @@ def build_input(caller: Caller, plan: UpdatePlan, send_values: bool = False) -> 
         "standard": dict(STANDARD),
         "changes": group_changes(plan.changes, send_values),
         "summary": plan.summary(),
+        "purpose": purpose_input(plan),
+    }
+    if approved_by:
+        document["approval"] = {"approved_by": list(approved_by)}
+    return document
+
+
+def purpose_input(plan: UpdatePlan) -> dict[str, Any]:
+    """Why the caller asks: the purpose of use, the ticket, and of the justification only its
+    length (it may hold patient data); `break_glass`: go ahead without a required approval."""
+    return {
+        "purpose_of_use": plan.purpose_of_use,
+        "justification_length": len(plan.justification),
+        "ticket": plan.ticket,
+        "break_glass": plan.break_glass,
     }
 
 

@@ -23,7 +23,7 @@ from typing import Any, cast
 
 import structlog
 
-from service import audit, references, tracing
+from service import audit, awaiting, references, tracing
 from service.admission import Admission, Draining, Ticket
 from service.budget import GET_IMAGE_SET, GET_IMAGE_SET_METADATA, UPDATE, Budget
 from service.config import LimitSettings, WatchSettings
@@ -39,7 +39,6 @@ from service.errors import (
     Unavailable,
 )
 from service.events import (
-    Authorized,
     Cancelled,
     Finished,
     Item,
@@ -146,9 +145,10 @@ class Runner:
         return record
 
     def launch(self, record: OperationRecord, caller: Caller, plan: UpdatePlan) -> None:
-        """Acknowledge a newly recorded operation (`authorized`) and run it."""
+        """Acknowledge a newly recorded operation (`authorized`, or `approval_required`) and
+        run it."""
         operation = Operation(record, caller, plan)
-        self._emit(operation, Authorized(record.id, record.created_at, record.decision))
+        self._emit(operation, replay(record)[0])
         self._start(operation)
 
     async def cancel(self, operation_id: str, by: str) -> OperationRecord | None:
@@ -243,6 +243,8 @@ class Runner:
                 await self._finished(operation)
 
     async def _advance(self, operation: Operation) -> None:
+        if operation.record.state == "awaiting_approval":
+            await awaiting.until_decided(operation, self._journal, self._emit)
         interrupted = operation.record.state == "submitting"
         if interrupted:
             await self._recover_submit(operation)
@@ -250,7 +252,7 @@ class Runner:
             await self._take_turn(operation, again=interrupted)
             await self._submit(operation)
             await self._follow(operation, operation.record.submitted)
-        else:  # submitted before this process took it on: watch it again, at once
+        elif not operation.record.finished:  # submitted before this process took it on
             await self._admission.hold(image_set_of(operation), operation.id)
             await self._follow(operation, None)
 

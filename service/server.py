@@ -3,29 +3,30 @@
 from __future__ import annotations
 
 import functools
-import time
 from collections.abc import AsyncIterator, Awaitable, Callable
-from dataclasses import dataclass
 from typing import Any, NoReturn, TypeVar
 
 import grpc
 import structlog
 from google.protobuf import timestamp_pb2
-from grpc_health.v1 import health, health_pb2_grpc
 from grpc_status import rpc_status
 
-from service import audit, reflection
+from service import audit
 from service._proto.imaging.metadata.v1 import metadata_pb2 as pb
 from service._proto.imaging.metadata.v1 import metadata_pb2_grpc as pb_grpc
-from service.config import ServerSettings, Settings
-from service.errors import Internal, ProxyError, StartupError
+from service.approvals import Approvals
+from service.errors import Internal, ProxyError
 from service.events import (
+    ApprovalRequired,
+    Approved,
     Authorized,
     Cancelled,
     Event,
+    Expired,
     Finished,
     Heartbeat,
     Queued,
+    Rejected,
     StatusChanged,
     Submitted,
 )
@@ -43,7 +44,6 @@ from service.model import (
 from service.pipeline import Pipeline
 from service.status import to_status
 from service.steering import Steering
-from service.tls import server_credentials
 
 log = structlog.get_logger(__name__)
 
@@ -150,11 +150,13 @@ class MetadataUpdateServicer(pb_grpc.MetadataUpdateServiceServicer):
         self,
         pipeline: Pipeline,
         steering: Steering,
+        approvals: Approvals,
         authenticator: Authenticator,
         metrics: Metrics,
     ) -> None:
         self._pipeline = pipeline
         self._steering = steering
+        self._approvals = approvals
         self._authenticator = authenticator
         self._metrics = metrics
 
@@ -208,6 +210,7 @@ class MetadataUpdateServicer(pb_grpc.MetadataUpdateServiceServicer):
             state=request.state,
             max_results=request.max_results,
             next_token=request.next_token,
+            break_glass=request.break_glass,
         )
         records, next_token = await self._steering.list(caller, query)
         return pb.ListOperationsResponse(
@@ -227,6 +230,30 @@ class MetadataUpdateServicer(pb_grpc.MetadataUpdateServiceServicer):
     ) -> pb.OperationSummary:
         caller = self._caller(context, "CancelUpdate")
         return to_pb_summary(await self._steering.cancel(caller, request.operation_id))
+
+    @unary
+    async def ApproveUpdate(
+        self, request: pb.ApproveUpdateRequest, context: grpc.aio.ServicerContext[Any, Any]
+    ) -> pb.OperationSummary:
+        caller = self._caller(context, "ApproveUpdate")
+        approved = await self._approvals.approve(caller, request.operation_id, request.comment)
+        return to_pb_summary(approved)
+
+    @unary
+    async def RejectUpdate(
+        self, request: pb.RejectUpdateRequest, context: grpc.aio.ServicerContext[Any, Any]
+    ) -> pb.OperationSummary:
+        caller = self._caller(context, "RejectUpdate")
+        rejected = await self._approvals.reject(caller, request.operation_id, request.comment)
+        return to_pb_summary(rejected)
+
+    @unary
+    async def ReviewUpdate(
+        self, request: pb.ReviewUpdateRequest, context: grpc.aio.ServicerContext[Any, Any]
+    ) -> pb.OperationSummary:
+        caller = self._caller(context, "ReviewUpdate")
+        reviewed = await self._approvals.review(caller, request.operation_id, request.comment)
+        return to_pb_summary(reviewed)
 
 
 # --- protobuf ↔ domain -------------------------------------------------------------------------
@@ -252,6 +279,10 @@ def to_update_request(request: pb.UpdateImageSetMetadataRequest) -> UpdateReques
         else None,
         kind={"dicom_updates": "dicom_updates", "revert_to_version_id": "revert"}.get(member or ""),  # type: ignore[arg-type]
         idempotency_key=request.idempotency_key,
+        purpose_of_use=request.purpose_of_use,
+        justification=request.justification,
+        ticket=request.ticket,
+        break_glass=request.break_glass,
     )
 
 
@@ -293,6 +324,23 @@ def to_pb_event(event: Event) -> pb.UpdateEvent:
             message.finished.CopyFrom(pb.Finished(state=to_pb_state(status)))
         case Cancelled(cancelled_by=by):
             message.cancelled.CopyFrom(pb.Cancelled(cancelled_by=by))
+        case ApprovalRequired(approval=approval):
+            message.approval_required.CopyFrom(
+                pb.ApprovalRequired(
+                    approver_roles=approval.roles,
+                    approver_principals=approval.principals,
+                    count=approval.count,
+                    expires_at=_timestamp(approval.expires_at),
+                    reasons=approval.reasons,
+                    decision_id=approval.decision_id,
+                )
+            )
+        case Approved(approved_by=by, approvals=approvals, count=count):
+            message.approved.CopyFrom(pb.Approved(approved_by=by, approvals=approvals, count=count))
+        case Rejected(rejected_by=by):
+            message.rejected.CopyFrom(pb.Rejected(rejected_by=by))
+        case Expired(at=at):
+            message.expired.CopyFrom(pb.Expired(expired_at=_timestamp(at)))
         case Heartbeat(status=status):
             message.heartbeat.CopyFrom(
                 pb.Heartbeat(
@@ -305,8 +353,7 @@ def to_pb_event(event: Event) -> pb.UpdateEvent:
 
 def to_pb_summary(record: OperationRecord) -> pb.OperationSummary:
     """An operation as ListOperations and friends show it: ids, state, never the document."""
-    request = record.request
-    error = record.error
+    request, error, approval = record.request, record.error, record.approval
     return pb.OperationSummary(
         operation_id=record.id,
         principal=record.principal,
@@ -321,6 +368,15 @@ def to_pb_summary(record: OperationRecord) -> pb.OperationSummary:
         error_code=error.code if error else "",
         error_message=error.message if error else "",
         cancelled_by=record.cancelled_by,
+        purpose_of_use=request.purpose_of_use,
+        ticket=request.ticket,
+        break_glass=record.decision.break_glass,
+        reviewed_by=record.reviewed_by,
+        approved_by=approval.approved_by if approval else (),
+        rejected_by=approval.rejected_by if approval else "",
+        approval_expires_at=_timestamp(approval.expires_at)
+        if approval and record.state == "awaiting_approval"
+        else None,
     )
 
 
@@ -349,85 +405,3 @@ def to_pb_evaluation(plan: UpdatePlan, decision: Decision) -> pb.Evaluation:
         include_study_image_sets=plan.include_study_image_sets,
         force=plan.force,
     )
-
-
-# --- listeners ---------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class Listeners:
-    """The gRPC server (service, health, reflection) and an optional plaintext health-only one."""
-
-    server: grpc.aio.Server
-    health: health.aio.HealthServicer
-    probes_only: grpc.aio.Server | None
-    """grpc.health.v1 alone, in plaintext on `health_port`: for probes without a certificate."""
-    port: int
-    tls: bool
-
-    async def start(self) -> None:
-        for listener in (self.server, self.probes_only):
-            if listener is not None:
-                await listener.start()
-
-    async def not_serving(self) -> None:
-        """Every health name NOT_SERVING (the first step of a shutdown)."""
-        await self.health.enter_graceful_shutdown()
-
-    async def stop(self, grace_seconds: float) -> None:
-        """Stop accepting, with a grace period for open streams; the probes-only listener
-        answers NOT_SERVING throughout it."""
-        started = time.monotonic()
-        await self.server.stop(grace_seconds)
-        log.info("stopped", waited_seconds=round(time.monotonic() - started, 3))
-        if self.probes_only is not None:
-            await self.probes_only.stop(None)
-
-
-def listeners(
-    settings: Settings,
-    pipeline: Pipeline,
-    steering: Steering,
-    authenticator: Authenticator,
-    metrics: Metrics,
-) -> Listeners:
-    """Bind the ports (port 0: any free one); nothing is served before `start`."""
-    server = grpc.aio.server(options=settings.server.grpc_options())
-    servicer = MetadataUpdateServicer(pipeline, steering, authenticator, metrics)
-    pb_grpc.add_MetadataUpdateServiceServicer_to_server(servicer, server)
-    health_servicer = health.aio.HealthServicer()
-    health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
-    reflection.enable((SERVICE_NAME, health.SERVICE_NAME), server)
-    address = f"{settings.server.host}:{settings.server.port}"
-    credentials = server_credentials(settings.identity)
-    port = _bind(server, address, credentials, "port")
-    probes_only = _probes_only(settings.server, health_servicer)
-    return Listeners(server, health_servicer, probes_only, port, credentials is not None)
-
-
-def _probes_only(
-    settings: ServerSettings, health_servicer: health.aio.HealthServicer
-) -> grpc.aio.Server | None:
-    if not settings.health_port:
-        return None
-    server = grpc.aio.server(options=[("grpc.so_reuseport", 0)])
-    health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
-    _bind(server, f"{settings.host}:{settings.health_port}", None, "health_port")
-    return server
-
-
-def _bind(
-    server: grpc.aio.Server,
-    address: str,
-    credentials: grpc.ServerCredentials | None,
-    key: str,
-) -> int:
-    """Listen on `address`; a port in use (or an address not ours) is a StartupError naming it."""
-    try:
-        if credentials is not None:
-            return server.add_secure_port(address, credentials)
-        return server.add_insecure_port(address)
-    except RuntimeError:  # gRPC says only "Failed to bind"; the usual cause is a port in use
-        raise StartupError(
-            f"server.{key}: cannot listen on {address} (in use by another process?)"
-        ) from None

@@ -16,6 +16,7 @@ from service.errors import (
     PermissionDenied,
     ProxyError,
     ResourceExhausted,
+    WrongState,
 )
 
 ERROR_DOMAIN = "imaging-proxy"
@@ -36,7 +37,7 @@ def details(error: ProxyError) -> list[any_pb2.Any]:
             metadata = {"decision_id": error.decision_id}
             metadata.update({f"reason_{i}": r for i, r in enumerate(error.reasons)})
             return [_pack(_info(error, metadata))]
-        case NotCancellable():
+        case NotCancellable() | WrongState():
             return [_pack(_info(error, {"state": error.state}))]
         case ResourceExhausted():
             delay = duration_pb2.Duration()

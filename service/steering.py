@@ -89,7 +89,7 @@ class Steering:
     async def _cancel_elsewhere(self, record: OperationRecord, by: str) -> OperationRecord:
         cancelled = replace(record, seq=record.seq + 1, state="cancelled", cancelled_by=by)
         held = await self._journal.cancel_queued(cancelled)
-        if held != "queued":
+        if held not in CANCELLABLE:
             raise NotCancellable(record.id, held or "gone")
         if self._journal.shared:
             told = Cancelled(record.id, time.time(), by)
@@ -152,6 +152,7 @@ def _matches(record: OperationRecord, query: OperationQuery) -> bool:
         and query.datastore_id in ("", request.datastore_id)
         and query.image_set_id in ("", request.image_set_id)
         and query.state in ("", record.state)
+        and (record.decision.break_glass or not query.break_glass)
     )
 
 

@@ -20,6 +20,7 @@ from service.documents import MAX_VIOLATIONS as MAX_VIOLATIONS
 from service.documents import DocumentReader, Violations
 from service.errors import InvalidArgument
 from service.model import AttributeChange, Kind, UpdatePlan, UpdateRequest, is_resource_id
+from service.purpose import check_why
 
 DICOM_UPDATES: Final = "updates.dicom_updates"
 DEFAULT_LIMITS: Final = LimitSettings()
@@ -32,6 +33,7 @@ def normalise(request: UpdateRequest, limits: LimitSettings = DEFAULT_LIMITS) ->
     violations = Violations()
     _check_ids(request, violations)
     kind = _check_kind(request, violations)
+    check_why(request, violations)
     changes: list[AttributeChange] = []
     if kind == "dicom_updates" and _check_payload(request, limits, violations):
         blobs: tuple[tuple[str, bytes | None, Literal["update", "remove"]], ...] = (
@@ -59,6 +61,10 @@ def normalise(request: UpdateRequest, limits: LimitSettings = DEFAULT_LIMITS) ->
         updatable_attributes=request.updatable_attributes if kind == "dicom_updates" else None,
         removable_attributes=request.removable_attributes if kind == "dicom_updates" else None,
         idempotency_key=request.idempotency_key,
+        purpose_of_use=request.purpose_of_use,
+        justification=request.justification,
+        ticket=request.ticket,
+        break_glass=request.break_glass,
     )
 
 

@@ -29,12 +29,16 @@ from service.journal.sealing import Sealer, UnreadableRecord
 from service.journal.sqlite import SqliteJournal
 from service.model import ImageSetKey, OperationRecord
 
+NUDGES = "nudges"
+"""The pub/sub channel on which a replica that changed another's operation (an approval, a
+rejection) tells its owner to read the record again."""
 CANCELS = "cancels"
 """The pub/sub channel (in the operations' namespace: ids are UUIDs) on which a replica that
 cancelled another's queued operation tells its owner, which lets go of it at once."""
 
 __all__ = [
     "CANCELS",
+    "NUDGES",
     "RESUBMITTABLE",
     "Journal",
     "SqliteJournal",
@@ -92,6 +96,15 @@ class Journal(Protocol):
         """Store `cancelled` (state `cancelled`) if the journal still holds its operation as
         `queued`, atomically; returns the state it held ("" when there is no such operation).
         Its owner, if any, loses it: its next save answers False, so it never submits."""
+        ...
+
+    async def transition(
+        self, record: OperationRecord, expected: OperationRecord
+    ) -> OperationRecord | None:
+        """Store `record` if the journal still holds `expected` (same state and seq), atomically
+        against every other transition, whoever owns the operation; returns what the journal
+        holds afterwards (None: no such operation). Approvals, rejections, expiries and reviews
+        are transitions."""
         ...
 
     async def snapshot(self) -> Mapping[ImageSetKey, str]: ...

@@ -24,6 +24,8 @@ import structlog
 from service.journal.sealing import Sealer, UnreadableRecord
 from service.model import (
     Action,
+    Approval,
+    ApprovalNeed,
     AttributeChange,
     Decision,
     ImageSetStatus,
@@ -36,8 +38,19 @@ from service.model import (
 
 log = structlog.get_logger(__name__)
 
-RESUBMITTABLE: frozenset[str] = frozenset({"queued", "submitting"})
+RESUBMITTABLE: frozenset[str] = frozenset({"awaiting_approval", "queued", "submitting"})
 """States in which the operation may still submit, so its record keeps the document."""
+_UNLESS_SET: dict[str, object] = {
+    "purpose_of_use": "",
+    "justification": "",
+    "ticket": "",
+    "break_glass": False,
+    "approval": None,
+    "reviewed_by": "",
+    "cancelled_by": "",
+}
+"""Fields added by issues 21 and 22, written only when set: older records, fingerprints and
+journals read and compare as they did."""
 
 _COMPACT = json.JSONEncoder(separators=(",", ":"), check_circular=False)
 """`json.dumps(..., separators=(",", ":"))` without building an encoder per call."""
@@ -71,7 +84,7 @@ def key_digest(key: str) -> str:
 
 def fingerprint(request: UpdateRequest) -> str:
     """What makes two requests "the same" for an idempotency key (the key itself aside)."""
-    document = _plain(request)
+    document = _unless_set(_plain(request))
     document["idempotency_key"] = ""
     for name, value in document.items():
         if isinstance(value, bytes):
@@ -143,21 +156,29 @@ def _plain(value: Any) -> dict[str, Any]:
 def _head(fixed: tuple[Any, ...], keep_document: bool) -> str:
     """The fixed fields' JSON, as `asdict` + `json.dumps` would give it, open at the end."""
     document = dict(zip(_FIXED_NAMES, fixed, strict=True))
-    request = document["request"] = _plain(document["request"])
+    request = document["request"] = _unless_set(_plain(document["request"]))
     for name in _DOCUMENT:
         blob = request[name] if keep_document else None
         request[name] = base64.b64encode(blob).decode() if blob is not None else None
-    document["decision"] = _plain(document["decision"])
+    decision = document["decision"] = _unless_set(_plain(document["decision"]))
+    if decision.get("approval") is not None:
+        decision["approval"] = _plain(decision["approval"])
     return _COMPACT.encode(document)[:-1]
+
+
+def _unless_set(document: dict[str, Any]) -> dict[str, Any]:
+    """Leave out the newer fields still at their defaults (see `_UNLESS_SET`)."""
+    for name, default in _UNLESS_SET.items():
+        if name in document and document[name] == default:
+            del document[name]
+    return document
 
 
 def _tail(record: OperationRecord) -> str:
     """The fields that change as the operation goes on, closing the record's JSON."""
-    document = {name: getattr(record, name) for name in _CHANGING_NAMES}
-    if not record.cancelled_by:  # only cancelled records have it: others read as they were
-        del document["cancelled_by"]
-    for name in ("submitted", "last_status", "error"):
-        if document[name] is not None:
+    document = _unless_set({name: getattr(record, name) for name in _CHANGING_NAMES})
+    for name in ("submitted", "last_status", "error", "approval"):
+        if document.get(name) is not None:
             document[name] = _plain(document[name])
     return "," + _COMPACT.encode(document)[1:]
 
@@ -177,15 +198,13 @@ def decode(text: str, operation_id: str, sealer: Sealer) -> OperationRecord:
     for name in ("updatable_attributes", "removable_attributes"):
         if request[name] is not None:
             request[name] = base64.b64decode(request[name])
-    decision = document["decision"]
     return OperationRecord(
         **{
             **document,
             "roles": tuple(document["roles"]),
             "request": UpdateRequest(**request),
-            "decision": Decision(
-                decision["allow"], tuple(decision["reasons"]), decision["decision_id"]
-            ),
+            "decision": _decision(document["decision"]),
+            "approval": _approval(document.get("approval")),
             "submitted": _status(document["submitted"]),
             "last_status": _status(document["last_status"]),
             "error": RecordedError(**document["error"]) if document["error"] else None,
@@ -240,7 +259,33 @@ def followed(record: OperationRecord) -> UpdatePlan:
         updatable_attributes=None,
         removable_attributes=None,
         idempotency_key=request.idempotency_key,
+        purpose_of_use=request.purpose_of_use,
+        justification=request.justification,
+        ticket=request.ticket,
+        break_glass=request.break_glass,
     )
+
+
+def _decision(document: Mapping[str, Any]) -> Decision:
+    need = document.get("approval")
+    return Decision(
+        document["allow"],
+        tuple(document["reasons"]),
+        document["decision_id"],
+        ApprovalNeed(
+            tuple(need["roles"]), tuple(need["principals"]), need["count"], need["ttl_seconds"]
+        )
+        if need
+        else None,
+        document.get("break_glass", False),
+    )
+
+
+def _approval(document: Mapping[str, Any] | None) -> Approval | None:
+    if not document:
+        return None
+    lists = ("roles", "principals", "reasons", "approved_by")
+    return Approval(**{**document, **{name: tuple(document[name]) for name in lists}})
 
 
 def _status(document: Mapping[str, Any] | None) -> ImageSetStatus | None:

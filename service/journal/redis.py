@@ -48,7 +48,7 @@ if #KEYS == 3 then
   end
   redis.call('SET', KEYS[3], ARGV[1], 'PX', ARGV[5])
 end
-redis.call('HSET', KEYS[1], 'body', ARGV[2], 'owner', ARGV[3], 'state', 'queued')
+redis.call('HSET', KEYS[1], 'body', ARGV[2], 'owner', ARGV[3], 'state', ARGV[6])
 redis.call('SADD', KEYS[2], ARGV[1])
 return {ARGV[1]}
 """
@@ -88,13 +88,14 @@ return redis.call('HGET', KEYS[1], 'body')
 _CANCEL_LUA = """
 local state = redis.call('HGET', KEYS[1], 'state')
 if not state then return '' end
-if state ~= 'queued' then return state end
+if state ~= 'queued' and state ~= 'awaiting_approval' then return state end
 redis.call('HSET', KEYS[1], 'body', ARGV[2], 'owner', '', 'state', 'cancelled')
 redis.call('SREM', KEYS[2], ARGV[1])
 redis.call('PEXPIRE', KEYS[1], ARGV[3])
 return state
 """
-"""A queued operation cancelled by any replica: its owner (now nobody) can no longer save it."""
+"""A queued (or awaiting) operation cancelled by any replica: its owner (now nobody) can no
+longer save it."""
 
 _RELEASE_LUA = """
 if redis.call('HGET', KEYS[1], ARGV[1]) == ARGV[2] then redis.call('HDEL', KEYS[1], ARGV[1]) end
@@ -186,6 +187,7 @@ class RedisJournal:
             self.replica_id,
             self._key("op", ""),
             ttl_ms,
+            record.state,
         ]
         with self._encoder.forgotten_on_failure(record.id):
             reply = await self._create(keys=keys, args=args)
@@ -258,6 +260,34 @@ class RedisJournal:
         self._encoder.forget(cancelled.id)  # this replica saves it no more
         held = await self._cancel(keys=keys, args=[cancelled.id, body, retention_ms])
         return _text(held)
+
+    @translated("journal")
+    async def transition(
+        self, record: OperationRecord, expected: OperationRecord
+    ) -> OperationRecord | None:
+        """Optimistic: WATCH the record, compare, MULTI/EXEC; a change in between answers what
+        the journal holds then. The owner field is left as it is."""
+        key = self._key("op", record.id)
+        body = self._encoder.encode(record)
+        self._encoder.forget(record.id)  # the owner's own saves encode it afresh
+        try:
+            async with self._client.pipeline(transaction=True) as pipe:
+                await pipe.watch(key)
+                stored = await pipe.hget(key, "body")
+                if not stored:
+                    return None
+                current = decode(_text(stored), record.id, self._sealer)
+                if (current.state, current.seq) != (expected.state, expected.seq):
+                    return current
+                pipe.multi()  # type: ignore[no-untyped-call]
+                pipe.hset(key, mapping={"body": body, "state": record.state})
+                if record.finished:
+                    pipe.srem(self._key("unfinished"), record.id)
+                    pipe.pexpire(key, int(self._settings.retention_seconds * 1000))
+                await pipe.execute()
+        except aioredis.WatchError:
+            return await self.get(record.id)
+        return at_rest(record)
 
     @translated("journal")
     async def snapshot(self) -> Mapping[ImageSetKey, str]:

@@ -30,6 +30,7 @@ from service.errors import ProxyError
 from service.journal.codec import (
     RESUBMITTABLE,
     RecordEncoder,
+    at_rest,
     decode,
     decode_readable,
     is_stale,
@@ -37,7 +38,7 @@ from service.journal.codec import (
 )
 from service.journal.sealing import Sealer
 from service.journal.sqlite_batches import Writer
-from service.model import ImageSetKey, OperationRecord
+from service.model import CANCELLABLE, ImageSetKey, OperationRecord
 
 log = structlog.get_logger(__name__)
 
@@ -80,6 +81,8 @@ class SqliteJournal:
         self._taken_over = False
         self._holding: set[str] = set()
         """Operations whose committed record may still hold a document (database thread only)."""
+        self._transitions = asyncio.Lock()
+        """One transition (read, compare, save) at a time: this process is the only writer."""
 
     @classmethod
     @contextlib.asynccontextmanager
@@ -201,11 +204,22 @@ class SqliteJournal:
     async def cancel_queued(self, cancelled: OperationRecord) -> str:
         """One process runs every operation of this journal: the runner cancels its own, so
         this serves only a record nobody runs (read, then saved, on the one event loop)."""
-        record = await self.get(cancelled.id)
-        if record is None or record.state != "queued":
-            return record.state if record is not None else ""
-        await self.save(cancelled)
-        return "queued"
+        async with self._transitions:
+            record = await self.get(cancelled.id)
+            if record is None or record.state not in CANCELLABLE:
+                return record.state if record is not None else ""
+            await self.save(cancelled)
+            return record.state
+
+    async def transition(
+        self, record: OperationRecord, expected: OperationRecord
+    ) -> OperationRecord | None:
+        async with self._transitions:
+            current = await self.get(record.id)
+            if current is None or (current.state, current.seq) != (expected.state, expected.seq):
+                return current
+            await self.save(record)
+            return at_rest(record)
 
     async def adopt(self, operation_id: str) -> OperationRecord | None:
         record = await self.get(operation_id)
