@@ -5,9 +5,12 @@
 #   {"allow": bool, "reasons": [string]}. input.action is one of "watch", "get", "cancel"
 #   (input.operation: the operation's principal, datastore_id, image_set_id and state), "list"
 #   (input.filter: principal, datastore_id, image_set_id and state, "" = any) or "see_input"
-#   (EvaluateUpdate's policy input). input.request.datastore_id is the data store concerned
-#   ("" when a list names none: then only roles valid in every data store count). The owner of
-#   an operation always may; the proxy asks only about others'. See docs/POLICIES.md.
+#   (EvaluateUpdate's policy input), "approve" or "reject" (input.operation also holds the
+#   approval asked: roles, principals, count, approved_by), "review" (a break-glass update).
+#   input.request.datastore_id is the data store concerned ("" when a list names none: then
+#   only roles valid in every data store count). The owner of an operation always may watch,
+#   get or cancel it (the proxy asks only about others'); the owner never approves, rejects or
+#   reviews it (the proxy refuses that itself, and so does this policy). See docs/POLICIES.md.
 package imaging.operations
 
 import data.imaging.caller
@@ -31,7 +34,7 @@ allow if count(reasons) == 0
 
 reasons contains "action is not recognised" if not input.action in known_actions
 
-known_actions := {"watch", "get", "cancel", "list", "see_input"}
+known_actions := {"watch", "get", "cancel", "list", "see_input", "approve", "reject", "review"}
 
 reasons contains sprintf("%s on another caller's operations requires role metadata-admin", [input.action]) if {
 	input.action in {"watch", "get", "cancel", "list"}
@@ -46,6 +49,30 @@ reasons contains "seeing the policy input requires role policy-author or metadat
 }
 
 admin if "metadata-admin" in caller.roles
+
+# --- approvals: whom the approval names, never the requester ---
+
+reasons contains sprintf("a requester may not %s their own update", [input.action]) if {
+	input.action in {"approve", "reject", "review"}
+	input.operation.principal == input.caller.principal
+}
+
+reasons contains sprintf("%s requires one of the approvers the policy named", [input.action]) if {
+	input.action in {"approve", "reject"}
+	not named_approver
+}
+
+named_approver if input.caller.principal in input.operation.approval.principals
+
+named_approver if {
+	some role in input.operation.approval.roles
+	role in caller.roles
+}
+
+reasons contains "review requires role break-glass-reviewer" if {
+	input.action == "review"
+	not "break-glass-reviewer" in caller.roles
+}
 
 owner if {
 	input.action in {"watch", "get", "cancel"}

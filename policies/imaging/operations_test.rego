@@ -82,3 +82,36 @@ test_unknown_action_is_refused if {
 test_malformed_input_is_refused if {
 	operations.decision == {"allow": false, "reasons": ["policy input is malformed"]} with input as {"caller": "x"}
 }
+
+awaiting(action, who, owner) := object.union(on_operation(action, who, owner, demo_datastore), {"operation": {
+	"principal": owner, "datastore_id": demo_datastore, "image_set_id": "x", "state": "awaiting_approval",
+	"approval": {"roles": ["patient-identity-approver"], "principals": ["dev:named"], "count": 1, "approved_by": []},
+}})
+
+test_an_approver_role_may_approve_and_reject if {
+	every action in ["approve", "reject"] {
+		operations.decision == {"allow": true, "reasons": set()} with input as awaiting(action, "dev:demo-admin", "dev:demo-patient")
+	}
+}
+
+test_a_named_principal_may_approve if {
+	operations.decision.allow with input as awaiting("approve", "dev:named", "dev:demo-patient")
+}
+
+test_others_may_not_approve if {
+	d := operations.decision with input as awaiting("approve", "dev:demo-editor", "dev:demo-patient")
+	d == {"allow": false, "reasons": {"approve requires one of the approvers the policy named"}}
+}
+
+test_the_requester_may_never_approve if {
+	d := operations.decision with input as awaiting("approve", "dev:demo-admin", "dev:demo-admin")
+	"a requester may not approve their own update" in d.reasons
+}
+
+test_a_reviewer_may_review_others_break_glass if {
+	operations.decision.allow with input as on_operation("review", "dev:demo-admin", "dev:demo-clinician", demo_datastore)
+	d := operations.decision with input as on_operation("review", "dev:demo-editor", "dev:demo-clinician", demo_datastore)
+	d == {"allow": false, "reasons": {"review requires role break-glass-reviewer"}}
+	own := operations.decision with input as on_operation("review", "dev:demo-admin", "dev:demo-admin", demo_datastore)
+	"a requester may not review their own update" in own.reasons
+}

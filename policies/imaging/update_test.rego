@@ -292,11 +292,11 @@ test_private_tag_editor_alone_cannot_edit_metadata if {
 
 test_profile_listed_attributes_require_patient_identity_editor if {
 	denied("dev:demo-editor", {}, [patient_name], {identity_reason})
-	denied("dev:demo-editor", {}, [study_patient_id], {identity_reason})
+	denied("dev:demo-editor", {}, [study_patient_id], {identity_reason, "patient identifier changes require a justification"})
 	denied("dev:demo-editor", {}, [religion], {identity_reason})
 	denied("dev:demo-editor", {}, [object.union(religion, {"level": "series", "action": "remove"})], {identity_reason})
 	denied("dev:demo-private", {}, [patient_name], {identity_reason})
-	allowed("dev:demo-patient", {}, [patient_name, study_patient_id, religion, study_change])
+	allowed("dev:demo-patient", {}, [patient_name, religion, study_change])
 }
 
 test_editor_may_change_attributes_the_profile_does_not_list if {
