@@ -33,6 +33,9 @@ def asdict_encode(record: OperationRecord, sealer: Sealer) -> str:
     document = asdict(at_rest(record))
     if not document["cancelled_by"]:  # issue 21's field, written only when set
         del document["cancelled_by"]
+    _drop_unset(document, ("approval", "reviewed_by"))  # issue 22's, the same
+    _drop_unset(document["request"], _WHY)
+    _drop_unset(document["decision"], ("approval", "break_glass"))
     for name in ("updatable_attributes", "removable_attributes"):
         blob = document["request"][name]
         document["request"][name] = base64.b64encode(blob).decode() if blob is not None else None
@@ -42,9 +45,19 @@ def asdict_encode(record: OperationRecord, sealer: Sealer) -> str:
     return json.dumps(sealer.seal(record.id, text.encode()), separators=(",", ":"))
 
 
+_WHY = ("purpose_of_use", "justification", "ticket", "break_glass")
+
+
+def _drop_unset(document: dict[str, object], names: tuple[str, ...]) -> None:
+    for name in names:
+        if not document[name]:
+            del document[name]
+
+
 def asdict_fingerprint(request: UpdateRequest) -> str:
     """The fingerprint before issue 12: records in a journal hold it, retries must match it."""
     fields = asdict(replace(request, idempotency_key=""))
+    _drop_unset(fields, _WHY)  # issue 22's fields count only when set
     for name, value in fields.items():
         if isinstance(value, bytes):
             fields[name] = hashlib.sha256(value).hexdigest()
@@ -165,7 +178,7 @@ def test_a_document_leaves_the_stored_record_once_submitted() -> None:
     states: tuple[State, ...] = get_args(State)
     for state in states:  # in lifecycle order, through one encoder
         body = encoder.encode(replace(record, state=state)).encode()
-        assert (base64.b64encode(MARKER) in body) == (state in ("queued", "submitting"))
+        assert (base64.b64encode(MARKER) in body) == (state in ("awaiting_approval", "queued", "submitting"))
 
 
 STORED = (  # written by the asdict encoder (before issue 12) for the record below

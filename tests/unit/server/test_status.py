@@ -83,6 +83,11 @@ WIRE: list[tuple[ProxyError, grpc.StatusCode, list[message.Message]]] = [
         [info("NOT_CANCELLABLE", state="submitted")],
     ),
     (
+        errors.WrongState("not awaiting", "NOT_AWAITING_APPROVAL", "queued"),
+        grpc.StatusCode.FAILED_PRECONDITION,
+        [info("NOT_AWAITING_APPROVAL", state="queued")],
+    ),
+    (
         errors.Aborted("locked", "BACKEND_CONFLICT"),
         grpc.StatusCode.ABORTED,
         [info("BACKEND_CONFLICT")],
