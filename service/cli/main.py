@@ -13,7 +13,7 @@ SERVER_VERBS = frozenset({"serve", "emulator", "demo"})
 def build_parser() -> argparse.ArgumentParser:
     # Imported here, after `_quiet_grpc_core`: gRPC core reads GRPC_VERBOSITY when it loads.
     from service.cli import serve
-    from service.cli.client import steering, verbs
+    from service.cli.client import approvals, steering, verbs
 
     parser = argparse.ArgumentParser(
         prog="imaging-proxy",
@@ -23,6 +23,7 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_server_verbs(subparsers)
     verbs.add_client_verbs(subparsers)
     steering.add_steering_verbs(subparsers)
+    approvals.add_approval_verbs(subparsers)
     return parser
 
 

@@ -14,25 +14,33 @@ from service.client.errors import (
     RpcError,
     TransportError,
     UpdateCancelled,
+    UpdateNotApproved,
 )
 from service.client.events import (
+    ApprovalRequired,
+    Approved,
     AttributeChange,
     Authorized,
     Cancelled,
     Evaluation,
+    Expired,
     Finished,
     Heartbeat,
     ImageSetState,
     OperationSummary,
     Queued,
+    Rejected,
     Retrying,
     Status,
     Submitted,
     UpdateEvent,
+    Why,
 )
 from service.client.sync import SyncMetadataUpdateClient
 
 __all__ = [
+    "ApprovalRequired",
+    "Approved",
     "AttributeChange",
     "Authorized",
     "Cancelled",
@@ -40,6 +48,7 @@ __all__ = [
     "Credentials",
     "DeadlineExceeded",
     "Evaluation",
+    "Expired",
     "FieldViolation",
     "Finished",
     "Heartbeat",
@@ -48,6 +57,7 @@ __all__ = [
     "OperationSummary",
     "PolicyDenied",
     "Queued",
+    "Rejected",
     "Retrying",
     "RpcError",
     "Status",
@@ -56,6 +66,8 @@ __all__ = [
     "TransportError",
     "UpdateCancelled",
     "UpdateEvent",
+    "UpdateNotApproved",
+    "Why",
     "build_request",
     "final_state",
 ]

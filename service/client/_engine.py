@@ -284,7 +284,11 @@ def _record(event: metadata_pb2.UpdateEvent, tracker: Tracker, until_submitted: 
         tracker.operation_id = event.operation_id
     if kind == "submitted":
         tracker.acknowledged = True
-    return kind in ("finished", "cancelled") or (kind == "submitted" and until_submitted)
+    return kind in TERMINAL or (kind == "submitted" and until_submitted)
+
+
+TERMINAL = frozenset({"finished", "cancelled", "rejected", "expired"})
+"""The events that end an update's stream."""
 
 
 async def evaluate(

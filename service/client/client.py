@@ -12,14 +12,22 @@ from typing import Any
 import service.client._engine as _engine
 from service._proto.imaging.metadata.v1 import metadata_pb2
 from service.client.credentials import Credentials
-from service.client.errors import ClientError, DeadlineExceeded, UpdateCancelled
+from service.client.errors import (
+    ClientError,
+    DeadlineExceeded,
+    UpdateCancelled,
+    UpdateNotApproved,
+)
 from service.client.events import (
     Cancelled,
     Evaluation,
+    Expired,
     Finished,
     ImageSetState,
     OperationSummary,
+    Rejected,
     UpdateEvent,
+    Why,
     evaluation,
     from_proto,
     operation_summary,
@@ -87,11 +95,14 @@ class MetadataUpdateClient:
         include_study_image_sets: bool = False,
         idempotency_key: str | None = None,
         time_limit: float | None = None,
+        why: Why | None = None,
     ) -> AsyncIterator[UpdateEvent]:
-        """Submit an update; yield its events, the last one `Finished` (its state is the result).
+        """Submit an update; yield its events, the last one `Finished` (its state is the result),
+        or `Rejected`/`Expired` when it waited for an approval that did not come.
 
         `updatable`/`removable` are HealthImaging's JSON documents (a mapping or its bytes). The
-        idempotency key is generated unless given; re-sends and re-attaches are automatic.
+        idempotency key is generated unless given; re-sends and re-attaches are automatic. `why`:
+        the purpose of use, justification and ticket (and break-glass) the policy may ask for.
         """
         request = build_request(
             datastore_id,
@@ -103,6 +114,7 @@ class MetadataUpdateClient:
             force=force,
             include_study_image_sets=include_study_image_sets,
             idempotency_key=idempotency_key or str(uuid.uuid4()),
+            why=why,
         )
         tracker = _engine.Tracker(idempotency_key=request.idempotency_key)
         return self._follow(request, tracker, time_limit)
@@ -120,6 +132,7 @@ class MetadataUpdateClient:
         include_study_image_sets: bool = False,
         idempotency_key: str | None = None,
         time_limit: float | None = None,
+        why: Why | None = None,
     ) -> ImageSetState:
         """`update(...)` followed to the end: the final image-set state (check workflow_status)."""
         events = self.update(
@@ -133,6 +146,7 @@ class MetadataUpdateClient:
             include_study_image_sets=include_study_image_sets,
             idempotency_key=idempotency_key,
             time_limit=time_limit,
+            why=why,
         )
         return await final_state(events)
 
@@ -156,6 +170,7 @@ class MetadataUpdateClient:
         include_study_image_sets: bool = False,
         include_policy_input: bool = False,
         time_limit: float | None = None,
+        why: Why | None = None,
     ) -> Evaluation:
         """The dry run: what the policy would decide, and the changes it would see;
         `include_policy_input`: also the exact OPA input (PolicyDenied unless allowed)."""
@@ -170,6 +185,7 @@ class MetadataUpdateClient:
             force=force,
             include_study_image_sets=include_study_image_sets,
             idempotency_key="",
+            why=why,
         )
         request.include_policy_input = include_policy_input
         return evaluation(await self._unary("EvaluateUpdate", request, time_limit))
@@ -223,6 +239,29 @@ class MetadataUpdateClient:
         request = metadata_pb2.CancelUpdateRequest(operation_id=operation_id)
         return operation_summary(await self._unary("CancelUpdate", request, time_limit))
 
+    async def approve_update(
+        self, operation_id: str, comment: str = "", *, time_limit: float | None = None
+    ) -> OperationSummary:
+        """Approve another's update awaiting approval (when the policy names you as approver);
+        the last approval needed lets it queue (state `queued`), or ends it `failed` (ABORTED
+        IMAGE_SET_CHANGED, or denied when decided again)."""
+        request = metadata_pb2.ApproveUpdateRequest(operation_id=operation_id, comment=comment)
+        return operation_summary(await self._unary("ApproveUpdate", request, time_limit))
+
+    async def reject_update(
+        self, operation_id: str, comment: str = "", *, time_limit: float | None = None
+    ) -> OperationSummary:
+        """Reject another's update awaiting approval: it ends `rejected`, nothing written."""
+        request = metadata_pb2.RejectUpdateRequest(operation_id=operation_id, comment=comment)
+        return operation_summary(await self._unary("RejectUpdate", request, time_limit))
+
+    async def review_update(
+        self, operation_id: str, comment: str = "", *, time_limit: float | None = None
+    ) -> OperationSummary:
+        """Mark another's ended break-glass update reviewed."""
+        request = metadata_pb2.ReviewUpdateRequest(operation_id=operation_id, comment=comment)
+        return operation_summary(await self._unary("ReviewUpdate", request, time_limit))
+
     async def _unary(self, method: str, request: Any, time_limit: float | None) -> Any:
         self._check_open()
         try:
@@ -263,12 +302,16 @@ class MetadataUpdateClient:
 
 async def final_state(events: AsyncIterator[UpdateEvent]) -> ImageSetState:
     """Drain an update's events; the state its `Finished` carries (UpdateCancelled if it was
-    cancelled instead)."""
+    cancelled instead, UpdateNotApproved if it was rejected or its approval expired)."""
     async for event in events:
         if isinstance(event, Finished):
             return event.state
         if isinstance(event, Cancelled):
             raise UpdateCancelled(event.operation_id, event.cancelled_by)
+        if isinstance(event, Rejected):
+            raise UpdateNotApproved(event.operation_id, rejected_by=event.rejected_by)
+        if isinstance(event, Expired):
+            raise UpdateNotApproved(event.operation_id, rejected_by="")
     raise ClientError("the stream ended without a finished event")
 
 
@@ -283,8 +326,10 @@ def build_request(
     force: bool,
     include_study_image_sets: bool,
     idempotency_key: str,
+    why: Why | None = None,
 ) -> metadata_pb2.UpdateImageSetMetadataRequest:
     """The proxy's request message; validating it is the proxy's job (it says which field)."""
+    why = why or Why()
     request = metadata_pb2.UpdateImageSetMetadataRequest(
         datastore_id=datastore_id,
         image_set_id=image_set_id,
@@ -292,6 +337,10 @@ def build_request(
         force=force,
         include_study_image_sets=include_study_image_sets,
         idempotency_key=idempotency_key,
+        purpose_of_use=why.purpose_of_use,
+        justification=why.justification,
+        ticket=why.ticket,
+        break_glass=why.break_glass,
     )
     if revert_to_version_id is not None:
         request.revert_to_version_id = revert_to_version_id

@@ -133,6 +133,17 @@ class UpdateCancelled(ClientError):
         self.cancelled_by = cancelled_by
 
 
+class UpdateNotApproved(ClientError):
+    """The update awaited approval and was rejected (`rejected_by`), or nobody approved it in
+    time (`rejected_by` empty): nothing was written."""
+
+    def __init__(self, operation_id: str, rejected_by: str) -> None:
+        said = f"rejected by {rejected_by}" if rejected_by else "not approved in time"
+        super().__init__(f"operation {operation_id} was {said}; nothing was written")
+        self.operation_id = operation_id
+        self.rejected_by = rejected_by
+
+
 class PolicyDenied(RpcError):
     """The policy denied the update; `reasons` and `decision_id` say why and where to look."""
 

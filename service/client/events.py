@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime
 
 from service._proto.imaging.metadata.v1 import metadata_pb2
@@ -86,6 +86,57 @@ class Cancelled:
 
 
 @dataclass(frozen=True)
+class ApprovalRequired:
+    """The policy wants the update approved first: by whom, how many, until when."""
+
+    operation_id: str
+    approver_roles: tuple[str, ...]
+    approver_principals: tuple[str, ...]
+    count: int
+    expires_at: datetime | None
+    reasons: tuple[str, ...]
+    decision_id: str
+
+
+@dataclass(frozen=True)
+class Approved:
+    """One approval given (`Authorized` follows once enough are)."""
+
+    operation_id: str
+    approved_by: str
+    approvals: int
+    count: int
+
+
+@dataclass(frozen=True)
+class Rejected:
+    """An approver rejected the update; nothing was written."""
+
+    operation_id: str
+    rejected_by: str
+
+
+@dataclass(frozen=True)
+class Expired:
+    """Nobody approved the update in time; nothing was written."""
+
+    operation_id: str
+
+
+@dataclass(frozen=True)
+class Why:
+    """Why an update is asked for, sent with it: an HL7 v3 PurposeOfUse code (TREAT, HOPERAT,
+    PATADMIN...), a justification (it may name a patient: the proxy keeps it sealed and audits
+    its digest only), a ticket reference; `break_glass` to go ahead without a required approval
+    (a break-glass role and a justification needed)."""
+
+    purpose_of_use: str = ""
+    justification: str = field(default="", repr=False)
+    ticket: str = ""
+    break_glass: bool = False
+
+
+@dataclass(frozen=True)
 class Retrying:
     """The client lost the stream (or was told to come back) and tries again after `delay`."""
 
@@ -95,7 +146,20 @@ class Retrying:
     delay: float
 
 
-UpdateEvent = Authorized | Queued | Submitted | Status | Heartbeat | Finished | Cancelled | Retrying
+UpdateEvent = (
+    Authorized
+    | Queued
+    | Submitted
+    | Status
+    | Heartbeat
+    | Finished
+    | Cancelled
+    | ApprovalRequired
+    | Approved
+    | Rejected
+    | Expired
+    | Retrying
+)
 
 
 def image_set_state(state: metadata_pb2.ImageSetState) -> ImageSetState:
@@ -133,6 +197,20 @@ def from_proto(event: metadata_pb2.UpdateEvent) -> UpdateEvent | None:
             return Finished(op, image_set_state(event.finished.state))
         case "cancelled":
             return Cancelled(op, event.cancelled.cancelled_by)
+        case "approval_required":
+            asked = event.approval_required
+            expires = asked.expires_at.ToDatetime() if asked.HasField("expires_at") else None
+            roles, principals = tuple(asked.approver_roles), tuple(asked.approver_principals)
+            reasons = tuple(asked.reasons)
+            return ApprovalRequired(op, roles, principals, asked.count, expires, reasons,
+                                    asked.decision_id)  # fmt: skip
+        case "approved":
+            given = event.approved
+            return Approved(op, given.approved_by, given.approvals, given.count)
+        case "rejected":
+            return Rejected(op, event.rejected.rejected_by)
+        case "expired":
+            return Expired(op)
     return None
 
 
@@ -147,13 +225,23 @@ class OperationSummary:
     latest_version_id: str
     kind: str
     state: str
-    """queued, submitting, submitted, unwatched, finished, failed or cancelled."""
+    """awaiting_approval, queued, submitting, submitted, unwatched, finished, failed,
+    cancelled, rejected or expired."""
     created_at: datetime | None
     decision_id: str
     last_state: ImageSetState | None
     error_code: str
     error_message: str
     cancelled_by: str
+    purpose_of_use: str = ""
+    ticket: str = ""
+    break_glass: bool = False
+    """It went ahead without a required approval: to review."""
+    reviewed_by: str = ""
+    approved_by: tuple[str, ...] = ()
+    rejected_by: str = ""
+    approval_expires_at: datetime | None = None
+    """While awaiting approval: when it expires."""
 
 
 def operation_summary(summary: metadata_pb2.OperationSummary) -> OperationSummary:
@@ -172,6 +260,15 @@ def operation_summary(summary: metadata_pb2.OperationSummary) -> OperationSummar
         error_code=summary.error_code,
         error_message=summary.error_message,
         cancelled_by=summary.cancelled_by,
+        purpose_of_use=summary.purpose_of_use,
+        ticket=summary.ticket,
+        break_glass=summary.break_glass,
+        reviewed_by=summary.reviewed_by,
+        approved_by=tuple(summary.approved_by),
+        rejected_by=summary.rejected_by,
+        approval_expires_at=summary.approval_expires_at.ToDatetime()
+        if summary.HasField("approval_expires_at")
+        else None,
     )
 
 

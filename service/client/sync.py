@@ -60,3 +60,15 @@ class SyncMetadataUpdateClient:
     def cancel_update(self, operation_id: str) -> OperationSummary:
         """`MetadataUpdateClient.cancel_update`."""
         return self._runner.run(self._client.cancel_update(operation_id))
+
+    def approve_update(self, operation_id: str, comment: str = "") -> OperationSummary:
+        """`MetadataUpdateClient.approve_update`."""
+        return self._runner.run(self._client.approve_update(operation_id, comment))
+
+    def reject_update(self, operation_id: str, comment: str = "") -> OperationSummary:
+        """`MetadataUpdateClient.reject_update`."""
+        return self._runner.run(self._client.reject_update(operation_id, comment))
+
+    def review_update(self, operation_id: str, comment: str = "") -> OperationSummary:
+        """`MetadataUpdateClient.review_update`."""
+        return self._runner.run(self._client.review_update(operation_id, comment))

@@ -115,11 +115,28 @@ async def follow_update(
                     f"operation {item.operation_id} was cancelled by "
                     f"{item.cancelled.cancelled_by} before it was submitted; nothing was written",
                 )
+            if kind in ("rejected", "expired"):
+                raise _not_approved(item, operation)
             if kind == "submitted" and until_submitted:
                 return item.submitted.state
     except ClientError as error:
         raise conn.error(error, operation) from None
     raise EndpointError("The proxy closed the stream before the update finished")
+
+
+def _not_approved(item: metadata_pb2.UpdateEvent, operation: str) -> ServiceError:
+    if item.WhichOneof("event") == "rejected":
+        by = item.rejected.rejected_by
+        return ServiceError(
+            "UpdateRejected",
+            operation,
+            f"operation {item.operation_id} was rejected by {by}; nothing was written",
+        )
+    return ServiceError(
+        "ApprovalExpired",
+        operation,
+        f"operation {item.operation_id} was not approved in time; nothing was written",
+    )
 
 
 async def evaluate(

@@ -53,7 +53,7 @@ _UPDATE_SYNOPSIS = """\
   [--cli-binary-format <value>]
 """
 
-_OUTPUT_SECTION = """\
+OUTPUT_SECTION = """\
 OUTPUT
   datastoreId -> (string)
     The data store identifier.
@@ -73,7 +73,7 @@ OUTPUT
     The error message thrown if an update image set metadata action fails.
 """
 
-_RETURN_CODES = """\
+RETURN_CODES = """\
 RETURN CODES (the AWS CLI's)
   0    success: the update finished as UPDATED (or, with --no-wait, was submitted)
   252  the command line could not be parsed (options, JSON, shorthand, base64, files)
@@ -86,7 +86,7 @@ RETURN CODES (the AWS CLI's)
        `imaging-proxy watch-update --operation-id <id>` (the id is printed on stderr)
 """
 
-_ENVIRONMENT = """\
+ENVIRONMENT = """\
 ENVIRONMENT
   IMAGING_PROXY_ENDPOINT       default for --endpoint-url (else 127.0.0.1:50051)
   IMAGING_PROXY_TOKEN          default for --token
@@ -163,7 +163,7 @@ UPDATE = VerbHelp(
         "stderr, and prints the final image set state on stdout; --no-wait prints the submit\n"
         "response instead, exactly as the AWS CLI does."
     ),
-    epilog="\n".join((_UPDATE_EXAMPLES, _OUTPUT_SECTION, _RETURN_CODES, _ENVIRONMENT)),
+    epilog="\n".join((_UPDATE_EXAMPLES, OUTPUT_SECTION, RETURN_CODES, ENVIRONMENT)),
     synopsis="%(prog)s\n"
     + _UPDATE_SYNOPSIS
     + "  [--no-wait] [--idempotency-key <value>]\n"
@@ -180,9 +180,9 @@ WATCH = VerbHelp(
         (
             "EXAMPLE\n  imaging-proxy watch-update --operation-id "
             "0b6c0c3e-2f5a-4f0e-9a53-2d3b1c7f9e10\n",
-            _OUTPUT_SECTION,
-            _RETURN_CODES,
-            _ENVIRONMENT,
+            OUTPUT_SECTION,
+            RETURN_CODES,
+            ENVIRONMENT,
         )
     ),
     synopsis="%(prog)s\n  --operation-id <value>\n" + _COMMON_SYNOPSIS,
@@ -205,40 +205,42 @@ EVALUATE = VerbHelp(
             "      --latest-version-id 1 --cli-binary-format raw-in-base64-out \\\n"
             "      --update-image-set-metadata-updates file://metadata-updates.json \\\n"
             "      --query decision.allow\n",
-            _RETURN_CODES,
-            _ENVIRONMENT,
+            RETURN_CODES,
+            ENVIRONMENT,
         )
     ),
     synopsis="%(prog)s\n" + _UPDATE_SYNOPSIS + _COMMON_SYNOPSIS,
 )
 
-_STEERING_SYNOPSIS = _COMMON_SYNOPSIS.replace("  [--generate-cli-skeleton <value>]\n", "")
+STEERING_SYNOPSIS = _COMMON_SYNOPSIS.replace("  [--generate-cli-skeleton <value>]\n", "")
 LIST = VerbHelp(
     summary="List updates (operations): who is waiting, for what, since when.",
     description=(
         "List the operations the proxy's journal holds, oldest first: your own, or everyone's\n"
         "when the policy lets you see others' (policies/imaging/operations.rego). Filters:\n"
-        "--principal, --datastore-id, --image-set-id, --state (queued, submitting, submitted,\n"
-        "unwatched, finished, failed, cancelled). Every page is fetched unless --no-paginate is\n"
+        "--principal, --datastore-id, --image-set-id, --state (awaiting_approval, queued,\n"
+        "submitting, submitted, unwatched, finished, failed, cancelled, rejected, expired),\n"
+        "--break-glass. Every page is fetched unless --no-paginate is\n"
         "given (then one page of --max-results, and its nextToken for --next-token)."
     ),
     epilog="\n".join(
         (
             "EXAMPLE\n  imaging-proxy list-updates --state queued "
             "--query 'operations[].[operationId,principal,createdAt]' --output table\n",
-            _OUTPUT_SECTION,
-            _RETURN_CODES,
-            _ENVIRONMENT,
+            OUTPUT_SECTION,
+            RETURN_CODES,
+            ENVIRONMENT,
         )
     ),
     synopsis="%(prog)s\n  [--principal <value>] [--datastore-id <value>] [--image-set-id <value>]\n"
-    "  [--state <value>] [--max-results <value>] [--next-token <value>]\n" + _STEERING_SYNOPSIS,
+    "  [--state <value>] [--break-glass] [--max-results <value>] [--next-token <value>]\n"
+    + STEERING_SYNOPSIS,
 )
 GET = VerbHelp(
     summary="Show one update (operation): its state, owner, decision and last image set state.",
     description="Show one operation by id (yours, or another's when the policy allows it).",
-    epilog="\n".join((_OUTPUT_SECTION, _RETURN_CODES, _ENVIRONMENT)),
-    synopsis="%(prog)s\n  --operation-id <value>\n" + _STEERING_SYNOPSIS,
+    epilog="\n".join((OUTPUT_SECTION, RETURN_CODES, ENVIRONMENT)),
+    synopsis="%(prog)s\n  --operation-id <value>\n" + STEERING_SYNOPSIS,
 )
 CANCEL = VerbHelp(
     summary="Cancel an update that is still queued; nothing is written to HealthImaging.",
@@ -252,12 +254,12 @@ CANCEL = VerbHelp(
         (
             "EXAMPLE\n  imaging-proxy cancel-update --operation-id "
             "0b6c0c3e-2f5a-4f0e-9a53-2d3b1c7f9e10\n",
-            _OUTPUT_SECTION,
-            _RETURN_CODES,
-            _ENVIRONMENT,
+            OUTPUT_SECTION,
+            RETURN_CODES,
+            ENVIRONMENT,
         )
     ),
-    synopsis="%(prog)s\n  --operation-id <value>\n" + _STEERING_SYNOPSIS,
+    synopsis="%(prog)s\n  --operation-id <value>\n" + STEERING_SYNOPSIS,
 )
 
 UPDATE_OPTIONS = (

@@ -27,6 +27,25 @@ def describe(event: metadata_pb2.UpdateEvent, now: float) -> str | None:
         return f"{kind}: {_state_words(state)}"
     if kind == "cancelled":
         return f"cancelled by {event.cancelled.cancelled_by}: nothing was written"
+    return _describe_approval(event, kind)
+
+
+def _describe_approval(event: metadata_pb2.UpdateEvent, kind: str | None) -> str | None:
+    if kind == "approval_required":
+        asked = event.approval_required
+        who = [f"role {r}" for r in asked.approver_roles] + list(asked.approver_principals)
+        until = asked.expires_at.ToDatetime().strftime("%Y-%m-%d %H:%M UTC")
+        return (
+            f"awaiting approval: {asked.count} of {' or '.join(who)}, until {until} "
+            f"(Ctrl-C leaves it waiting; watch-update re-attaches)"
+        )
+    if kind == "approved":
+        given = event.approved
+        return f"approved by {given.approved_by} ({given.approvals} of {given.count})"
+    if kind == "rejected":
+        return f"rejected by {event.rejected.rejected_by}: nothing was written"
+    if kind == "expired":
+        return "approval expired: nothing was written"
     return None
 
 

@@ -38,6 +38,7 @@ _FILTERS = (
     ("--max-results", "maxResults"),
     ("--next-token", "nextToken"),
 )
+_ONLY_BREAK_GLASS = "Only updates that went ahead without a required approval (to review)."
 
 
 def add_steering_verbs(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
@@ -47,6 +48,7 @@ def add_steering_verbs(subparsers: argparse._SubParsersAction) -> None:  # type:
     for flag, member in _FILTERS:
         shape = shapes.LIST_INPUT.member(member)
         group.add_argument(flag, metavar="<value>", help=shape.doc if shape else None)
+    group.add_argument("--break-glass", action="store_true", help=_ONLY_BREAK_GLASS)
     add_common_options(listing, skeleton=False)
     listing.set_defaults(run=lambda args: guarded(args, _list))
     for name, text, method in (
@@ -78,9 +80,17 @@ def summary(operation: metadata_pb2.OperationSummary) -> dict[str, Any]:
         ("errorCode", operation.error_code),
         ("errorMessage", operation.error_message),
         ("cancelledBy", operation.cancelled_by),
+        ("purposeOfUse", operation.purpose_of_use),
+        ("ticket", operation.ticket),
+        ("breakGlass", operation.break_glass),
+        ("reviewedBy", operation.reviewed_by),
+        ("approvedBy", list(operation.approved_by)),
+        ("rejectedBy", operation.rejected_by),
     ):
         if value:
             out[key] = value
+    if operation.HasField("approval_expires_at"):
+        out["approvalExpiresAt"] = epoch_seconds(operation.approval_expires_at)
     return out
 
 
@@ -97,9 +107,10 @@ def _list(args: argparse.Namespace) -> int:
         state=merged.get("state", ""),
         max_results=_max_results(merged.get("maxResults")),
         next_token=merged.get("nextToken", ""),
+        break_glass=args.break_glass,
     )
     conn = resolve_connection(args, os.environ)
-    pages = _interruptible(_pages(conn, request, every=not args.no_paginate))
+    pages = interruptible(_pages(conn, request, every=not args.no_paginate))
     if pages is None:
         return INTERRUPTED_RC
     operations, next_token = pages
@@ -127,7 +138,7 @@ async def _pages(
 ) -> tuple[list[metadata_pb2.OperationSummary], str]:
     operations: list[metadata_pb2.OperationSummary] = []
     while True:
-        page = await _call(conn, "ListOperations", request)
+        page = await call(conn, "ListOperations", request)
         operations.extend(page.operations)
         if not every or not page.next_token:
             return operations, page.next_token
@@ -147,7 +158,7 @@ def _one(method: str) -> Any:
             if method == "GetOperation"
             else metadata_pb2.CancelUpdateRequest(operation_id=merged["operationId"])
         )
-        answer = _interruptible(_call(conn, method, request))
+        answer = interruptible(call(conn, method, request))
         if answer is None:
             return INTERRUPTED_RC
         print_response(summary(answer), method, out)
@@ -156,14 +167,14 @@ def _one(method: str) -> Any:
     return run
 
 
-async def _call(conn: Connection, method: str, request: Any) -> Any:
+async def call(conn: Connection, method: str, request: Any) -> Any:
     try:
         return await _engine.unary(conn.settings(), method, request)
     except ClientError as error:
         raise conn.error(error, method) from None
 
 
-def _interruptible(work: Any) -> Any:
+def interruptible(work: Any) -> Any:
     try:
         return asyncio.run(work)
     except KeyboardInterrupt:

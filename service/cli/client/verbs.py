@@ -21,7 +21,7 @@ from typing import Any, NoReturn, TypeVar
 
 from service._proto.imaging.metadata.v1 import metadata_pb2
 from service.cli.client import help as client_help
-from service.cli.client import params, shapes
+from service.cli.client import params, shapes, why
 from service.cli.client.config import resolve_connection
 from service.cli.client.connection import Connection, Tracker, evaluate, follow_update
 from service.cli.client.errors import (
@@ -126,6 +126,7 @@ def _add_update_options(parser: argparse.ArgumentParser) -> None:
         group.add_argument(name, metavar="<value>", help=helptext)
     _on_off(group, "force", client_help.FORCE)
     _on_off(group, "include-study-image-sets", client_help.INCLUDE_STUDY)
+    why.add_why_options(parser)
     group.add_argument(
         "--cli-binary-format",
         choices=params.BINARY_FORMATS,
@@ -362,6 +363,7 @@ def _update(args: argparse.Namespace) -> int:
     tracker = Tracker(idempotency_key=args.idempotency_key or str(uuid.uuid4()))
     LOG.debug("idempotency key %s", tracker.idempotency_key)
     request = to_request(update, tracker.idempotency_key)
+    why.apply_why(args, request)
     hint = client_help.reattach_options(args)
     return _follow(conn, request, tracker, out, "UpdateImageSetMetadata", args.no_wait, hint)
 
@@ -393,6 +395,7 @@ def _evaluate(args: argparse.Namespace) -> int:
         return 0
     conn = resolve_connection(args, os.environ)
     request = to_request(update, "")
+    why.apply_why(args, request)
     request.include_policy_input = args.include_policy_input
     try:
         result = asyncio.run(evaluate(conn, request))
