@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import gzip
 import json
 from collections.abc import Awaitable, Callable
@@ -9,6 +10,7 @@ from dataclasses import replace
 
 import pytest
 
+from service import references
 from service.errors import Aborted, InvalidArgument, NotFound, ProxyError, Unavailable
 from service.model import ImageSetStatus, UpdatePlan, UpdateRequest
 from service.references import check, check_version, contents, missing, named
@@ -143,3 +145,13 @@ async def test_a_failed_read_is_no_verdict_but_a_missing_image_set_is() -> None:
     with pytest.raises(NotFound):
         await check_version(update, failing(NotFound("no such image set")))
     await check_version(replace(update, latest_version_id="v1"), failing(NotFound("unread")))
+
+
+async def test_a_slow_read_is_no_verdict(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(references, "VERSION_READ_SECONDS", 0.01)
+
+    async def slow() -> ImageSetStatus:
+        await asyncio.sleep(1.0)
+        raise AssertionError("not waited for")
+
+    await check_version(plan({"Study": {"DICOM": {"StudyDescription": "X"}}}), slow)
