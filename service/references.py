@@ -2,8 +2,10 @@
 
 A `latest_version_id` older than the image set's latest version can only fail (HealthImaging's
 ConflictException), after the update has waited its turn for a write: one GetImageSet refuses it
-first (ABORTED, reason STALE_VERSION). A newer one is let through: updates queued ahead of it
-for the same image set may bring the image set to it by its turn.
+first (ABORTED, reason STALE_VERSION); when that read fails or is slow (retried through a
+throttling storm), the update goes on unchecked and HealthImaging judges it at the submit. A
+newer one is let through: updates queued ahead of it for the same image set may bring the image
+set to it by its turn.
 
 Referenced series and instances: an update may only name UIDs its image set holds.
 HealthImaging cannot create series or instances: an update naming one the image set lacks fails
@@ -20,10 +22,17 @@ import gzip
 import json
 from collections.abc import Awaitable, Callable, Mapping
 
-from service.errors import Aborted, FieldViolation, InvalidArgument
+import structlog
+
+from service.errors import Aborted, FieldViolation, InvalidArgument, NotFound, ProxyError
 from service.jsondoc import field_path
 from service.model import ImageSetStatus, UpdatePlan
 from service.updates import DICOM_UPDATES, MAX_VIOLATIONS
+
+log = structlog.get_logger(__name__)
+
+VERSION_READ_SECONDS = 2.0
+"""The version read's bound (a GetImageSet takes ~0.1 s): past it, the update goes on unchecked."""
 
 Named = Mapping[tuple[str, str], str]
 """(series UID, instance UID or "") → the field that first names it."""
@@ -83,10 +92,22 @@ async def check(plan: UpdatePlan, read: Callable[[], Awaitable[bytes]]) -> None:
 
 
 async def check_version(plan: UpdatePlan, latest: Callable[[], Awaitable[ImageSetStatus]]) -> None:
-    """Raise Aborted if the image set is already past the version the update names."""
+    """Raise Aborted if the image set is already past the version the update names. A read
+    that fails (throttled, unreachable) is no verdict: the update goes on, and HealthImaging
+    judges its version at the submit; an image set that is gone is NotFound now."""
     if not plan.latest_version_id.isdigit():
         return  # HealthImaging's versions are numbers: anything else it refuses itself
-    current = (await latest()).version_id
+    try:
+        async with asyncio.timeout(VERSION_READ_SECONDS):
+            current = (await latest()).version_id
+    except NotFound:
+        raise
+    except ProxyError as error:
+        log.info("version_check_skipped", reason=error.reason)
+        return
+    except TimeoutError:  # a throttling storm: waiting out its retries would outlast the call
+        log.info("version_check_skipped", reason="SLOW_READ")
+        return
     if current.isdigit() and int(current) > int(plan.latest_version_id):
         raise Aborted(
             f"latestVersionId {plan.latest_version_id} is stale: the image set is at version "

@@ -2,14 +2,18 @@
 
 from __future__ import annotations
 
+import asyncio
 import gzip
 import json
+from collections.abc import Awaitable, Callable
+from dataclasses import replace
 
 import pytest
 
-from service.errors import InvalidArgument
-from service.model import UpdatePlan, UpdateRequest
-from service.references import check, contents, missing, named
+from service import references
+from service.errors import Aborted, InvalidArgument, NotFound, ProxyError, Unavailable
+from service.model import ImageSetStatus, UpdatePlan, UpdateRequest
+from service.references import check, check_version, contents, missing, named
 from service.updates import normalise
 
 SERIES, OTHER_SERIES, INSTANCE = "1.2.3", "1.2.4", "1.2.3.1"
@@ -106,3 +110,48 @@ async def test_check_reads_only_when_the_update_names_series() -> None:
     with pytest.raises(InvalidArgument) as refused:
         await check(plan(series_update("8.8")), read)
     assert refused.value.violations[0].description == "no such series in the image set"
+
+
+# --- the version read before the queue (issue 21) ------------------------------------------------
+
+
+def at_version(version: str) -> Callable[[], Awaitable[ImageSetStatus]]:
+    async def read() -> ImageSetStatus:
+        return ImageSetStatus("d" * 32, "i" * 32, version, "ACTIVE", "UPDATED")
+
+    return read
+
+
+def failing(error: ProxyError) -> Callable[[], Awaitable[ImageSetStatus]]:
+    async def read() -> ImageSetStatus:
+        raise error
+
+    return read
+
+
+async def test_an_older_version_is_refused_a_newer_or_equal_one_queues() -> None:
+    update = plan({"Study": {"DICOM": {"StudyDescription": "X"}}})  # names version "1"
+    with pytest.raises(Aborted) as stale:
+        await check_version(update, at_version("3"))
+    assert (stale.value.reason, stale.value.aws_code) == ("STALE_VERSION", "ConflictException")
+    assert "at version 3" in stale.value.message
+    await check_version(update, at_version("1"))
+    await check_version(replace(update, latest_version_id="2"), at_version("1"))  # queued behind
+
+
+async def test_a_failed_read_is_no_verdict_but_a_missing_image_set_is() -> None:
+    update = plan({"Study": {"DICOM": {"StudyDescription": "X"}}})
+    await check_version(update, failing(Unavailable("throttled")))
+    with pytest.raises(NotFound):
+        await check_version(update, failing(NotFound("no such image set")))
+    await check_version(replace(update, latest_version_id="v1"), failing(NotFound("unread")))
+
+
+async def test_a_slow_read_is_no_verdict(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(references, "VERSION_READ_SECONDS", 0.01)
+
+    async def slow() -> ImageSetStatus:
+        await asyncio.sleep(1.0)
+        raise AssertionError("not waited for")
+
+    await check_version(plan({"Study": {"DICOM": {"StudyDescription": "X"}}}), slow)
