@@ -19,7 +19,7 @@ from service import audit
 from service.config import LimitSettings
 from service.errors import PermissionDenied, ResourceExhausted
 from service.metrics import Metrics
-from service.model import Caller, is_resource_id
+from service.model import Caller, Decision, is_resource_id
 from service.policy import RoleAnswer
 
 NO_ROLE = "caller holds no role on this datastore"
@@ -127,6 +127,13 @@ class Gate:
             limits.max_pending_per_principal, limits.max_pending, limits.retry_after_seconds
         )
         self._metrics = metrics
+        self._entered: dict[object, float] = {}
+        """When each request holding a slot entered (insertion order: the oldest first)."""
+        metrics.oldest_waiting.labels("deciding").set_function(self._oldest_age)
+
+    def _oldest_age(self) -> float:
+        oldest = next(iter(self._entered.values()), None)
+        return 0.0 if oldest is None else time.monotonic() - oldest
 
     @asynccontextmanager
     async def entry(
@@ -140,9 +147,12 @@ class Gate:
             self._metrics.gate_refusals.labels(refused.reason.lower()).inc()
             raise
         self._metrics.pending.set(self._pending.in_flight)
+        token = object()
+        self._entered[token] = time.monotonic()
         try:
             yield
         finally:
+            del self._entered[token]
             self._pending.release(caller.principal)
             self._metrics.pending.set(self._pending.in_flight)
 
@@ -153,7 +163,8 @@ class Gate:
         if answer.roles is None or answer.roles:  # undefined: the full decision judges
             return
         self._metrics.gate_refusals.labels("no_role").inc()
-        shown = image_set_id if is_resource_id(image_set_id) else ""  # unchecked input: not logged
-        audit.no_role(caller, datastore_id, shown, answer.decision_id, NO_ROLE)
+        self._metrics.decisions.labels("denied", "no_role").inc()
+        refusal = Decision(False, (NO_ROLE,), answer.decision_id, answer.decision_id_source)
+        audit.no_role(caller, datastore_id, image_set_id, refusal)
         message = f"policy denied this update: {NO_ROLE}"
         raise PermissionDenied(message, answer.decision_id, [NO_ROLE])

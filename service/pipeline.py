@@ -8,10 +8,11 @@ from __future__ import annotations
 import time
 import uuid
 from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 
 from service import audit, tracing
 from service.config import LimitSettings
-from service.errors import PermissionDenied
+from service.errors import PermissionDenied, PolicyUnavailable
 from service.events import Event
 from service.gate import Gate
 from service.journal import fingerprint
@@ -23,6 +24,7 @@ from service.streams import Streams
 from service.updates import normalise
 
 ADMIN_ROLE = "metadata-admin"
+UPDATE_RPC, EVALUATE_RPC = "UpdateImageSetMetadata", "EvaluateUpdate"
 
 
 class Pipeline:
@@ -52,7 +54,7 @@ class Pipeline:
 
         A retry with the same idempotency key follows the first operation, undecided again.
         """
-        async with self._gate.entry(caller, request.datastore_id, request.image_set_id):
+        async with self._decision_of(caller, request, UPDATE_RPC):
             plan = normalise(request, self._limits)
             record = await self._runner.existing(caller.principal, request)
             decision = await self._allowed(caller, plan) if record is None else None
@@ -69,9 +71,11 @@ class Pipeline:
 
     async def evaluate(self, caller: Caller, request: UpdateRequest) -> tuple[UpdatePlan, Decision]:
         """Validate, classify and decide; nothing is submitted."""
-        async with self._gate.entry(caller, request.datastore_id, request.image_set_id):
+        async with self._decision_of(caller, request, EVALUATE_RPC):
             plan = normalise(request, self._limits)
-            return plan, await self._decide(caller, plan)
+            decision = await self._decide(caller, plan)
+        self._decided(caller, plan, decision, EVALUATE_RPC)
+        return plan, decision
 
     async def watch(self, caller: Caller, operation_id: str) -> AsyncIterator[Event]:
         """Re-attach to an operation by id (its owner, or an admin on its data store)."""
@@ -79,17 +83,34 @@ class Pipeline:
         await self._may_watch(caller, record)
         return self._streams.follow(record)
 
+    @asynccontextmanager
+    async def _decision_of(
+        self, caller: Caller, request: UpdateRequest, rpc: str
+    ) -> AsyncIterator[None]:
+        """Through the gate for the block; a refusal because OPA did not answer is audited."""
+        try:
+            async with self._gate.entry(caller, request.datastore_id, request.image_set_id):
+                yield
+        except PolicyUnavailable as error:
+            self._metrics.decisions.labels("unavailable", error.cause).inc()
+            audit.unavailable(caller, request.datastore_id, request.image_set_id, rpc, error.cause)
+            raise
+
     async def _allowed(self, caller: Caller, plan: UpdatePlan) -> Decision:
-        """OPA's decision when it allows the update; PermissionDenied (audited) otherwise."""
+        """OPA's decision (audited); PermissionDenied unless it allows the update."""
         decision = await self._decide(caller, plan)
+        self._decided(caller, plan, decision, UPDATE_RPC)
         if not decision.allow:
-            audit.denied(caller, plan, decision)
             raise PermissionDenied(
                 "policy denied this update: " + "; ".join(decision.reasons or ("no reason given",)),
                 decision.decision_id,
                 decision.reasons,
             )
         return decision
+
+    def _decided(self, caller: Caller, plan: UpdatePlan, decision: Decision, rpc: str) -> None:
+        self._metrics.decisions.labels("allowed" if decision.allow else "denied", "policy").inc()
+        audit.decided(caller, plan, decision, rpc)
 
     async def _decide(self, caller: Caller, plan: UpdatePlan) -> Decision:
         started = time.perf_counter()
