@@ -40,17 +40,27 @@ Write = Callable[[Record], None]
 log = structlog.get_logger(__name__)
 
 
-def _dropped(_: Record) -> None:
-    """No sink opened (a unit test of one stage): records go nowhere."""
+_sinks: list[Write] = []
+"""Where records go: the sink `opened` (and a test's `capture`); none: nowhere."""
 
 
-_write: Write = _dropped
+def _write(record: Record) -> None:
+    for sink in _sinks:
+        sink(record)
+
+
+@contextlib.contextmanager
+def _added(sink: Write) -> Iterator[None]:
+    _sinks.append(sink)
+    try:
+        yield
+    finally:
+        _sinks.remove(sink)
 
 
 @contextlib.contextmanager
 def opened(settings: AuditSettings) -> Iterator[None]:
     """Write records to `settings.path` ("-": standard output) while inside."""
-    global _write
     render = _renderer(settings)
     with _stream(settings.path) as stream:
 
@@ -63,23 +73,16 @@ def opened(settings: AuditSettings) -> Iterator[None]:
                     "audit_write_failed", audit_event=record["event"], error=type(exc).__name__
                 )
 
-        _write = write
-        try:
+        with _added(write):
             yield
-        finally:
-            _write = _dropped
 
 
 @contextlib.contextmanager
 def capture() -> Iterator[list[Record]]:
-    """The records written while inside, as dicts (for tests of one stage)."""
-    global _write
+    """The records written while inside, as dicts (for tests), besides any opened sink."""
     records: list[Record] = []
-    previous, _write = _write, records.append
-    try:
+    with _added(records.append):
         yield records
-    finally:
-        _write = previous
 
 
 def _renderer(settings: AuditSettings) -> Callable[[Record], str]:
@@ -121,9 +124,11 @@ def decided(caller: Caller, plan: UpdatePlan, decision: Decision, rpc: str) -> N
     )
 
 
-def no_role(caller: Caller, datastore_id: str, image_set_id: str, decision: Decision) -> None:
+def no_role(
+    caller: Caller, datastore_id: str, image_set_id: str, decision: Decision, rpc: str
+) -> None:
     """Denied before the document was read: OPA's roles answer gives the caller none here."""
-    _emit("decision", "denied", caller, datastore_id, _checked(image_set_id), decision)
+    _emit("decision", "denied", caller, datastore_id, _checked(image_set_id), decision, rpc=rpc)
 
 
 def unavailable(

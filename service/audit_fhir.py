@@ -42,7 +42,10 @@ def to_fhir(record: dict[str, Any]) -> dict[str, Any]:
         "recorded": record["time"],
         "outcome": {
             "code": {"system": OUTCOMES, "code": _outcome_code(record["outcome"])},
-            "detail": [{"text": record["outcome"]}, *({"text": r} for r in record["reasons"])],
+            "detail": [
+                {"text": record["outcome"]},
+                *({"text": r} for r in record.get("reasons", ())),
+            ],
         },
         "agent": [_agent(record)],
         "source": {"observer": {"display": "imaging-proxy"}},

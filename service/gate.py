@@ -137,10 +137,10 @@ class Gate:
 
     @asynccontextmanager
     async def entry(
-        self, caller: Caller, datastore_id: str, image_set_id: str
+        self, caller: Caller, datastore_id: str, image_set_id: str, rpc: str = ""
     ) -> AsyncIterator[None]:
-        """Refuse a caller without a role, then hold a pending slot for the block."""
-        await self._require_a_role(caller, datastore_id, image_set_id)
+        """Refuse a caller without a role (audited as `rpc`'s), then hold a pending slot."""
+        await self._require_a_role(caller, datastore_id, image_set_id, rpc)
         try:
             self._pending.acquire(caller.principal)
         except ResourceExhausted as refused:
@@ -156,7 +156,9 @@ class Gate:
             self._pending.release(caller.principal)
             self._metrics.pending.set(self._pending.in_flight)
 
-    async def _require_a_role(self, caller: Caller, datastore_id: str, image_set_id: str) -> None:
+    async def _require_a_role(
+        self, caller: Caller, datastore_id: str, image_set_id: str, rpc: str
+    ) -> None:
         if not is_resource_id(datastore_id):
             return
         answer = await self._roles.answer(caller, datastore_id)
@@ -165,6 +167,6 @@ class Gate:
         self._metrics.gate_refusals.labels("no_role").inc()
         self._metrics.decisions.labels("denied", "no_role").inc()
         refusal = Decision(False, (NO_ROLE,), answer.decision_id, answer.decision_id_source)
-        audit.no_role(caller, datastore_id, image_set_id, refusal)
+        audit.no_role(caller, datastore_id, image_set_id, refusal, rpc)
         message = f"policy denied this update: {NO_ROLE}"
         raise PermissionDenied(message, answer.decision_id, [NO_ROLE])

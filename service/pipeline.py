@@ -89,7 +89,7 @@ class Pipeline:
     ) -> AsyncIterator[None]:
         """Through the gate for the block; a refusal because OPA did not answer is audited."""
         try:
-            async with self._gate.entry(caller, request.datastore_id, request.image_set_id):
+            async with self._gate.entry(caller, request.datastore_id, request.image_set_id, rpc):
                 yield
         except PolicyUnavailable as error:
             self._metrics.decisions.labels("unavailable", error.cause).inc()
