@@ -21,7 +21,7 @@ def configure(level: str = "info", json: bool = True) -> None:
     """Route structlog and stdlib logging to stderr as one JSON object per line."""
     numeric = logging.getLevelNamesMapping()[level.upper()]
     # Read by gRPC core when it starts (the first channel or server), not at import.
-    os.environ.setdefault(GRPC_VERBOSITY, "DEBUG" if numeric <= logging.DEBUG else "NONE")
+    os.environ.setdefault(GRPC_VERBOSITY, "NONE")  # GRPC_VERBOSITY=debug in the env asks for it
     renderer: structlog.typing.Processor = (
         structlog.processors.JSONRenderer() if json else structlog.dev.ConsoleRenderer()
     )
