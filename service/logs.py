@@ -3,7 +3,7 @@
 The proxy's own lines come from structlog. The libraries' stdlib logging (botocore's "Found
 credentials…", grpc, aiohttp, OpenTelemetry's export errors) and Python's warnings go through
 structlog's ProcessorFormatter, so they are JSON too. gRPC core's C logging, which writes to
-stderr by itself, is silenced unless debug is asked for.
+stderr by itself, is silenced unless GRPC_VERBOSITY asks for it (`quiet_grpc_core`).
 """
 
 from __future__ import annotations
@@ -17,11 +17,16 @@ import structlog
 GRPC_VERBOSITY = "GRPC_VERBOSITY"
 
 
+def quiet_grpc_core() -> None:
+    """gRPC core logs to stderr by itself, in its own format: off, unless the environment sets
+    GRPC_VERBOSITY (e.g. `GRPC_VERBOSITY=debug` to see its handshakes). gRPC reads the variable
+    when it is imported, so this runs before anything imports grpc (service/cli/__init__.py)."""
+    os.environ.setdefault(GRPC_VERBOSITY, "NONE")
+
+
 def configure(level: str = "info", json: bool = True) -> None:
     """Route structlog and stdlib logging to stderr as one JSON object per line."""
     numeric = logging.getLevelNamesMapping()[level.upper()]
-    # Read by gRPC core when it starts (the first channel or server), not at import.
-    os.environ.setdefault(GRPC_VERBOSITY, "NONE")  # GRPC_VERBOSITY=debug in the env asks for it
     renderer: structlog.typing.Processor = (
         structlog.processors.JSONRenderer() if json else structlog.dev.ConsoleRenderer()
     )

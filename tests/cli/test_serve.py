@@ -63,8 +63,8 @@ def test_serve_refuses_bad_settings_without_a_traceback(
         timeout=60,
     )
     assert done.returncode == 253
-    assert message in done.stderr
-    assert "Traceback" not in done.stderr
+    [line] = [json.loads(line) for line in done.stderr.splitlines()]  # one line, and JSON
+    assert line["event"] == "bad_configuration" and message in line["error"]
 
 
 def _serve_argv(tmp_path: Path, name: str, ports: dict[str, int]) -> list[str]:
@@ -103,4 +103,5 @@ def test_a_second_serve_on_a_port_in_use_exits_253_naming_it(tmp_path: Path, key
     assert done.returncode == 253, done.stderr
     assert f"server.{key}: cannot listen on 127.0.0.1:{taken[key]}" in done.stderr
     assert "Traceback" not in done.stderr
+    assert all(json.loads(line) for line in done.stderr.splitlines())  # every line is JSON
     assert "serving" not in done.stdout + done.stderr
