@@ -148,6 +148,23 @@ def unavailable(
     )
 
 
+def access_decided(caller: Caller, record: OperationRecord, decision: Decision, rpc: str) -> None:
+    """OPA decided whether `caller` may act on another's operation (watch it, list, cancel)."""
+    request = record.request
+    outcome = "allowed" if decision.allow else "denied"
+    _emit(
+        "decision",
+        outcome,
+        caller,
+        request.datastore_id,
+        request.image_set_id,
+        decision,
+        rpc=rpc,
+        operation_id=record.id,
+        owner=record.principal,
+    )
+
+
 def submitted(caller: Caller, record: OperationRecord) -> None:
     """The update was sent to HealthImaging (accepted: a new version is being written)."""
     _operation("submit", "submitted", caller, record)

@@ -24,7 +24,7 @@ from service.streams import Streams
 from service.updates import normalise
 
 ADMIN_ROLE = "metadata-admin"
-UPDATE_RPC, EVALUATE_RPC = "UpdateImageSetMetadata", "EvaluateUpdate"
+UPDATE_RPC, EVALUATE_RPC, WATCH_RPC = "UpdateImageSetMetadata", "EvaluateUpdate", "WatchUpdate"
 
 
 class Pipeline:
@@ -87,10 +87,18 @@ class Pipeline:
     async def _decision_of(
         self, caller: Caller, request: UpdateRequest, rpc: str
     ) -> AsyncIterator[None]:
-        """Through the gate for the block; a refusal because OPA did not answer is audited."""
+        """Through the gate for the block, failing closed (audited) when OPA cannot answer."""
+        gate = self._gate.entry(caller, request.datastore_id, request.image_set_id, rpc)
+        async with self._failing_closed(caller, request, rpc), gate:
+            yield
+
+    @asynccontextmanager
+    async def _failing_closed(
+        self, caller: Caller, request: UpdateRequest, rpc: str
+    ) -> AsyncIterator[None]:
+        """A refusal because OPA gave no usable answer is audited and counted."""
         try:
-            async with self._gate.entry(caller, request.datastore_id, request.image_set_id, rpc):
-                yield
+            yield
         except PolicyUnavailable as error:
             self._metrics.decisions.labels("unavailable", error.cause).inc()
             audit.unavailable(caller, request.datastore_id, request.image_set_id, rpc, error.cause)
@@ -121,14 +129,23 @@ class Pipeline:
             self._metrics.decision_seconds.observe(time.perf_counter() - started)
 
     async def _may_watch(self, caller: Caller, record: OperationRecord) -> None:
-        """Its owner, or an admin on its data store (roles as OPA grants them)."""
+        """Its owner, or an admin on its data store (roles as OPA grants them; audited)."""
         if caller.principal == record.principal:
             return
-        if ADMIN_ROLE in await self._policy.roles(caller, record.request.datastore_id):
-            return
-        raise PermissionDenied(
-            "only the caller who started an operation (or an admin) may watch it"
-        )
+        request = record.request
+        async with self._failing_closed(caller, request, WATCH_RPC):
+            answer = await self._policy.role_answer(caller, request.datastore_id)
+        allowed = ADMIN_ROLE in (answer.roles or ())
+        reasons = () if allowed else (f"not the operation's owner, and no {ADMIN_ROLE} role",)
+        decision = Decision(allowed, reasons, answer.decision_id, answer.decision_id_source)
+        self._metrics.decisions.labels("allowed" if allowed else "denied", "policy").inc()
+        audit.access_decided(caller, record, decision, WATCH_RPC)
+        if not allowed:
+            raise PermissionDenied(
+                "only the caller who started an operation (or an admin) may watch it",
+                decision.decision_id,
+                decision.reasons,
+            )
 
 
 def new_record(

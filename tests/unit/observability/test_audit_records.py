@@ -36,6 +36,7 @@ def every_kind_of_record() -> list[dict[str, Any]]:
         audit.finished(CALLER, failed)
         audit.cancelled(ADMIN, record)
         audit.refused("WatchUpdate", "UNAUTHENTICATED")
+        audit.access_decided(ADMIN, record, Decision(True, (), "d-4"), "WatchUpdate")
     return records
 
 
@@ -45,12 +46,16 @@ def test_every_record_is_valid_against_the_schema() -> None:
         jsonschema.validate(record, SCHEMA, format_checker=jsonschema.FormatChecker())
     assert [r["event"] for r in records] == [
         "decision", "decision", "decision", "decision", "submit", "finish", "cancel", "refusal",
+        "decision",
     ]  # fmt: skip
     assert records[2]["image_set_id"] == ""  # unchecked input is never written
     assert records[5]["outcome"] == "BACKEND_UNAVAILABLE"
     cancel = records[6]
     assert (cancel["principal"], cancel["owner"]) == (ADMIN.principal, CALLER.principal)
     assert records[3]["decision_id_source"] == records[7]["decision_id_source"] == "proxy"
+    watch = records[8]  # an admin may watch another's operation: OPA's roles decided it
+    assert (watch["rpc"], watch["owner"], watch["operation_id"]) == (
+        "WatchUpdate", CALLER.principal, "op-1")  # fmt: skip
 
 
 def test_the_schema_refuses_a_record_without_a_decision_id() -> None:
