@@ -112,119 +112,61 @@ def _stream(path: str) -> Iterator[IO[str]]:
 def decided(caller: Caller, plan: UpdatePlan, decision: Decision, rpc: str) -> None:
     """OPA allowed or denied an update (or an evaluation of one)."""
     outcome = "allowed" if decision.allow else "denied"
-    _emit(
-        "decision",
-        outcome,
-        caller,
-        plan.datastore_id,
-        plan.image_set_id,
-        decision,
-        rpc=rpc,
-        **_plan_fields(plan),
-    )
+    _emit("decision", outcome, caller, decision, rpc=rpc, **_plan_fields(plan))
 
 
 def no_role(
     caller: Caller, datastore_id: str, image_set_id: str, decision: Decision, rpc: str
 ) -> None:
     """Denied before the document was read: OPA's roles answer gives the caller none here."""
-    _emit("decision", "denied", caller, datastore_id, _checked(image_set_id), decision, rpc=rpc)
+    where = {"datastore_id": datastore_id, "image_set_id": _checked(image_set_id)}
+    _emit("decision", "denied", caller, decision, rpc=rpc, **where)
 
 
 def unavailable(
     caller: Caller, datastore_id: str, image_set_id: str, rpc: str, cause: PolicyCause
 ) -> None:
     """Refused because OPA gave no usable answer (down, slow, erroring): fail closed, audited."""
-    made, source = decision_id("")
-    refusal = Decision(False, (f"policy decision unavailable: {cause}",), made, source)
-    _emit(
-        "decision",
-        "unavailable",
-        caller,
-        _checked(datastore_id),
-        _checked(image_set_id),
-        refusal,
-        rpc=rpc,
-    )
+    refusal = Decision(False, (f"policy decision unavailable: {cause}",), *decision_id(""))
+    where = {"datastore_id": _checked(datastore_id), "image_set_id": _checked(image_set_id)}
+    _emit("decision", "unavailable", caller, refusal, rpc=rpc, **where)
 
 
 def access_decided(caller: Caller, record: OperationRecord, decision: Decision, rpc: str) -> None:
     """OPA decided whether `caller` may act on another's operation (watch it, list, cancel)."""
-    request = record.request
     outcome = "allowed" if decision.allow else "denied"
-    _emit(
-        "decision",
-        outcome,
-        caller,
-        request.datastore_id,
-        request.image_set_id,
-        decision,
-        rpc=rpc,
-        operation_id=record.id,
-        owner=record.principal,
-    )
+    fields = _operation_fields(record)
+    _emit("decision", outcome, caller, decision, rpc=rpc, owner=record.principal, **fields)
 
 
 def submitted(caller: Caller, record: OperationRecord) -> None:
     """The update was sent to HealthImaging (accepted: a new version is being written)."""
-    _operation("submit", "submitted", caller, record)
+    _emit("submit", "submitted", caller, record.decision, **_operation_fields(record))
 
 
 def finished(caller: Caller, record: OperationRecord) -> None:
     """The operation has ended: HealthImaging's final status, or the error that ended it."""
     status = record.last_status
     outcome = record.error.reason if record.error else (status.workflow_status if status else "")
-    _operation("finish", outcome or "UNKNOWN", caller, record)
+    _emit("finish", outcome or "UNKNOWN", caller, record.decision, **_operation_fields(record))
 
 
 def cancelled(caller: Caller, record: OperationRecord) -> None:
     """`caller` (the owner, or one the policy lets) cancelled the operation before its submit."""
-    _operation("cancel", "cancelled", caller, record, owner=record.principal)
+    fields = _operation_fields(record)
+    _emit("cancel", "cancelled", caller, record.decision, owner=record.principal, **fields)
 
 
 def refused(rpc: str, reason: str) -> None:
     """A call refused before its caller was identified (UNAUTHENTICATED): nobody to name."""
-    made, source = decision_id("")
-    record = _base("refusal", reason, "", "", made, source)
+    record = _base("refusal", reason, "", "", *decision_id(""))
     _write({**record, "rpc": rpc, **tracing.log_fields()})
 
 
-def _operation(
-    event: Event, outcome: str, caller: Caller, record: OperationRecord, **extra: str
-) -> None:
-    request = record.request
-    fields = {"operation_id": record.id, "kind": request.kind, "tags": list(record.touched)}
-    _emit(
-        event,
-        outcome,
-        caller,
-        request.datastore_id,
-        request.image_set_id,
-        record.decision,
-        **fields,
-        **extra,
-    )
-
-
-def _emit(
-    event: Event,
-    outcome: str,
-    caller: Caller,
-    datastore_id: str,
-    image_set_id: str,
-    decision: Decision,
-    **fields: Any,
-) -> None:
-    record = _base(
-        event,
-        outcome,
-        caller.principal,
-        caller.auth_method,
-        decision.decision_id,
-        decision.decision_id_source,
-    )
-    record.update(datastore_id=datastore_id, image_set_id=image_set_id, **fields)
-    record["reasons"] = list(decision.reasons)
+def _emit(event: Event, outcome: str, caller: Caller, decision: Decision, **fields: Any) -> None:
+    made, source = decision.decision_id, decision.decision_id_source
+    record = _base(event, outcome, caller.principal, caller.auth_method, made, source)
+    record.update(fields, reasons=list(decision.reasons))
     _write({**record, **tracing.log_fields()})
 
 
@@ -250,10 +192,23 @@ def _base(
 
 def _plan_fields(plan: UpdatePlan) -> Record:
     return {
+        "datastore_id": plan.datastore_id,
+        "image_set_id": plan.image_set_id,
         "kind": plan.kind,
         "force": plan.force,
         "include_study_image_sets": plan.include_study_image_sets,
         "tags": list(plan.touched_tags()),
+    }
+
+
+def _operation_fields(record: OperationRecord) -> Record:
+    request = record.request
+    return {
+        "datastore_id": request.datastore_id,
+        "image_set_id": request.image_set_id,
+        "operation_id": record.id,
+        "kind": request.kind,
+        "tags": list(record.touched),
     }
 
 
