@@ -91,3 +91,10 @@ def test_a_sink_that_cannot_be_opened_is_a_configuration_error(tmp_path: Path) -
         audit.opened(AuditSettings(path=str(tmp_path / "missing" / "audit.jsonl"))),
     ):
         pass
+
+
+def test_a_record_fhir_resources_finds_invalid_is_refused_not_written() -> None:
+    """A shape not seen before is validated: a time that is no instant is a ValidationError."""
+    record = {**every_kind_of_record()[0], "time": "yesterday", "shape": "never seen"}
+    with pytest.raises(ValueError, match="recorded"):
+        to_fhir_json(record)
