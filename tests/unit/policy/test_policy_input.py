@@ -177,5 +177,6 @@ def test_without_an_opa_decision_id_the_proxy_makes_one(response: dict[str, Any]
     ],
 )  # fmt: skip
 def test_malformed_answers_fail_closed(response: dict[str, Any], problem: str) -> None:
-    with pytest.raises(PolicyUnavailable, match=problem):
+    with pytest.raises(PolicyUnavailable, match=problem) as refused:
         parse_result(response)
+    assert refused.value.cause == ("undefined" if problem == "undefined" else "malformed")
