@@ -3,25 +3,15 @@
 The proxy's own lines come from structlog. The libraries' stdlib logging (botocore's "Found
 credentials…", grpc, aiohttp, OpenTelemetry's export errors) and Python's warnings go through
 structlog's ProcessorFormatter, so they are JSON too. gRPC core's C logging, which writes to
-stderr by itself, is silenced unless GRPC_VERBOSITY asks for it (`quiet_grpc_core`).
+stderr by itself, is silenced unless GRPC_VERBOSITY asks for it (service/cli/__init__.py).
 """
 
 from __future__ import annotations
 
 import logging
-import os
 import sys
 
 import structlog
-
-GRPC_VERBOSITY = "GRPC_VERBOSITY"
-
-
-def quiet_grpc_core() -> None:
-    """gRPC core logs to stderr by itself, in its own format: off, unless the environment sets
-    GRPC_VERBOSITY (e.g. `GRPC_VERBOSITY=debug` to see its handshakes). gRPC reads the variable
-    when it is imported, so this runs before anything imports grpc (service/cli/__init__.py)."""
-    os.environ.setdefault(GRPC_VERBOSITY, "NONE")
 
 
 def configure(level: str = "info", json: bool = True) -> None:

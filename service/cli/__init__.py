@@ -1,6 +1,11 @@
-"""The `imaging-proxy` command. Loaded before any of its verbs imports grpc, so gRPC core's own
-stderr lines are off from the start (service/logs.py)."""
+"""The `imaging-proxy` command.
 
-from service.logs import quiet_grpc_core
+gRPC core logs to stderr by itself, in its own format (handshake failures, bind errors): off
+unless the environment sets GRPC_VERBOSITY (e.g. `GRPC_VERBOSITY=debug`). gRPC reads the variable
+when it loads, so it is set here, before any verb imports grpc; the proxy's own logs stay JSON
+(service/logs.py) and the client verbs' screens free of raw core lines.
+"""
 
-quiet_grpc_core()
+import os
+
+os.environ.setdefault("GRPC_VERBOSITY", "NONE")
