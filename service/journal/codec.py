@@ -272,6 +272,7 @@ def _decision(document: Mapping[str, Any]) -> Decision:
         document["allow"],
         tuple(document["reasons"]),
         document["decision_id"],
+        document.get("decision_id_source", "opa"),  # records from before the field
         ApprovalNeed(
             tuple(need["roles"]), tuple(need["principals"]), need["count"], need["ttl_seconds"]
         )
