@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 import grpc
+import jsonschema
 import pytest
 
 from service._proto.imaging.metadata.v1 import metadata_pb2 as pb
@@ -45,6 +46,7 @@ PATIENT, ADMIN, EDITOR, CLINICIAN = (
     dev("demo-editor"),
     dev("demo-clinician"),
 )
+SCHEMA = json.loads((Path(__file__).parents[2] / "docs" / "audit.schema.json").read_text())
 JUSTIFICATION = "MRN typo on DOE^JANE, see HIM-42"  # recognisable: it must never be logged
 SHORT_LIVED_TAG = "00100021"  # IssuerOfPatientID: a rule of its own that expires in 2 s
 
@@ -312,15 +314,23 @@ async def test_break_glass_goes_ahead_audited_counted_and_reviewable(
     assert own.code() == not_reviewer.code() == grpc.StatusCode.PERMISSION_DENIED
     assert reviewed.reviewed_by == "dev:demo-admin" and reviewed.break_glass
     assert without_role.code() == grpc.StatusCode.PERMISSION_DENIED
-    log = proxy.log_path.read_text()
-    assert JUSTIFICATION not in log
-    audits = [json.loads(line) for line in log.splitlines() if '"audit"' in line]
-    glass = [a for a in audits if a.get("outcome") == "BREAK_GLASS"]
+    assert JUSTIFICATION not in proxy.log_path.read_text()
+    assert JUSTIFICATION not in proxy.audit_path.read_text()
+    audits = proxy.audit_records()
+    for record in audits:
+        jsonschema.validate(record, SCHEMA, format_checker=jsonschema.FormatChecker())
+    glass = [a for a in audits if a["outcome"] == "break_glass"]
     assert len(glass) == 1 and glass[0]["purpose_of_use"] == "ETREAT"
-    assert glass[0]["ticket"] == "HIM-42"
+    assert glass[0]["event"] == "decision" and glass[0]["ticket"] == "HIM-42"
     assert glass[0]["justification_length"] == len(JUSTIFICATION)
     assert glass[0]["justification_sha256"] == hashlib.sha256(JUSTIFICATION.encode()).hexdigest()
-    assert any(a.get("outcome") == "REVIEWED" for a in audits)
+    finished = [a for a in audits if a["event"] == "finish" and a["operation_id"] == operation_id]
+    assert finished[0]["break_glass"] is True
+    reviews = [a for a in audits if a["outcome"] == "reviewed"]
+    assert [(r["principal"], r["owner"]) for r in reviews] == [
+        ("dev:demo-admin", "dev:demo-clinician")
+    ]
+    assert reviews[0]["comment_sha256"] == hashlib.sha256(b"justified").hexdigest()
     url = f"http://127.0.0.1:{proxy.metrics_port}/metrics"
     metrics = await asyncio.to_thread(lambda: urllib.request.urlopen(url).read())
     assert b"imaging_proxy_break_glass_total 1.0" in metrics
