@@ -127,8 +127,12 @@ async def may_act_on(
         }
     }
     decision = await policy.permits(caller, action, request.datastore_id, facts)
+    audit.access_decided(caller, record, decision, _RPCS[action])
     if not decision.allow:
         raise _denied(action, decision.reasons, decision.decision_id)
+
+
+_RPCS = {"watch": "WatchUpdate", "get": "GetOperation", "cancel": "CancelUpdate"}
 
 
 def _denied(action: str, reasons: tuple[str, ...], decision_id: str) -> PermissionDenied:

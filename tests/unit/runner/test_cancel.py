@@ -12,6 +12,7 @@ from typing import Any
 import pytest
 from structlog.testing import capture_logs
 
+from service import audit
 from service.errors import InvalidArgument, NotCancellable, PermissionDenied
 from service.events import Cancelled, Event
 from service.model import Caller, Decision, OperationQuery, OperationRecord
@@ -92,15 +93,18 @@ async def test_the_owner_cancels_a_queued_update_and_its_stream_ends_cancelled(
         second = await queued_behind_a_stuck_update(one, image_set)
         events = asyncio.create_task(stream(one, second))
         steering = Steering(Policy(), one.runner, one.journal)  # type: ignore[arg-type]
-        cancelled = await steering.cancel(CALLER, "second")
+        with audit.capture() as audited:
+            cancelled = await steering.cancel(CALLER, "second")
         told = await asyncio.wait_for(events, WITHIN)
         image_set.stuck = False
     assert cancelled.state == "cancelled" and cancelled.cancelled_by == CALLER.principal
     assert told[-1] == Cancelled("second", told[-1].at, CALLER.principal)
     assert shared.states("second") == ["queued", "cancelled"]
     assert image_set.submits == 1  # the first one only
-    audit = [line for line in logs if line["event"] == "audit" and line.get("rpc")]
-    assert audit[0]["outcome"] == "CANCELLED" and audit[0]["operation_id"] == "second"
+    assert [(r["event"], r["outcome"], r["operation_id"]) for r in audited] == [
+        ("finish", "cancelled", "second"),  # its task ended
+        ("cancel", "cancelled", "second"),  # who cancelled it
+    ]
     assert "dev:alice" not in str([line.get("value") for line in logs])
 
 
