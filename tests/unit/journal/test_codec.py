@@ -178,7 +178,8 @@ def test_a_document_leaves_the_stored_record_once_submitted() -> None:
     states: tuple[State, ...] = get_args(State)
     for state in states:  # in lifecycle order, through one encoder
         body = encoder.encode(replace(record, state=state)).encode()
-        assert (base64.b64encode(MARKER) in body) == (state in ("awaiting_approval", "queued", "submitting"))
+        kept = state in ("awaiting_approval", "queued", "submitting")
+        assert (base64.b64encode(MARKER) in body) == kept
 
 
 STORED = (  # written by the asdict encoder (before issue 12) for the record below
