@@ -51,6 +51,8 @@ _UPDATE_SYNOPSIS = """\
   [--include-study-image-sets | --no-include-study-image-sets]
   --update-image-set-metadata-updates <value>
   [--cli-binary-format <value>]
+  [--purpose-of-use <value>] [--justification <value>] [--ticket <value>]
+  [--break-glass]
 """
 
 OUTPUT_SECTION = """\
