@@ -9,10 +9,11 @@ import json
 import time
 import uuid
 from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 
 from service import audit, tracing
 from service.config import LimitSettings
-from service.errors import PermissionDenied
+from service.errors import PermissionDenied, PolicyUnavailable
 from service.events import Event
 from service.gate import Gate
 from service.journal import fingerprint
@@ -23,6 +24,8 @@ from service.runner import Runner
 from service.steering import may_act_on
 from service.streams import Streams
 from service.updates import normalise
+
+UPDATE_RPC, EVALUATE_RPC, WATCH_RPC = "UpdateImageSetMetadata", "EvaluateUpdate", "WatchUpdate"
 
 
 class Pipeline:
@@ -52,7 +55,7 @@ class Pipeline:
 
         A retry with the same idempotency key follows the first operation, undecided again.
         """
-        async with self._gate.entry(caller, request.datastore_id, request.image_set_id):
+        async with self._decision_of(caller, request, UPDATE_RPC):
             plan = normalise(request, self._limits)
             record = await self._runner.existing(caller.principal, request)
             decision = await self._allowed(caller, plan) if record is None else None
@@ -72,14 +75,17 @@ class Pipeline:
     ) -> tuple[UpdatePlan, Decision, str]:
         """Validate, classify and decide; nothing is submitted. `with_input`: also the exact
         policy input as JSON, when the policy lets the caller see it (else PermissionDenied)."""
-        async with self._gate.entry(caller, request.datastore_id, request.image_set_id):
+        async with self._decision_of(caller, request, EVALUATE_RPC):
             plan = normalise(request, self._limits)
             decision = await self._decide(caller, plan)
-            shown = await self._policy_input(caller, plan) if with_input else ""
-            return plan, decision, shown
+        self._decided(caller, plan, decision, EVALUATE_RPC)
+        shown = await self._policy_input(caller, plan, request) if with_input else ""
+        return plan, decision, shown
 
-    async def _policy_input(self, caller: Caller, plan: UpdatePlan) -> str:
-        seeing = await self._policy.permits(caller, "see_input", plan.datastore_id, {})
+    async def _policy_input(self, caller: Caller, plan: UpdatePlan, request: UpdateRequest) -> str:
+        async with self._failing_closed(caller, request, EVALUATE_RPC):
+            seeing = await self._policy.permits(caller, "see_input", plan.datastore_id, {})
+        self._metrics.decisions.labels("allowed" if seeing.allow else "denied", "policy").inc()
         if not seeing.allow:
             reasons = "; ".join(seeing.reasons or ("no reason given",))
             raise PermissionDenied(
@@ -90,20 +96,45 @@ class Pipeline:
     async def watch(self, caller: Caller, operation_id: str) -> AsyncIterator[Event]:
         """Re-attach to an operation by id (its owner, or an admin on its data store)."""
         record = await self._runner.lookup(operation_id)
-        await may_act_on(self._policy, caller, "watch", record)
+        await may_act_on(self._policy, self._metrics, caller, "watch", record)
         return self._streams.follow(record)
 
+    @asynccontextmanager
+    async def _decision_of(
+        self, caller: Caller, request: UpdateRequest, rpc: str
+    ) -> AsyncIterator[None]:
+        """Through the gate for the block, failing closed (audited) when OPA cannot answer."""
+        gate = self._gate.entry(caller, request.datastore_id, request.image_set_id, rpc)
+        async with self._failing_closed(caller, request, rpc), gate:
+            yield
+
+    @asynccontextmanager
+    async def _failing_closed(
+        self, caller: Caller, request: UpdateRequest, rpc: str
+    ) -> AsyncIterator[None]:
+        """A refusal because OPA gave no usable answer is audited and counted."""
+        try:
+            yield
+        except PolicyUnavailable as error:
+            self._metrics.decisions.labels("unavailable", error.cause).inc()
+            audit.unavailable(caller, request.datastore_id, request.image_set_id, rpc, error.cause)
+            raise
+
     async def _allowed(self, caller: Caller, plan: UpdatePlan) -> Decision:
-        """OPA's decision when it allows the update; PermissionDenied (audited) otherwise."""
+        """OPA's decision (audited); PermissionDenied unless it allows the update."""
         decision = await self._decide(caller, plan)
+        self._decided(caller, plan, decision, UPDATE_RPC)
         if not decision.allow:
-            audit.denied(caller, plan, decision)
             raise PermissionDenied(
                 "policy denied this update: " + "; ".join(decision.reasons or ("no reason given",)),
                 decision.decision_id,
                 decision.reasons,
             )
         return decision
+
+    def _decided(self, caller: Caller, plan: UpdatePlan, decision: Decision, rpc: str) -> None:
+        self._metrics.decisions.labels("allowed" if decision.allow else "denied", "policy").inc()
+        audit.decided(caller, plan, decision, rpc)
 
     async def _decide(self, caller: Caller, plan: UpdatePlan) -> Decision:
         started = time.perf_counter()

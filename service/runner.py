@@ -62,7 +62,7 @@ from service.model import (
     UpdatePlan,
     UpdateRequest,
 )
-from service.operation import Operation, describe, image_set_of, outcome
+from service.operation import Operation, describe, image_set_of
 from service.updates import normalise
 from service.watch import Watcher
 
@@ -295,6 +295,7 @@ class Runner:
                 await self._forget_key(operation.record)
             raise Unavailable(f"{error.message}; {outcome}", aws_code=error.aws_code) from error
         await self._save(operation, state="submitted", submitted=status, last_status=status)
+        audit.submitted(operation.caller, operation.record)
         self._emit(operation, Submitted(operation.id, time.time(), status))
 
     async def _write_outcome(self, plan: UpdatePlan) -> tuple[bool | None, str]:
@@ -330,6 +331,7 @@ class Runner:
         if latest.version_id != version:
             status = await self._get(request.datastore_id, request.image_set_id, version)
         await self._save(operation, state="submitted", submitted=status, last_status=status)
+        audit.submitted(operation.caller, operation.record)
         self._emit(operation, Submitted(operation.id, time.time(), status))
 
     async def _get(self, datastore_id: str, image_set_id: str, version: str = "") -> ImageSetStatus:
@@ -408,8 +410,8 @@ class Runner:
     async def _finished(self, operation: Operation) -> None:
         with contextlib.suppress(ProxyError, OSError):
             await self._admission.release(image_set_of(operation), operation.id)
-        record = operation.record
-        audit.operation_outcome(operation.caller, operation.plan, record.decision, outcome(record))
+        if operation.record.state != "cancelled":  # its end is the canceller's `cancel` record
+            audit.finished(operation.caller, operation.record)
 
     async def _save(self, operation: Operation, **changes: Any) -> None:
         """Journal a step; the event telling it gets the next sequence number."""
