@@ -89,7 +89,7 @@ async def open_parts(settings: Settings, stack: AsyncExitStack, metrics: Metrics
         "healthimaging": BackendProbe(session, settings.backend),
         CREDENTIALS: CredentialsProbe(backend),
     }
-    steering = Steering(policy, runner, journal)
+    steering = Steering(policy, runner, journal, metrics)
     approvals = Approvals(policy, runner, journal, backend, budget, metrics, settings.limits)
     return Parts(pipeline, steering, approvals, runner, admission, probes, journal.shared)
 

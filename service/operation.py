@@ -58,12 +58,3 @@ def image_set_of(operation: Operation) -> ImageSetKey:
 
 def describe(status: ImageSetStatus | None) -> str:
     return status.workflow_status if status else "not submitted"
-
-
-def outcome(record: OperationRecord) -> str:
-    if record.state in ("cancelled", "rejected", "expired"):
-        return record.state.upper()
-    if record.error is not None:
-        return record.error.reason
-    status = record.last_status
-    return status.workflow_status if status else "UNKNOWN"

@@ -25,7 +25,7 @@ from service.steering import may_act_on
 from service.streams import Streams
 from service.updates import normalise
 
-UPDATE_RPC, EVALUATE_RPC = "UpdateImageSetMetadata", "EvaluateUpdate"
+UPDATE_RPC, EVALUATE_RPC, WATCH_RPC = "UpdateImageSetMetadata", "EvaluateUpdate", "WatchUpdate"
 
 
 class Pipeline:
@@ -81,12 +81,14 @@ class Pipeline:
         async with self._decision_of(caller, request, EVALUATE_RPC):
             plan = normalise(request, self._limits)
             decision = await self._decide(caller, plan)
-            shown = await self._policy_input(caller, plan) if with_input else ""
         self._decided(caller, plan, decision, EVALUATE_RPC)
+        shown = await self._policy_input(caller, plan, request) if with_input else ""
         return plan, decision, shown
 
-    async def _policy_input(self, caller: Caller, plan: UpdatePlan) -> str:
-        seeing = await self._policy.permits(caller, "see_input", plan.datastore_id, {})
+    async def _policy_input(self, caller: Caller, plan: UpdatePlan, request: UpdateRequest) -> str:
+        async with self._failing_closed(caller, request, EVALUATE_RPC):
+            seeing = await self._policy.permits(caller, "see_input", plan.datastore_id, {})
+        self._metrics.decisions.labels("allowed" if seeing.allow else "denied", "policy").inc()
         if not seeing.allow:
             reasons = "; ".join(seeing.reasons or ("no reason given",))
             raise PermissionDenied(
@@ -97,7 +99,7 @@ class Pipeline:
     async def watch(self, caller: Caller, operation_id: str) -> AsyncIterator[Event]:
         """Re-attach to an operation by id (its owner, or whom the policy allows)."""
         record = await self._runner.lookup(operation_id)
-        await may_act_on(self._policy, caller, "watch", record)
+        await may_act_on(self._policy, self._metrics, caller, "watch", record)
         return self._streams.follow(record)
 
     @asynccontextmanager

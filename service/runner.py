@@ -412,7 +412,8 @@ class Runner:
     async def _finished(self, operation: Operation) -> None:
         with contextlib.suppress(ProxyError, OSError):
             await self._admission.release(image_set_of(operation), operation.id)
-        audit.finished(operation.caller, operation.record)
+        if operation.record.state != "cancelled":  # its end is the canceller's `cancel` record
+            audit.finished(operation.caller, operation.record)
 
     async def _save(self, operation: Operation, **changes: Any) -> None:
         """Journal a step; the event telling it gets the next sequence number."""

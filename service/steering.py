@@ -27,10 +27,12 @@ from service.errors import (
     InvalidArgument,
     NotCancellable,
     PermissionDenied,
+    PolicyUnavailable,
     ProxyError,
 )
 from service.events import Cancelled, to_payload
 from service.journal import CANCELS, Journal
+from service.metrics import Metrics
 from service.model import CANCELLABLE, Caller, OperationQuery, OperationRecord, State
 from service.policy import PolicyClient
 from service.runner import Runner
@@ -45,14 +47,17 @@ STATES: frozenset[str] = frozenset(get_args(State))
 class Steering:
     """ListOperations, GetOperation and CancelUpdate, with protobuf-free values."""
 
-    def __init__(self, policy: PolicyClient, runner: Runner, journal: Journal) -> None:
+    def __init__(
+        self, policy: PolicyClient, runner: Runner, journal: Journal, metrics: Metrics
+    ) -> None:
         self._policy = policy
         self._runner = runner
         self._journal = journal
+        self._metrics = metrics
 
     async def get(self, caller: Caller, operation_id: str) -> OperationRecord:
         record = await self._runner.lookup(operation_id)
-        await may_act_on(self._policy, caller, "get", record)
+        await may_act_on(self._policy, self._metrics, caller, "get", record)
         return record
 
     async def list(
@@ -63,9 +68,16 @@ class Steering:
         the policy does not let list others' sees its own."""
         size, after = _checked(query)
         if query.principal != caller.principal:
-            decision = await self._policy.permits(
-                caller, "list", query.datastore_id, {"filter": _filter(query)}
-            )
+            try:
+                decision = await self._policy.permits(
+                    caller, "list", query.datastore_id, {"filter": _filter(query)}
+                )
+            except PolicyUnavailable as error:
+                self._metrics.decisions.labels("unavailable", error.cause).inc()
+                audit.unavailable(caller, query.datastore_id, "", "ListOperations", error.cause)
+                raise
+            outcome = "allowed" if decision.allow else "denied"
+            self._metrics.decisions.labels(outcome, "policy").inc()
             if not decision.allow and query.principal:
                 raise _denied("list", decision.reasons, decision.decision_id)
             if not decision.allow:
@@ -75,7 +87,7 @@ class Steering:
 
     async def cancel(self, caller: Caller, operation_id: str) -> OperationRecord:
         record = await self._runner.lookup(operation_id)
-        await may_act_on(self._policy, caller, "cancel", record)
+        await may_act_on(self._policy, self._metrics, caller, "cancel", record)
         if record.state == "cancelled":  # a retried cancel: the same answer
             return record
         if record.state not in CANCELLABLE:
@@ -111,10 +123,14 @@ class Steering:
                 await asyncio.sleep(1.0)
 
 
+RPC_OF = {"watch": "WatchUpdate", "get": "GetOperation", "cancel": "CancelUpdate"}
+
+
 async def may_act_on(
-    policy: PolicyClient, caller: Caller, action: str, record: OperationRecord
+    policy: PolicyClient, metrics: Metrics, caller: Caller, action: str, record: OperationRecord
 ) -> None:
-    """The owner always may; anyone else as `data.imaging.operations.decision` says."""
+    """The owner always may; anyone else as `data.imaging.operations.decision` says (audited,
+    counted; OPA without an answer refuses, audited too)."""
     if caller.principal == record.principal:
         return
     request = record.request
@@ -126,8 +142,15 @@ async def may_act_on(
             "state": record.state,
         }
     }
-    decision = await policy.permits(caller, action, request.datastore_id, facts)
-    audit.access_decided(caller, record, decision, _RPCS[action])
+    rpc = RPC_OF[action]
+    try:
+        decision = await policy.permits(caller, action, request.datastore_id, facts)
+    except PolicyUnavailable as error:
+        metrics.decisions.labels("unavailable", error.cause).inc()
+        audit.unavailable(caller, request.datastore_id, request.image_set_id, rpc, error.cause)
+        raise
+    metrics.decisions.labels("allowed" if decision.allow else "denied", "policy").inc()
+    audit.access_decided(caller, record, decision, rpc)
     if not decision.allow:
         raise _denied(action, decision.reasons, decision.decision_id)
 
