@@ -20,6 +20,7 @@ from service.journal.redis import RedisJournal
 from service.journal.sealing import Sealer
 from service.journal.sqlite import SqliteJournal
 from service.model import (
+    Approval,
     Decision,
     ImageSetKey,
     ImageSetStatus,
@@ -357,3 +358,53 @@ async def test_redis_a_cancel_by_another_replica_fences_the_owner(shared: Journa
         # The owner, not knowing yet, tries its next step: refused, so it never submits.
         assert not await owner.save(replace(queued, state="submitting", seq=3, cancelled_by=""))
         assert await other.take_over() == []  # a cancelled operation is nobody's to resume
+
+
+# --- issue 22: an operation awaiting approval, changed by whoever approves it ---------------------
+
+
+def awaiting_record(operation_id: str) -> OperationRecord:
+    asked = Approval(("approver",), (), 2, time.time() + 60, ("needs approval",), "d-1")
+    return replace(record(operation_id), state="awaiting_approval", approval=asked)
+
+
+async def check_transitions(owner: Journal, approver: Journal) -> None:
+    """Approvals land only on the record their writer read: two approvers racing from the same
+    record, one wins and the other is told what the journal holds; the document is kept while
+    awaiting and dropped once rejected."""
+    waiting = await owner.create(awaiting_record("op-a"))
+    assert waiting.request.updatable_attributes is not None  # it may still submit: kept
+    approval = waiting.approval
+    assert approval is not None
+    first = replace(waiting, seq=2, approval=replace(approval, approved_by=("dev:x",)))
+    second = replace(waiting, seq=2, approval=replace(approval, approved_by=("dev:y",)))
+
+    stored = await approver.transition(first, waiting)
+    lost = await approver.transition(second, waiting)  # read the same record: too late
+    assert stored is not None and stored.approval == first.approval
+    assert lost is not None and lost.approval == first.approval
+    rejected = replace(first, seq=3, state="rejected")
+    assert await approver.transition(rejected, first) is not None
+    kept = await owner.get("op-a")
+    assert kept is not None and kept.state == "rejected"
+    assert kept.approval is not None and kept.approval.approved_by == ("dev:x",)
+    assert kept.request.updatable_attributes is None  # over: no document kept
+    assert await approver.transition(replace(kept, id="op-gone"), kept) is None
+
+
+async def test_sqlite_transitions_land_only_on_the_record_read(tmp_path: Path) -> None:
+    async with open_journal(sqlite_settings(tmp_path)) as journal:
+        await check_transitions(journal, journal)
+
+
+@pytest.mark.redis
+async def test_redis_transitions_by_another_replica_and_takeover_while_waiting(
+    shared: JournalSettings,
+) -> None:
+    async with open_journal(shared) as survivor:
+        async with open_journal(shared) as owner:
+            await check_transitions(owner, survivor)
+            await owner.create(awaiting_record("op-w"))
+        taken = await survivor.take_over()  # its replica left while it waited
+        assert [(r.id, r.state) for r in taken] == [("op-w", "awaiting_approval")]
+        assert taken[0].approval is not None and taken[0].approval.count == 2
