@@ -8,6 +8,8 @@
     ├── Aborted                     ABORTED           (stale version, locked image set)
     ├── ResourceExhausted           RESOURCE_EXHAUSTED + RetryInfo
     ├── Unavailable                 UNAVAILABLE       (OPA or HealthImaging cannot answer)
+    │   ├── RedisUnavailable        (the shared journal or budget cannot answer)
+    │   ├── OperationMoved          (this replica let go of it: re-attach with WatchUpdate)
     │   ├── PolicyUnavailable       (no usable decision: fail closed)
     │   └── NoCredentials           (no AWS credentials: nothing can be sent to HealthImaging)
     ├── DeadlineExceeded            DEADLINE_EXCEEDED
@@ -173,6 +175,19 @@ class ResourceExhausted(ProxyError):
 class Unavailable(ProxyError):
     status = "UNAVAILABLE"
     reason = "BACKEND_UNAVAILABLE"
+
+
+class RedisUnavailable(Unavailable):
+    """Redis (the shared journal or budgets) did not answer in time, or refused the connection."""
+
+    reason = "REDIS_UNAVAILABLE"
+
+
+class OperationMoved(Unavailable):
+    """This replica no longer runs the operation (its lease lapsed, it was fenced, or Redis lost
+    it): the operation continues elsewhere, and `WatchUpdate(operation id)` re-attaches to it."""
+
+    reason = "OPERATION_MOVED"
 
 
 class PolicyUnavailable(Unavailable):

@@ -27,7 +27,8 @@ from service.events import (
 )
 from service.journal import Journal
 from service.model import ImageSetStatus, OperationRecord
-from service.runner import Operation, Runner
+from service.operation import Operation
+from service.runner import Runner
 
 _TIMER_SLACK = 0.01
 """Timers fire a little early or late: after a live event, a beat may come this share early."""

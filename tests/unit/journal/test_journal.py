@@ -264,8 +264,9 @@ async def test_redis_a_replica_that_leaves_is_taken_over(shared: JournalSettings
         async with open_journal(shared) as leaving:
             created = await leaving.create(record("op-orphan"))
         taken = await survivor.take_over()
-        assert [r.id for r in taken] == ["op-orphan"]
-        assert await survivor.save(replace(created, state="submitted", seq=2))
+        assert [(r.id, r.epoch) for r in taken] == [("op-orphan", created.epoch + 1)]
+        assert not await survivor.save(replace(created, state="submitted", seq=2))  # old epoch
+        assert await survivor.save(replace(taken[0], state="submitted", seq=2))
         assert await survivor.take_over() == []
 
 

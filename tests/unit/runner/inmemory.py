@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import contextlib
+import copy
+import gzip
 import json
 from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass, field
@@ -159,6 +161,10 @@ class MemoryJournal:
         self.store.owners[operation_id] = self.replica
         return record
 
+    async def restore(self, record: OperationRecord) -> OperationRecord:
+        self.write(record)
+        return record
+
     async def snapshot(self) -> Mapping[ImageSetKey, str]:
         return dict(self.store.in_flight)
 
@@ -191,13 +197,19 @@ class ImageSet:
     `stuck`), then becomes ACTIVE with `outcome` as its workflow status.
     """
 
+    longest_call_seconds = 0.0
+    """No call of this stand-in can land later than it answers."""
+
     def __init__(self, outcome: str = "UPDATED", reads: int = 2) -> None:
         self.versions: dict[str, tuple[str, str]] = {"1": ("ACTIVE", "CREATED")}
+        self.documents: dict[str, dict[str, Any]] = {"1": {"Study": {"DICOM": {}}}}
         self.outcome = outcome
         self.reads = reads
         self.reads_left = 0
         self.stuck = False
         self.submits = 0
+        self.lagging_reads = 0
+        """The next this many reads of the latest version still show the one before it."""
 
     @property
     def latest(self) -> str:
@@ -212,6 +224,9 @@ class ImageSet:
         assert plan.latest_version_id == self.latest, "a stale submit would be a conflict"
         version = str(int(self.latest) + 1)
         self.versions[version] = ("LOCKED", "UPDATING")
+        document = copy.deepcopy(self.documents[plan.latest_version_id])
+        _merge(document, json.loads(plan.updatable_attributes or b"{}"))
+        self.documents[version] = document
         self.reads_left = self.reads
         return self.status(version)
 
@@ -223,6 +238,9 @@ class ImageSet:
         self, datastore_id: str, image_set_id: str, version_id: str = ""
     ) -> ImageSetStatus:
         version = version_id or self.latest
+        if not version_id and self.lagging_reads > 0:
+            self.lagging_reads -= 1
+            return self.status(str(int(version) - 1))  # a read replica not caught up yet
         if version not in self.versions:
             raise NotFound(f"no version {version}")
         if self.versions[version][0] == "LOCKED" and not self.stuck:
@@ -231,8 +249,23 @@ class ImageSet:
                 self.versions[version] = ("ACTIVE", self.outcome)
         return self.status(version)
 
-    async def image_set_metadata(self, datastore_id: str, image_set_id: str) -> bytes:
-        raise AssertionError("the runner's tests admit nothing")  # pragma: no cover
+    async def image_set_metadata(
+        self, datastore_id: str, image_set_id: str, version_id: str = ""
+    ) -> bytes:
+        version = version_id or self.latest
+        if version not in self.documents:
+            raise NotFound(f"no version {version}")
+        return gzip.compress(json.dumps(self.documents[version]).encode())
+
+
+def _merge(document: dict[str, Any], updates: Mapping[str, Any]) -> None:
+    for name, value in updates.items():
+        if name == "SchemaVersion":
+            continue
+        if isinstance(value, Mapping):
+            _merge(document.setdefault(name, {}), value)
+        else:
+            document[name] = value
 
 
 # --- one replica's runner -----------------------------------------------------------------------

@@ -12,7 +12,7 @@ from service.devstack.polling import eventually
 from service.errors import DeadlineExceeded
 from service.events import Authorized, Event, Finished, Heartbeat, Queued, StatusChanged, Submitted
 from service.model import ImageSetStatus
-from service.runner import Operation
+from service.operation import Operation
 from service.streams import LocalStream
 from tests.unit.runner.inmemory import ALLOWED, CALLER, new_record, plan_of, update_request
 

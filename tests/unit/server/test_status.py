@@ -106,6 +106,11 @@ WIRE: list[tuple[ProxyError, grpc.StatusCode, list[message.Message]]] = [
         [info("REDIS_UNAVAILABLE")],
     ),
     (
+        errors.OperationMoved("re-attach with WatchUpdate('op-1')"),
+        grpc.StatusCode.UNAVAILABLE,
+        [info("OPERATION_MOVED")],
+    ),
+    (
         errors.DeadlineExceeded("late"),
         grpc.StatusCode.DEADLINE_EXCEEDED,
         [info("DEADLINE_EXCEEDED")],
