@@ -7,13 +7,13 @@ import copy
 import gzip
 import json
 from collections.abc import AsyncIterator, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from service.admission import Admission
 from service.budget import Budget
 from service.config import AdmissionSettings, BackendSettings, BudgetSettings, WatchSettings
-from service.errors import NotFound
+from service.errors import Aborted, NotFound
 from service.events import Event, Finished
 from service.journal import Journal, at_rest, fingerprint, is_stale, key_digest
 from service.metrics import Metrics
@@ -232,7 +232,15 @@ class ImageSet:
 
     async def update(self, plan: UpdatePlan) -> ImageSetStatus:
         self.submits += 1
+        if plan.latest_version_id != self.latest:  # HealthImaging's compare-and-set
+            raise Aborted("ConflictException: version changed", reason="BACKEND_CONFLICT")
         return self.land(plan)
+
+    def land_theirs(self) -> ImageSetStatus:
+        """Someone else's update of the latest version (it wins the compare-and-set)."""
+        document = {"Study": {"DICOM": {"StudyDescription": "SOMEONE ELSE"}}}
+        plan = normalise(update_request(latest_version_id=self.latest), DEFAULT_LIMITS)
+        return self.land(replace(plan, updatable_attributes=json.dumps(document).encode()))
 
     async def get_image_set(
         self, datastore_id: str, image_set_id: str, version_id: str = ""
