@@ -107,6 +107,9 @@ def test_a_replay_tells_the_last_known_state() -> None:
     finished = replace(record(), state="finished", submitted=LOCKED, last_status=UPDATED)
     kinds = [type(item).__name__ for item in replay(finished)]
     assert kinds == ["Authorized", "Submitted", "Finished"]
+    # Found landed and done when its submit was resumed: its first state was already the last.
+    done = replace(record(), state="finished", submitted=UPDATED, last_status=UPDATED)
+    assert [type(item).__name__ for item in replay(done)][-1] == "Finished"
     failed = replace(record(), state="failed", error=RecordedError("ABORTED", "X", "stale"))
     last = replay(failed)[-1]
     assert isinstance(last, Exception) and last.status == "ABORTED"
