@@ -229,9 +229,9 @@ class Backend:
         latest is younger than the `read_lag_ms` fault (a read replica not caught up yet)."""
         latest = image_set.version(version_id)
         lag = self.faults.read_lag_ms / 1000
-        if version_id is None and lag > 0 and len(image_set.versions) > 1:
-            if self.clock() - latest.created_at < lag:
-                return image_set.versions[-2]
+        young = self.clock() - latest.created_at < lag
+        if version_id is None and young and len(image_set.versions) > 1:
+            return image_set.versions[-2]
         return latest
 
     def list_image_set_versions(

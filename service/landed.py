@@ -27,6 +27,9 @@ from service.model import ImageSetStatus, UpdatePlan
 
 log = structlog.get_logger(__name__)
 
+SETTLE_SECONDS = 120.0
+"""Longest wait for a version to finish before it is compared with an update."""
+
 
 class Landing:
     """Reads HealthImaging through the budget to tell whether, and whose, a version is."""
@@ -89,17 +92,33 @@ class Landing:
 
     async def ours(self, plan: UpdatePlan) -> ImageSetStatus | None:
         """The version this update made (N+1) if it carries the update; None if it does not
-        (someone else's write won the compare-and-set) or does not exist yet."""
+        (someone else's write won the compare-and-set), does not exist, or cannot be judged.
+
+        N+1's metadata shows its changes only once its update has finished, so a LOCKED N+1 is
+        waited for first; one that ended otherwise than UPDATED holds nothing to compare."""
         version = str(int(plan.latest_version_id) + 1)
         try:
+            status = await self._settled(plan, version)
+            if status.state == "LOCKED" or status.workflow_status != "UPDATED":
+                log.warning("outcome_undecided", image_set_id=plan.image_set_id)
+                return None
             metadata = await self._metadata(plan.datastore_id, plan.image_set_id, version)
-            status = await self._get(plan.datastore_id, plan.image_set_id, version)
         except NotFound:
             return None
         verdict = _judge(plan, metadata)
         self._metrics.decided_by_comparison.labels("ours" if verdict else "theirs").inc()
         log.warning("outcome_by_comparison", image_set_id=plan.image_set_id, ours=verdict)
         return status if verdict else None
+
+    async def _settled(self, plan: UpdatePlan, version: str) -> ImageSetStatus:
+        """`version`'s status once no longer LOCKED (or as it is after `SETTLE_SECONDS`)."""
+        until, pause = time.monotonic() + SETTLE_SECONDS, 0.2
+        while True:
+            status = await self._get(plan.datastore_id, plan.image_set_id, version)
+            if status.state != "LOCKED" or time.monotonic() >= until:
+                return status
+            await asyncio.sleep(pause)
+            pause = min(pause * 2, 2.0)
 
 
 def _judge(plan: UpdatePlan, metadata: bytes) -> bool:

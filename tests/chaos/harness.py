@@ -254,6 +254,17 @@ class Campaign:
         ]
         return min(times) - faulted_at if times else None
 
+    def busiest(self) -> ProxyProcess:
+        """The replica running the most operations now (the one whose loss hurts most)."""
+
+        def running(proxy: ProxyProcess) -> float:
+            for line in proxy.metrics().splitlines():
+                if line.startswith("imaging_proxy_running_operations "):
+                    return float(line.split()[1])
+            return 0.0
+
+        return max(self.replicas, key=running)
+
     def log_count(self, event_name: str) -> int:
         return sum(1 for p in self.replicas for e in p.log_events() if e.get("event") == event_name)
 

@@ -71,9 +71,10 @@ async def test_split_brain_a_frozen_owner_past_its_lease(
     )
 
     async def fault() -> None:
-        freeze(run.replicas[0])
+        frozen = run.busiest()
+        freeze(frozen)
         await asyncio.sleep(LEASE_SECONDS * 2.5)
-        thaw(run.replicas[0])
+        thaw(frozen)
 
     figures = await run.drive(OTHERS, fault, fault_after=0.8)
     figures.notes.append(f"resubmits after takeover: {run.log_count('resubmit_after_takeover')}")
@@ -95,9 +96,10 @@ async def test_an_orphaned_stream_ends_and_its_update_finishes_elsewhere(
     backend.admin("PUT", "faults", {"update_stall_rate": 1.0})
 
     async def fault() -> None:
-        freeze(run.replicas[1])
+        frozen = run.busiest()
+        freeze(frozen)
         await asyncio.sleep(LEASE_SECONDS * 2)
-        thaw(run.replicas[1])
+        thaw(frozen)
         await asyncio.sleep(2.0)
         backend.admin("PUT", "faults", {})
         backend.admin("POST", "release-stalled", {})
@@ -114,7 +116,7 @@ async def test_an_orphaned_stream_ends_and_its_update_finishes_elsewhere(
 @full_only
 async def test_sigkill_with_40_in_flight(run: Campaign) -> None:
     async def fault() -> None:
-        run.replicas[0].kill()
+        run.busiest().kill()
 
     judged(await run.drive(IN_FLIGHT, fault, fault_after=1.0))
 
@@ -128,7 +130,7 @@ async def test_a_write_that_landed_then_its_replica_was_killed(
     )
 
     async def fault() -> None:
-        run.replicas[0].kill()
+        run.busiest().kill()
 
     judged(await run.drive(OTHERS, fault, fault_after=1.0))
 
