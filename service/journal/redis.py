@@ -120,6 +120,18 @@ if redis.call('HGET', KEYS[1], ARGV[1]) == ARGV[2] then redis.call('HDEL', KEYS[
 return 1
 """
 
+_RESTORE_LUA = """
+if #KEYS == 3 then redis.call('SET', KEYS[3], ARGV[1], 'PX', ARGV[8], 'NX') end
+if redis.call('EXISTS', KEYS[1]) == 1 then return 0 end
+redis.call('HSET', KEYS[1], 'body', ARGV[2], 'owner', ARGV[3], 'state', ARGV[6], 'epoch', ARGV[7])
+if ARGV[4] == '1' then
+  redis.call('PEXPIRE', KEYS[1], ARGV[5])
+else
+  redis.call('SADD', KEYS[2], ARGV[1])
+end
+return 1
+"""
+
 # The lease and the generation marker in one round trip. 'lost': the marker is gone or another
 # one (Redis came back empty); 'lapsed': our lease key expired (someone may have taken our
 # operations over); 'held'. A fresh identity creates its key; an old one only extends it, so a
@@ -167,6 +179,7 @@ class RedisJournal:
         self._release = client.register_script(_RELEASE_LUA)
         self._adopt = client.register_script(_ADOPT_LUA)
         self._renew = client.register_script(_RENEW_LUA)
+        self._restore = client.register_script(_RESTORE_LUA)
         self._bus = _Bus(client)
         self._tasks: list[asyncio.Task[None]] = []
 
@@ -236,29 +249,23 @@ class RedisJournal:
 
     @translated("journal")
     async def restore(self, record: OperationRecord) -> OperationRecord:
-        """Write back an operation held in memory after Redis lost it (its key too)."""
-        key = record.request.idempotency_key
-        async with self._client.pipeline(transaction=True) as pipe:
-            op = self._key("op", record.id)
-            epoch = record.epoch + 1
-            pipe.hset(
-                op,
-                mapping={
-                    "body": self._encoder.encode(record),
-                    "owner": self.replica_id,
-                    "state": record.state,
-                    "epoch": str(epoch),
-                },
-            )
-            if record.finished:
-                pipe.pexpire(op, int(self._settings.retention_seconds * 1000))
-            else:
-                pipe.sadd(self._key("unfinished"), record.id)
-            if key:
-                ttl_ms = int(self._settings.idempotency_ttl_seconds * 1000)
-                pipe.set(self._idempotency_key(record.principal, key), record.id, px=ttl_ms)
-            await pipe.execute()
-        return replace(record, epoch=epoch)
+        """Write back an operation held in memory after Redis lost it (its key too), unless
+        it is there already (its owner's own save may have written a newer state back)."""
+        keys = [self._key("op", record.id), self._key("unfinished")]
+        if record.request.idempotency_key:
+            keys.append(self._idempotency_key(record.principal, record.request.idempotency_key))
+        args: list[str | int] = [
+            record.id,
+            self._encoder.encode(record),
+            self.replica_id,
+            "1" if record.finished else "0",
+            int(self._settings.retention_seconds * 1000),
+            record.state,
+            str(record.epoch),
+            int(self._settings.idempotency_ttl_seconds * 1000),
+        ]
+        await self._restore(keys=keys, args=args)
+        return record
 
     @translated("journal")
     async def ping(self) -> None:

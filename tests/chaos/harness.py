@@ -124,6 +124,11 @@ class Figures:
             "outcomes misreported": misreported,
             "streams not ended": hung,
             "lost without a word": silent,
+            "told an error, not applied": sum(
+                1
+                for t in self.told
+                if t.outcome not in ("", "UPDATED") and not self.applied[t.image_set]
+            ),
             "takeover time": takeover,
         }
 
@@ -191,9 +196,15 @@ class Campaign:
         )
 
     async def drive(
-        self, count: int, fault: Callable[[], Awaitable[None]], *, fault_after: float = 1.0
+        self,
+        count: int,
+        fault: Callable[[], Awaitable[None]],
+        *,
+        fault_after: float = 1.0,
+        takeover: bool = False,
     ) -> Figures:
-        """`count` updates at once; `fault` runs `fault_after` s in; then the truth is read."""
+        """`count` updates at once; `fault` runs `fault_after` s in; then the truth is read.
+        `takeover`: a replica is lost, so the time to the first takeover is measured."""
         image_sets = self.backend.take(count)
         async with self.client() as client:
             runs = [asyncio.create_task(self._one(client, i)) for i in image_sets]
@@ -202,7 +213,8 @@ class Campaign:
             await fault()
             told = await asyncio.gather(*runs)
         figures = Figures(self.name, list(told), await self.applied(image_sets))
-        figures.takeover_seconds = self.takeover_after(faulted_at)
+        if takeover:
+            figures.takeover_seconds = self.takeover_after(faulted_at)
         return figures
 
     async def _one(self, client: MetadataUpdateClient, image_set: str) -> Told:

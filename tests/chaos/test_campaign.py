@@ -76,7 +76,7 @@ async def test_split_brain_a_frozen_owner_past_its_lease(
         await asyncio.sleep(LEASE_SECONDS * 2.5)
         thaw(frozen)
 
-    figures = await run.drive(OTHERS, fault, fault_after=0.8)
+    figures = await run.drive(OTHERS, fault, fault_after=0.8, takeover=True)
     figures.notes.append(f"resubmits after takeover: {run.log_count('resubmit_after_takeover')}")
     judged(figures)
 
@@ -104,7 +104,7 @@ async def test_an_orphaned_stream_ends_and_its_update_finishes_elsewhere(
         backend.admin("PUT", "faults", {})
         backend.admin("POST", "release-stalled", {})
 
-    figures = await run.drive(OTHERS, fault, fault_after=1.5)
+    figures = await run.drive(OTHERS, fault, fault_after=1.5, takeover=True)
     let_go = run.log_count("operations_let_go")
     figures.notes.append(f"let-go events logged: {let_go}")
     judged(figures)
@@ -118,7 +118,7 @@ async def test_sigkill_with_40_in_flight(run: Campaign) -> None:
     async def fault() -> None:
         run.busiest().kill()
 
-    judged(await run.drive(IN_FLIGHT, fault, fault_after=1.0))
+    judged(await run.drive(IN_FLIGHT, fault, fault_after=1.0, takeover=True))
 
 
 @full_only
@@ -132,7 +132,7 @@ async def test_a_write_that_landed_then_its_replica_was_killed(
     async def fault() -> None:
         run.busiest().kill()
 
-    judged(await run.drive(OTHERS, fault, fault_after=1.0))
+    judged(await run.drive(OTHERS, fault, fault_after=1.0, takeover=True))
 
 
 @full_only
