@@ -264,15 +264,18 @@ class Runner:
 
     @tracing.stage("healthimaging.submit")
     async def _submit(self, operation: Operation) -> None:
-        plan = operation.plan
+        plan, attempts = operation.plan, 0
 
         async def fenced_send() -> ImageSetStatus:
-            # Checked in the journal right before the send (owner and epoch), with how long
-            # this call may still land: a successor waits that out before resubmitting.
-            inflight_until = time.time() + self._backend.longest_call_seconds
-            await self._save(operation, state="submitting", inflight_until=inflight_until)
+            nonlocal attempts
+            attempts += 1
+            if attempts > 1:  # again after a throttle: fenced again, with a new deadline
+                await self._fence(operation)
             return await self._backend.update(plan)
 
+        # Fenced (owner and epoch checked in the journal) right before the send, with how long
+        # the call may still land: a successor waits that out before resubmitting.
+        await self._fence(operation)
         try:
             status = await self._budget.call(
                 UPDATE, fenced_send, acquired=True, deadline=operation.record.deadline
@@ -280,8 +283,9 @@ class Runner:
         except NoCredentials:
             await self._forget_key(operation.record)  # nothing was sent: a retry submits again
             raise
-        except RedisUnavailable:
-            raise  # before the send (budget or fence): nothing was sent; paused, then resumed
+        except RedisUnavailable:  # the budget's, before a send: nothing is in flight
+            await self._save(operation, state="queued", inflight_until=0.0)
+            raise  # paused, then queued again
         except Aborted as error:  # a ConflictException: maybe our own earlier write won
             if (
                 error.reason != "BACKEND_CONFLICT"
@@ -303,6 +307,10 @@ class Runner:
         key = record.request.idempotency_key
         if key:
             await self._journal.forget_key(record.principal, key, record.id)
+
+    async def _fence(self, operation: Operation) -> None:
+        inflight_until = time.time() + self._backend.longest_call_seconds
+        await self._save(operation, state="submitting", inflight_until=inflight_until)
 
     async def _recover_submit(self, operation: Operation) -> None:
         """Interrupted while submitting: did the write reach HealthImaging before the restart?"""
