@@ -20,6 +20,7 @@ from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
+from typing import Any
 
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
@@ -109,8 +110,8 @@ class Figures:
     @property
     def rows(self) -> dict[str, object]:
         accepted = [t for t in self.told if t.accepted]
-        once = sum(1 for t in self.told if self.applied[t.image_set] == 1)
-        twice = sum(1 for t in self.told if self.applied[t.image_set] >= 2)
+        once = sum(1 for applied in self.applied.values() if applied == 1)
+        twice = sum(1 for applied in self.applied.values() if applied >= 2)
         misreported = sum(1 for t in self.told if self._misreported(t))
         hung = sum(1 for t in self.told if not t.outcome)
         silent = sum(
@@ -118,7 +119,7 @@ class Figures:
         )
         takeover = f"{self.takeover_seconds:.1f} s" if self.takeover_seconds is not None else "-"
         return {
-            "updates accepted": len(accepted),
+            "updates accepted": len({t.image_set for t in accepted}),
             "applied exactly once": once,
             "applied twice": twice,
             "outcomes misreported": misreported,
@@ -184,9 +185,10 @@ class Campaign:
     def target(self) -> str:
         return "ipv4:" + ",".join(f"127.0.0.1:{p.port}" for p in self.replicas)
 
-    def client(self) -> MetadataUpdateClient:
+    def client(self, only: ProxyProcess | None = None) -> MetadataUpdateClient:
+        """The project's client over every replica (round robin), or over `only` one."""
         return MetadataUpdateClient(
-            self.target(),
+            only.endpoint if only else self.target(),
             Credentials(use_tls=False, dev_principal=EDITOR),
             connect_timeout=5.0,
             read_timeout=HEARTBEAT_SECONDS * 4,
@@ -202,22 +204,35 @@ class Campaign:
         *,
         fault_after: float = 1.0,
         takeover: bool = False,
+        watcher: ProxyProcess | None = None,
     ) -> Figures:
         """`count` updates at once; `fault` runs `fault_after` s in; then the truth is read.
-        `takeover`: a replica is lost, so the time to the first takeover is measured."""
+        `takeover`: a replica is lost, so the time to the first takeover is measured.
+        `watcher`: every update is also watched on this replica alone (its stream counted too)."""
         image_sets = self.backend.take(count)
-        async with self.client() as client:
-            runs = [asyncio.create_task(self._one(client, i)) for i in image_sets]
+        watches: list[asyncio.Task[Told]] = []
+        async with self.client() as client, self.client(watcher) as watching:
+            runs = [
+                asyncio.create_task(self._one(client, i, watching if watcher else None, watches))
+                for i in image_sets
+            ]
             await asyncio.sleep(fault_after)
             faulted_at = time.time()
             await fault()
-            told = await asyncio.gather(*runs)
+            told = [*await asyncio.gather(*runs)]
+            told += await asyncio.gather(*watches)
         figures = Figures(self.name, list(told), await self.applied(image_sets))
         if takeover:
             figures.takeover_seconds = self.takeover_after(faulted_at)
         return figures
 
-    async def _one(self, client: MetadataUpdateClient, image_set: str) -> Told:
+    async def _one(
+        self,
+        client: MetadataUpdateClient,
+        image_set: str,
+        watching: MetadataUpdateClient | None = None,
+        watches: list[asyncio.Task[Told]] | None = None,
+    ) -> Told:
         told = Told(image_set)
         document = {"Study": {"DICOM": {"StudyDescription": f"CHAOS {image_set[:8]}"}}}
         events = client.update(
@@ -227,6 +242,17 @@ class Campaign:
             updatable=document,
             time_limit=TIME_LIMIT,
         )
+        return await self._follow(told, events, watching, watches)
+
+    async def _follow(
+        self,
+        told: Told,
+        events: Any,
+        watching: MetadataUpdateClient | None = None,
+        watches: list[asyncio.Task[Told]] | None = None,
+    ) -> Told:
+        """Read one stream (an update's or a watch's) to its end, noting what it was told."""
+        image_set = told.image_set
         try:
             async for event in events:
                 kind = type(event).__name__
@@ -234,6 +260,10 @@ class Campaign:
                     kind = f"Retrying({str(event.error)[:90]})"
                 if len(told.trail) < 12 and (not told.trail or told.trail[-1] != kind):
                     told.trail.append(kind)
+                if isinstance(event, Authorized) and not told.accepted and watching:
+                    assert watches is not None
+                    watch = watching.watch(event.operation_id, time_limit=TIME_LIMIT)
+                    watches.append(asyncio.create_task(self._follow(Told(image_set), watch)))
                 told.accepted = told.accepted or isinstance(event, Authorized)
                 if isinstance(event, Finished):
                     told.outcome = event.state.workflow_status
@@ -266,7 +296,7 @@ class Campaign:
         ]
         return min(times) - faulted_at if times else None
 
-    def busiest(self) -> ProxyProcess:
+    def busiest(self, among: list[ProxyProcess] | None = None) -> ProxyProcess:
         """The replica running the most operations now (the one whose loss hurts most)."""
 
         def running(proxy: ProxyProcess) -> float:
@@ -275,7 +305,7 @@ class Campaign:
                     return float(line.split()[1])
             return 0.0
 
-        return max(self.replicas, key=running)
+        return max(among or self.replicas, key=running)
 
     def log_count(self, event_name: str) -> int:
         return sum(1 for p in self.replicas for e in p.log_events() if e.get("event") == event_name)

@@ -55,7 +55,7 @@ def run(backend: QuotaStack, tmp_path: Path, request: pytest.FixtureRequest) -> 
 def judged(figures: Figures) -> None:
     figures.print()
     assert figures.breaches == [], figures.breaches
-    assert figures.rows["updates accepted"] == len(figures.told)
+    assert figures.rows["updates accepted"] == len(figures.applied)
 
 
 # --- the quick subset (make test) -----------------------------------------------------------------
@@ -119,6 +119,17 @@ async def test_sigkill_with_40_in_flight(run: Campaign) -> None:
         run.busiest().kill()
 
     judged(await run.drive(IN_FLIGHT, fault, fault_after=1.0, takeover=True))
+
+
+@full_only
+async def test_a_watch_on_a_third_replica_across_a_takeover(run: Campaign) -> None:
+    """Every update is also watched on the third replica only, which stays up while the
+    busiest of the other two is killed: the watches follow the takeover to `finished`."""
+
+    async def fault() -> None:
+        run.busiest(among=run.replicas[:2]).kill()
+
+    judged(await run.drive(OTHERS, fault, takeover=True, watcher=run.replicas[2]))
 
 
 @full_only
