@@ -7,8 +7,10 @@ only: past `translated`, callers see `ProxyError`s.
 Reconnecting is redis-py's `Retry` (asyncio flavour): without one, redis-py 8 retries nothing, so
 after a Redis restart the first command on every stale pooled socket would fail. Connection and
 timeout errors (and a Redis still loading its AOF) are retried with exponential backoff and jitter
-for about `RETRY_SECONDS`; every command and script the proxy sends is safe to send twice
-(docs/CONCURRENCY.md, "Redis outages"). Past that, `RedisUnavailable` reaches the caller.
+for about 0.75 s; every command and script the proxy sends is safe to send twice (the journal's
+scripts find their own first run; the budget's bucket script sent twice spends one more slot,
+which only ever slows calls down, never lets more through). Past that, `RedisUnavailable`
+reaches the caller.
 """
 
 from __future__ import annotations

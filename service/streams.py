@@ -31,6 +31,8 @@ from service.model import OperationRecord
 from service.operation import Operation
 from service.runner import Runner
 
+_MISSING_BEATS = 3
+"""Heartbeats a remote stream waits for a record Redis lost to be written back by its owner."""
 _TIMER_SLACK = 0.01
 """Timers fire a little early or late: after a live event, a beat may come this share early."""
 
@@ -85,13 +87,18 @@ class Streams:
     ) -> AsyncIterator[Event]:
         """Live events from the owner's pub/sub; the record re-read after a silence of one
         heartbeat or a gap in the numbering (pub/sub is a wake-up, never the only copy)."""
-        cursor = Cursor(record)
+        cursor, missing = Cursor(record), 0
         while True:
             payload = await self._next(payloads)
             if payload is None or cursor.gap(payload):
                 fresh = await self._journal.get(record.id)
-                if fresh is None:
-                    raise JournalLost(record.id)
+                if fresh is None:  # Redis lost it: its owner writes it back within a renewal
+                    missing += 1
+                    if missing >= _MISSING_BEATS:
+                        raise JournalLost(record.id)
+                    yield Heartbeat(record.id, time.time(), cursor.last)
+                    continue
+                missing = 0
                 for item in cursor.catch_up(fresh):
                     yield _told(item)
                 if cursor.ended:
