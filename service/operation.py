@@ -63,14 +63,6 @@ class Operation:
         status = self.record.last_status
         return status.workflow_status if status else "not submitted"
 
-    @property
-    def outcome(self) -> str:
-        """How it ended, in one word (the audit's)."""
-        if self.record.error is not None:
-            return self.record.error.reason
-        status = self.record.last_status
-        return status.workflow_status if status else "UNKNOWN"
-
     def publish(self, item: Item) -> None:
         if isinstance(item, ProxyError):
             self.error = item

@@ -301,6 +301,7 @@ class Runner:
                 raise Unavailable(f"{error.message}; {outcome}", aws_code=error.aws_code) from error
             status = landed
         await self._save(operation, state="submitted", submitted=status, last_status=status)
+        audit.submitted(operation.caller, operation.record)
         self._emit(operation, Submitted(operation.id, time.time(), status))
 
     async def _forget_key(self, record: OperationRecord) -> None:
@@ -320,6 +321,7 @@ class Runner:
             await self._save(operation, state="queued")  # it did not: submit it again
             return
         await self._save(operation, state="submitted", submitted=status, last_status=status)
+        audit.submitted(operation.caller, operation.record)
         self._emit(operation, Submitted(operation.id, time.time(), status))
 
     async def _metadata(self, plan: UpdatePlan, deadline: float | None) -> bytes:
@@ -376,10 +378,7 @@ class Runner:
     async def _finished(self, operation: Operation) -> None:
         with contextlib.suppress(ProxyError, OSError):
             await self._admission.release(operation.image_set, operation.id)
-        record = operation.record
-        audit.operation_outcome(
-            operation.caller, operation.plan, record.decision, operation.outcome
-        )
+        audit.finished(operation.caller, operation.record)
 
     async def _save(self, operation: Operation, **changes: Any) -> None:
         """Journal a step; the event telling it gets the next sequence number. Redis
