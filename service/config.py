@@ -245,7 +245,10 @@ class LimitSettings:
     """How long a caller's roles on a data store (asked of OPA) are reused to refuse no-grant
     callers before any other work."""
     retry_after_seconds: Seconds = 1.0
-    """RetryInfo sent with a refusal for too many pending requests."""
+    """RetryInfo sent with a refusal for too many pending requests (or open streams)."""
+    max_streams_per_principal: Count = 1_000
+    """UpdateImageSetMetadata and WatchUpdate streams one caller holds open at once (per
+    process); beyond it RESOURCE_EXHAUSTED with RetryInfo."""
 
 
 @dataclass(frozen=True)

@@ -115,12 +115,28 @@ def _bounded(violations: Sequence[FieldViolation]) -> tuple[FieldViolation, ...]
     return tuple(kept)
 
 
-def _shorten(text: str, limit: int) -> str:
+def shorten(text: str, limit: int = MESSAGE_BUDGET) -> str:
     """At most `limit` characters; the middle gives way (a path's attribute is at its end)."""
     if len(text) <= limit:
         return text
     head = (limit - 3) // 2
     return text[:head] + "..." + text[len(text) - (limit - 3 - head) :]
+
+
+_shorten = shorten
+
+ECHO_CHARS = 40
+"""The most of one caller-sent string (an id, a key) that an error message repeats."""
+_ECHOABLE = frozenset("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789._:/#@+=-")
+
+
+def echo(text: str, limit: int = ECHO_CHARS) -> str:
+    """A caller-sent string as an error message may repeat it: quoted, its first `limit`
+    characters with anything outside letters, digits and `._:/#@+=-` shown as `?`, and its
+    length when cut. Every message that names caller input goes through here."""
+    shown = "".join(c if c in _ECHOABLE else "?" for c in text[:limit])
+    cut = f"... ({len(text)} characters)" if len(text) > limit else ""
+    return f"'{shown}'{cut}"
 
 
 def invalid(field: str, description: str) -> InvalidArgument:
