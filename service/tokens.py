@@ -1,11 +1,12 @@
-"""Bearer tokens: a JWT → `Caller`, verified only by a key of the issuer the token names.
+"""Bearer tokens: a JWT → `Caller`, valid only when verified by a key of the issuer it names.
 
 Each trusted key belongs to one configured issuer (`[[identity.jwt_issuers]]`, or the flat
-`jwt_*` keys as one issuer). A token is tried only against the keys of the issuer its `iss`
-claims, and PyJWT checks that signed `iss` again: provider B's key cannot vouch for a token that
-says it comes from provider A. Each issuer also sets the audiences it may address and the longest
-lifetime it may grant. Keys are loaded once (files, or a JWKS URL fetched at start with
-PyJWKClient), so `verify` does no I/O. Messages never echo a token.
+`jwt_*` keys as one issuer). The key that verifies a token's signature fixes the issuer: PyJWT
+checks the signed `iss` against that key's issuer (and its audiences and leeway), so provider
+B's key cannot vouch for a token that says it comes from provider A. Each issuer also sets the
+audiences it may address and the longest lifetime it may grant. Keys are loaded once (files, or
+a JWKS URL fetched at start with PyJWKClient), so `verify` does no I/O. Messages never echo a
+token.
 """
 
 from __future__ import annotations
@@ -90,9 +91,9 @@ class TokenVerifier:
     """Verifies JWT bearer tokens against the keys of the issuer each token names."""
 
     def __init__(self, issuers: Sequence[Issuer]) -> None:
-        self._issuers = {issuer.name: issuer for issuer in issuers}
-        if len(self._issuers) != len(issuers):
+        if len({issuer.name for issuer in issuers}) != len(issuers):
             raise ValueError("identity: an issuer is configured twice; give each its keys once")
+        self._issuers = tuple(issuers)
 
     @classmethod
     def from_settings(cls, settings: IdentitySettings) -> TokenVerifier | None:
@@ -106,19 +107,7 @@ class TokenVerifier:
             header = jwt.get_unverified_header(token)
         except jwt.InvalidTokenError:
             raise Unauthenticated("bearer token is malformed") from None
-        if header.get("alg") not in ALGORITHMS:
-            raise Unauthenticated("bearer token algorithm is not accepted (RS256 or ES256 only)")
-        try:  # which issuer's keys to try; its signature and claims are checked by `_decode`
-            unverified = jwt.decode(token, options={"verify_signature": False})
-        except jwt.InvalidTokenError:
-            raise Unauthenticated("bearer token is malformed") from None
-        claimed = unverified.get("iss")
-        if claimed is None:
-            raise Unauthenticated("bearer token lacks the required 'iss' claim")
-        issuer = self._issuers.get(claimed) if isinstance(claimed, str) else None
-        if issuer is None:
-            raise Unauthenticated("bearer token 'iss' names no configured issuer")
-        claims = _decode(token, issuer, _candidates(issuer, header))
+        claims, issuer = _decode(token, self._candidates(header))
         _check_lifetime(claims, issuer)
         return Caller(
             principal=_principal(claims, issuer),
@@ -127,36 +116,52 @@ class TokenVerifier:
             claims=claims,
         )
 
+    def _candidates(self, header: Mapping[str, object]) -> list[tuple[VerificationKey, Issuer]]:
+        """The keys (each with its issuer) that may have signed a token with this header: per
+        issuer, its keys with the token's kid, else its keys without a kid (PEM files)."""
+        algorithm = header.get("alg")
+        if algorithm not in ALGORITHMS:
+            raise Unauthenticated("bearer token algorithm is not accepted (RS256 or ES256 only)")
+        kid = header.get("kid")
+        candidates = []
+        for issuer in self._issuers:
+            named = [key for key in issuer.keys if kid and key.kid == kid]
+            pool = named or [key for key in issuer.keys if not key.kid or kid is None]
+            candidates += [(key, issuer) for key in pool if key.algorithm == algorithm]
+        if not candidates:
+            raise Unauthenticated("bearer token is signed by an unknown key")
+        return candidates
 
-def _candidates(issuer: Issuer, header: Mapping[str, object]) -> list[VerificationKey]:
-    """The issuer's keys that may have signed a token with this header."""
-    algorithm = header.get("alg")
-    kid = header.get("kid")
-    named = [key for key in issuer.keys if kid and key.kid == kid]
-    pool = named or [key for key in issuer.keys if not key.kid or kid is None]
-    candidates = [key for key in pool if key.algorithm == algorithm]
-    if not candidates:
-        raise Unauthenticated("bearer token is signed by an unknown key of its issuer")
-    return candidates
 
-
-def _decode(token: str, issuer: Issuer, candidates: Sequence[VerificationKey]) -> dict[str, object]:
-    for candidate in candidates:
+def _decode(
+    token: str, candidates: Sequence[tuple[VerificationKey, Issuer]]
+) -> tuple[dict[str, object], Issuer]:
+    """The claims, verified by a candidate key and checked against that key's own issuer: its
+    `iss`, audiences and leeway. A key of another issuer that verifies the signature (or shares
+    a kid) never makes a token of this issuer valid."""
+    another_issuer = False
+    for key, issuer in candidates:
         try:
-            return jwt.decode(
+            claims = jwt.decode(
                 token,
-                candidate.key,
-                algorithms=[candidate.algorithm],
+                key.key,
+                algorithms=[key.algorithm],
                 audience=list(issuer.audiences),
-                issuer=issuer.name,  # the signed `iss` must be the key's own issuer
+                issuer=issuer.name,
                 leeway=issuer.leeway,
                 options={"require": ["exp", "iss", "aud"]},
             )
         except jwt.InvalidSignatureError:
-            continue  # signed by another key of this issuer, perhaps
+            continue  # signed by another trusted key, perhaps
+        except jwt.InvalidIssuerError:
+            another_issuer = True  # the key may be listed for its issuer too
+            continue
         except jwt.InvalidTokenError as error:
             raise Unauthenticated(_token_error(error)) from None
-    raise Unauthenticated("bearer token signature does not verify against its issuer's keys")
+        return claims, issuer
+    if another_issuer:
+        raise Unauthenticated("bearer token 'iss' is not the issuer of the key that signed it")
+    raise Unauthenticated("bearer token signature does not verify against any trusted key")
 
 
 def _check_lifetime(claims: Mapping[str, object], issuer: Issuer) -> None:
