@@ -88,7 +88,7 @@ class InvalidArgument(ProxyError):
         summary = "; ".join(f"{v.field}: {v.description}" for v in self.violations[:5])
         more = self.total - min(5, len(self.violations))
         message = summary + (f" (and {more} more)" if more > 0 else "")
-        super().__init__(_shorten(message, MESSAGE_BUDGET))
+        super().__init__(shorten(message, MESSAGE_BUDGET))
 
 
 MAX_REPORTED_VIOLATIONS = 20
@@ -104,8 +104,8 @@ def _bounded(violations: Sequence[FieldViolation]) -> tuple[FieldViolation, ...]
     used = 64  # room for the "and N more" entry and the protobuf framing
     for violation in violations[:MAX_REPORTED_VIOLATIONS]:
         short = FieldViolation(
-            _shorten(violation.field, MAX_FIELD_CHARS),
-            _shorten(violation.description, MAX_DESCRIPTION_CHARS),
+            shorten(violation.field, MAX_FIELD_CHARS),
+            shorten(violation.description, MAX_DESCRIPTION_CHARS),
         )
         size = len(short.field.encode()) + len(short.description.encode()) + 8
         if used + size > DETAIL_BUDGET:
@@ -122,8 +122,6 @@ def shorten(text: str, limit: int = MESSAGE_BUDGET) -> str:
     head = (limit - 3) // 2
     return text[:head] + "..." + text[len(text) - (limit - 3 - head) :]
 
-
-_shorten = shorten
 
 ECHO_CHARS = 40
 """The most of one caller-sent string (an id, a key) that an error message repeats."""

@@ -26,8 +26,8 @@ DEFAULT_LIMITS: Final = LimitSettings()
 
 _VERSION = re.compile(r"[0-9]{1,20}")  # the API's \d+, ASCII only, bounded
 _OPERATION_ID = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}")
-_IDEMPOTENCY_KEY = re.compile(r"[A-Za-z0-9._:-]{1,128}")
 MAX_IDEMPOTENCY_KEY_CHARS: Final = 128
+_IDEMPOTENCY_KEY = re.compile(rf"[A-Za-z0-9._:-]{{1,{MAX_IDEMPOTENCY_KEY_CHARS}}}")
 
 
 def normalise(request: UpdateRequest, limits: LimitSettings = DEFAULT_LIMITS) -> UpdatePlan:
@@ -105,7 +105,7 @@ def _check_ids(request: UpdateRequest, violations: Violations) -> None:
         violations.add(
             "idempotency_key",
             f"must be 1 to {MAX_IDEMPOTENCY_KEY_CHARS} ASCII letters, digits, '.', '_', ':' or "
-            f"'-' (a UUID does), not {len(key)} characters of other kinds",
+            f"'-', as a UUID is ({len(key)} characters given)",
         )
 
 
@@ -116,7 +116,7 @@ def operation_id(value: str) -> str:
         raise invalid(
             "operation_id",
             "must be an operation id as the proxy gives it in every event (a lower-case UUID "
-            f"of 36 characters), not {len(value)} characters",
+            f"of 36 characters; {len(value)} characters given)",
         )
     return value
 
