@@ -11,8 +11,10 @@ token.
 
 from __future__ import annotations
 
+import ipaddress
 import json
 import time
+import urllib.parse
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -238,12 +240,22 @@ def _read_jwks(path: Path) -> jwt.PyJWKSet:
 
 def _fetch_jwks(url: str) -> jwt.PyJWKSet:
     """The issuer's JWKS endpoint, read once at start (PyJWKClient: urllib, its own timeout)."""
-    if not url.startswith(("https://", "http://127.", "http://localhost")):
+    parsed = urllib.parse.urlsplit(url)
+    if parsed.scheme != "https" and not (parsed.scheme == "http" and _loopback(parsed.hostname)):
         raise ValueError(f"identity: jwks_url {url} must be https:// (plain http: loopback only)")
     try:
         return jwt.PyJWKClient(url, timeout=JWKS_FETCH_TIMEOUT_SECONDS).get_jwk_set()
     except jwt.PyJWTError as error:
         raise ValueError(f"identity: cannot load the JWKS at {url}: {error}") from None
+
+
+def _loopback(host: str | None) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host or "").is_loopback
+    except ValueError:
+        return False
 
 
 def _jwks_keys(jwks: jwt.PyJWKSet, source: str) -> list[VerificationKey]:

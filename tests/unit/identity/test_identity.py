@@ -644,7 +644,13 @@ def test_jwks_url_is_fetched_once_at_start(keys: JwtKeys) -> None:
 
 @pytest.mark.parametrize(
     ("url", "message"),
-    [("http://idp.example/jwks", "must be https"), ("http://127.0.0.1:9/jwks", "cannot load")],
+    [
+        ("http://idp.example/jwks", "must be https"),
+        ("http://localhost.idp.example/jwks", "must be https"),
+        ("http://127.idp.example/jwks", "must be https"),
+        ("ftp://127.0.0.1/jwks", "must be https"),
+        ("http://127.0.0.1:9/jwks", "cannot load"),
+    ],
 )
 def test_unusable_jwks_url(url: str, message: str) -> None:
     issuer = JwtIssuerSettings(ISSUER, jwks_url=url, audiences=(AUDIENCE,))
