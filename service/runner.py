@@ -37,6 +37,7 @@ from service.errors import (
     ProxyError,
     RedisUnavailable,
     Unavailable,
+    echo,
 )
 from service.events import (
     Authorized,
@@ -113,7 +114,7 @@ class Runner:
         local = self._operations.get(operation_id)
         record = local.record if local else await self._journal.get(operation_id)
         if record is None:
-            raise NotFound(f"no operation {operation_id!r}")
+            raise NotFound(f"no operation {echo(operation_id)}")
         return record
 
     async def existing(self, principal: str, request: UpdateRequest) -> OperationRecord | None:
