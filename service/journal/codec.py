@@ -154,6 +154,9 @@ def _head(fixed: tuple[Any, ...], keep_document: bool) -> str:
 def _tail(record: OperationRecord) -> str:
     """The fields that change as the operation goes on, closing the record's JSON."""
     document = {name: getattr(record, name) for name in _CHANGING_NAMES}
+    del document["epoch"]  # the Redis journal keeps it beside the body, where scripts check it
+    if not record.inflight_until:
+        del document["inflight_until"]  # only an interrupted submit needs it (older text kept)
     if not record.cancelled_by:  # only cancelled records have it: others read as they were
         del document["cancelled_by"]
     for name in ("submitted", "last_status", "error"):
