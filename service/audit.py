@@ -152,7 +152,10 @@ def submitted(caller: Caller, record: OperationRecord) -> None:
 
 
 def finished(caller: Caller, record: OperationRecord) -> None:
-    """The operation has ended: HealthImaging's final status, or the error that ended it."""
+    """The operation has ended: HealthImaging's final status, or the error that ended it (a
+    cancelled one's end is its `cancel` record)."""
+    if record.state == "cancelled":
+        return
     status = record.last_status
     outcome = record.error.reason if record.error else (status.workflow_status if status else "")
     if record.state in ("cancelled", "rejected", "expired"):

@@ -17,6 +17,7 @@ from service.config import ServerSettings, Settings
 from service.errors import StartupError
 from service.identity import Authenticator
 from service.metrics import Metrics
+from service.open_streams import OpenStreams
 from service.pipeline import Pipeline
 from service.server import SERVICE_NAME, MetadataUpdateServicer
 from service.steering import Steering
@@ -65,7 +66,10 @@ def listeners(
 ) -> Listeners:
     """Bind the ports (port 0: any free one); nothing is served before `start`."""
     server = grpc.aio.server(options=settings.server.grpc_options())
-    servicer = MetadataUpdateServicer(pipeline, steering, approvals, authenticator, metrics)
+    open_streams = OpenStreams(settings.limits, metrics)
+    servicer = MetadataUpdateServicer(
+        pipeline, steering, approvals, authenticator, metrics, open_streams
+    )
     pb_grpc.add_MetadataUpdateServiceServicer_to_server(servicer, server)
     health_servicer = health.aio.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)

@@ -63,6 +63,18 @@ class Metrics:
         self.open_streams = Gauge(
             "imaging_proxy_open_streams", "Streaming RPCs open now.", ["rpc"], registry=registry
         )
+        self.busiest_streams = Gauge(
+            "imaging_proxy_open_streams_busiest_principal",
+            "Streams the busiest principal holds open (bounded by "
+            "limits.max_streams_per_principal).",
+            registry=registry,
+        )
+        self.stream_refusals = Counter(
+            "imaging_proxy_stream_refusals",
+            "Streams refused because their principal held limits.max_streams_per_principal.",
+            ["rpc"],
+            registry=registry,
+        )
         self.decision_seconds = Histogram(
             "imaging_proxy_decision_seconds",
             "Policy decision latency.",
@@ -151,6 +163,30 @@ class Metrics:
         self.running_operations = Gauge(
             "imaging_proxy_running_operations",
             "Operation tasks running in this process.",
+            registry=registry,
+        )
+        self.resubmits_after_takeover = Counter(
+            "imaging_proxy_resubmits_after_takeover",
+            "Submits sent again by a new owner that found the image set unchanged.",
+            registry=registry,
+        )
+        self.decided_by_comparison = Counter(
+            "imaging_proxy_outcomes_decided_by_comparison",
+            "ConflictExceptions or changed image sets judged by comparing the resulting metadata "
+            "with the update (ours: the update was applied; theirs: someone else's change).",
+            ["verdict"],
+            registry=registry,
+        )
+        self.journal_lost = Counter(
+            "imaging_proxy_journal_lost",
+            "Times the shared journal was found emptied (its generation marker gone or changed); "
+            "the operations held in memory were written back.",
+            registry=registry,
+        )
+        self.operations_let_go = Counter(
+            "imaging_proxy_operations_let_go",
+            "Operations this replica stopped running (lease lapsed or fenced); their streams were "
+            "told to re-attach.",
             registry=registry,
         )
 

@@ -91,7 +91,9 @@ async def check(plan: UpdatePlan, read: Callable[[], Awaitable[bytes]]) -> None:
         raise InvalidArgument(violations[:MAX_VIOLATIONS], len(violations))
 
 
-async def check_version(plan: UpdatePlan, latest: Callable[[], Awaitable[ImageSetStatus]]) -> None:
+async def check_version(
+    plan: UpdatePlan, latest: Callable[[str, str], Awaitable[ImageSetStatus]]
+) -> None:
     """Raise Aborted if the image set is already past the version the update names. A read
     that fails (throttled, unreachable) is no verdict: the update goes on, and HealthImaging
     judges its version at the submit; an image set that is gone is NotFound now."""
@@ -99,7 +101,7 @@ async def check_version(plan: UpdatePlan, latest: Callable[[], Awaitable[ImageSe
         return  # HealthImaging's versions are numbers: anything else it refuses itself
     try:
         async with asyncio.timeout(VERSION_READ_SECONDS):
-            current = (await latest()).version_id
+            current = (await latest(plan.datastore_id, plan.image_set_id)).version_id
     except NotFound:
         raise
     except ProxyError as error:

@@ -41,9 +41,11 @@ from service.model import (
     UpdatePlan,
     UpdateRequest,
 )
+from service.open_streams import OpenStreams
 from service.pipeline import Pipeline
 from service.status import to_status
 from service.steering import Steering
+from service.updates import operation_id
 
 log = structlog.get_logger(__name__)
 
@@ -87,21 +89,25 @@ def unary(
 
 def streaming(
     handler: Callable[
-        [Any, Any, grpc.aio.ServicerContext[Any, Any]], Awaitable[AsyncIterator[Event]]
+        [Any, Caller, Any, grpc.aio.ServicerContext[Any, Any]], Awaitable[AsyncIterator[Event]]
     ],
 ) -> Callable[[Any, Any, grpc.aio.ServicerContext[Any, Any]], AsyncIterator[pb.UpdateEvent]]:
-    """A status stream: the handler returns the events, so an idle stream of an operation run
-    here holds one generator (this one) and its `LocalStream`, nothing per layer in between."""
+    """A status stream of an identified caller, counted against its open-stream bound: the
+    handler returns the events, so an idle stream of an operation run here holds one generator
+    (this one), its slot and its `LocalStream`, nothing per layer in between."""
 
     @functools.wraps(handler)
     async def wrapper(
         self: Any, request: Any, context: grpc.aio.ServicerContext[Any, Any]
     ) -> AsyncIterator[pb.UpdateEvent]:
-        outcome = self.outcome(handler.__name__)
+        rpc = handler.__name__
+        outcome = self.outcome(rpc)
         with outcome:
             try:
-                async for event in await handler(self, request, context):
-                    yield to_pb_event(event)
+                caller = self._caller(context, rpc)
+                with self.open_streams.hold(caller.principal, rpc):
+                    async for event in await handler(self, caller, request, context):
+                        yield to_pb_event(event)
                 outcome.ok()
             except ProxyError as error:
                 outcome.failed(error)
@@ -153,12 +159,14 @@ class MetadataUpdateServicer(pb_grpc.MetadataUpdateServiceServicer):
         approvals: Approvals,
         authenticator: Authenticator,
         metrics: Metrics,
+        open_streams: OpenStreams,
     ) -> None:
         self._pipeline = pipeline
         self._steering = steering
         self._approvals = approvals
         self._authenticator = authenticator
         self._metrics = metrics
+        self.open_streams = open_streams
 
     def outcome(self, rpc: str) -> _Outcome:
         return _Outcome(self._metrics, rpc)
@@ -173,18 +181,22 @@ class MetadataUpdateServicer(pb_grpc.MetadataUpdateServiceServicer):
 
     @streaming
     async def UpdateImageSetMetadata(
-        self, request: pb.UpdateImageSetMetadataRequest, context: grpc.aio.ServicerContext[Any, Any]
+        self,
+        caller: Caller,
+        request: pb.UpdateImageSetMetadataRequest,
+        context: grpc.aio.ServicerContext[Any, Any],
     ) -> AsyncIterator[Event]:
-        caller = self._caller(context, "UpdateImageSetMetadata")
         remaining = context.time_remaining()
         return await self._pipeline.update(caller, to_update_request(request), remaining)
 
     @streaming
     async def WatchUpdate(
-        self, request: pb.WatchUpdateRequest, context: grpc.aio.ServicerContext[Any, Any]
+        self,
+        caller: Caller,
+        request: pb.WatchUpdateRequest,
+        context: grpc.aio.ServicerContext[Any, Any],
     ) -> AsyncIterator[Event]:
-        caller = self._caller(context, "WatchUpdate")
-        return await self._pipeline.watch(caller, request.operation_id)
+        return await self._pipeline.watch(caller, operation_id(request.operation_id))
 
     @unary
     async def EvaluateUpdate(
@@ -236,7 +248,9 @@ class MetadataUpdateServicer(pb_grpc.MetadataUpdateServiceServicer):
         self, request: pb.ApproveUpdateRequest, context: grpc.aio.ServicerContext[Any, Any]
     ) -> pb.OperationSummary:
         caller = self._caller(context, "ApproveUpdate")
-        approved = await self._approvals.approve(caller, request.operation_id, request.comment)
+        approved = await self._approvals.approve(
+            caller, operation_id(request.operation_id), request.comment
+        )
         return to_pb_summary(approved)
 
     @unary
@@ -244,7 +258,9 @@ class MetadataUpdateServicer(pb_grpc.MetadataUpdateServiceServicer):
         self, request: pb.RejectUpdateRequest, context: grpc.aio.ServicerContext[Any, Any]
     ) -> pb.OperationSummary:
         caller = self._caller(context, "RejectUpdate")
-        rejected = await self._approvals.reject(caller, request.operation_id, request.comment)
+        rejected = await self._approvals.reject(
+            caller, operation_id(request.operation_id), request.comment
+        )
         return to_pb_summary(rejected)
 
     @unary
@@ -252,7 +268,9 @@ class MetadataUpdateServicer(pb_grpc.MetadataUpdateServiceServicer):
         self, request: pb.ReviewUpdateRequest, context: grpc.aio.ServicerContext[Any, Any]
     ) -> pb.OperationSummary:
         caller = self._caller(context, "ReviewUpdate")
-        reviewed = await self._approvals.review(caller, request.operation_id, request.comment)
+        reviewed = await self._approvals.review(
+            caller, operation_id(request.operation_id), request.comment
+        )
         return to_pb_summary(reviewed)
 
 

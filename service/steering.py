@@ -92,11 +92,25 @@ class Steering:
             return record
         if record.state not in CANCELLABLE:
             raise NotCancellable(record.id, record.state)
-        cancelled = await self._runner.cancel(operation_id, caller.principal)
+        cancelled = await self._cancel_here(operation_id, caller.principal)
         if cancelled is None:  # run by another replica (or, after a crash, by nobody yet)
             cancelled = await self._cancel_elsewhere(record, caller.principal)
         audit.cancelled(caller, cancelled)
         return cancelled
+
+    async def _cancel_here(self, operation_id: str, by: str) -> OperationRecord | None:
+        """Take back a queued operation this process runs (None: it runs elsewhere, or
+        nowhere): its task stops where it waits, before any send, and ends it `cancelled`
+        (service/operation.py's `end_cancelled`)."""
+        operation = self._runner.operation(operation_id)
+        if operation is None or operation.task is None:
+            return None
+        if operation.record.state not in CANCELLABLE:
+            raise NotCancellable(operation_id, operation.record.state)
+        operation.cancelled_by = by
+        operation.task.cancel()
+        await asyncio.wait([operation.task])
+        return operation.record
 
     async def _cancel_elsewhere(self, record: OperationRecord, by: str) -> OperationRecord:
         cancelled = replace(record, seq=record.seq + 1, state="cancelled", cancelled_by=by)
@@ -104,8 +118,8 @@ class Steering:
         if held not in CANCELLABLE:
             raise NotCancellable(record.id, held or "gone")
         if self._journal.shared:
-            told = Cancelled(record.id, time.time(), by)
-            self._journal.publish(record.id, to_payload(cancelled.seq, told))
+            told = to_payload(cancelled.seq, Cancelled(record.id, time.time(), by))
+            self._journal.publish(record.id, {**told, "epoch": record.epoch})
             self._journal.publish(CANCELS, {"operation_id": record.id, "cancelled_by": by})
         return cancelled
 
@@ -117,7 +131,7 @@ class Steering:
                     while True:
                         word = await heard.get()
                         with contextlib.suppress(ProxyError):  # past its queue: it goes on
-                            await self._runner.cancel(word["operation_id"], word["cancelled_by"])
+                            await self._cancel_here(word["operation_id"], word["cancelled_by"])
             except ProxyError as error:  # a later save tells the owner anyway
                 log.warning("cancel_channel_failed", error=error.message)
                 await asyncio.sleep(1.0)

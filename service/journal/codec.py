@@ -177,6 +177,9 @@ def _unless_set(document: dict[str, Any]) -> dict[str, Any]:
 def _tail(record: OperationRecord) -> str:
     """The fields that change as the operation goes on, closing the record's JSON."""
     document = _unless_set({name: getattr(record, name) for name in _CHANGING_NAMES})
+    del document["epoch"]  # the Redis journal keeps it beside the body, where scripts check it
+    if not record.inflight_until:
+        del document["inflight_until"]  # only an interrupted submit needs it (older text kept)
     for name in ("submitted", "last_status", "error", "approval"):
         if document.get(name) is not None:
             document[name] = _plain(document[name])

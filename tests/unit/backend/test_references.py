@@ -115,15 +115,18 @@ async def test_check_reads_only_when_the_update_names_series() -> None:
 # --- the version read before the queue (issue 21) ------------------------------------------------
 
 
-def at_version(version: str) -> Callable[[], Awaitable[ImageSetStatus]]:
-    async def read() -> ImageSetStatus:
+Read = Callable[[str, str], Awaitable[ImageSetStatus]]
+
+
+def at_version(version: str) -> Read:
+    async def read(datastore_id: str, image_set_id: str) -> ImageSetStatus:
         return ImageSetStatus("d" * 32, "i" * 32, version, "ACTIVE", "UPDATED")
 
     return read
 
 
-def failing(error: ProxyError) -> Callable[[], Awaitable[ImageSetStatus]]:
-    async def read() -> ImageSetStatus:
+def failing(error: ProxyError) -> Read:
+    async def read(datastore_id: str, image_set_id: str) -> ImageSetStatus:
         raise error
 
     return read
@@ -150,7 +153,7 @@ async def test_a_failed_read_is_no_verdict_but_a_missing_image_set_is() -> None:
 async def test_a_slow_read_is_no_verdict(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(references, "VERSION_READ_SECONDS", 0.01)
 
-    async def slow() -> ImageSetStatus:
+    async def slow(datastore_id: str, image_set_id: str) -> ImageSetStatus:
         await asyncio.sleep(1.0)
         raise AssertionError("not waited for")
 

@@ -31,6 +31,9 @@ MARKER = b"A^B"
 def asdict_encode(record: OperationRecord, sealer: Sealer) -> str:
     """The encoder before issue 12, kept verbatim: journals written by it must still resume."""
     document = asdict(at_rest(record))
+    del document["epoch"]  # issue 24: kept beside the body; in it only an interrupted submit's
+    if not document["inflight_until"]:  # deadline, so records without one read as before
+        del document["inflight_until"]
     if not document["cancelled_by"]:  # issue 21's field, written only when set
         del document["cancelled_by"]
     _drop_unset(document, ("approval", "reviewed_by"))  # issue 22's, the same
@@ -113,6 +116,7 @@ records = st.builds(
     last_status=statuses,
     error=errors,
     touched=_texts,
+    inflight_until=st.sampled_from([0.0, 1_700_000_000.5]),
     cancelled_by=st.sampled_from(["", "dev:alice"]),
 )
 progress = st.lists(
