@@ -1,5 +1,6 @@
 """Four eyes (issue 22) against real OPA (the shipped policies, with short approval lifetimes),
-the emulator and a proxy whose SQLite journal survives a SIGKILL.
+the emulator and a proxy whose SQLite journal survives a SIGKILL (and two replicas sharing a
+Redis journal, one of which dies while an update waits).
 
 demo-patient's PatientID change waits for an approver (role patient-identity-approver, which
 demo-admin holds): nothing is written before the approval and exactly one write after it. The
@@ -34,6 +35,7 @@ from tests.e2e.conftest import (
     dev,
     kinds,
     read_until,
+    redis_server,
     study_update,
 )
 from tests.e2e.test_steering import error_info
@@ -69,7 +71,7 @@ def policies_with_short_approvals(folder: Path) -> Path:
 def backend(tmp_path_factory: pytest.TempPathFactory) -> Iterator[QuotaStack]:
     work = tmp_path_factory.mktemp("approvals")
     policies = policies_with_short_approvals(work / "policies")
-    with running_stack(StackSpec(10, update_delay=0.2, policies=policies), work) as local:
+    with running_stack(StackSpec(12, update_delay=0.2, policies=policies), work) as local:
         yield QuotaStack(local)
 
 
@@ -334,3 +336,32 @@ async def test_break_glass_goes_ahead_audited_counted_and_reviewable(
     url = f"http://127.0.0.1:{proxy.metrics_port}/metrics"
     metrics = await asyncio.to_thread(lambda: urllib.request.urlopen(url).read())
     assert b"imaging_proxy_break_glass_total 1.0" in metrics
+
+
+@pytest.mark.redis
+async def test_a_waiting_update_outlives_its_replica(backend: QuotaStack, tmp_path: Path) -> None:
+    (image_set,) = backend.take(1)
+    with redis_server(tmp_path / "redis") as url:
+        shared = {"journal": {"url": url, "lease_seconds": 2.0}}
+        dying, survivor = (backend.proxy(f"replica-{n}", shared) for n in "ab")
+        async with (
+            grpc.aio.insecure_channel(dying.endpoint) as first,
+            grpc.aio.insecure_channel(survivor.endpoint) as second,
+        ):
+            a, b = (pb_grpc.MetadataUpdateServiceStub(c) for c in (first, second))
+            call, operation_id = await awaiting(a, identifier_update(backend, image_set))
+            dying.kill()
+            with pytest.raises(grpc.aio.AioRpcError):
+                await rest(call, 10)
+            watched = b.WatchUpdate(
+                pb.WatchUpdateRequest(operation_id=operation_id), metadata=PATIENT
+            )
+            await read_until(watched, "approval_required")
+            approved = await b.ApproveUpdate(
+                pb.ApproveUpdateRequest(operation_id=operation_id), metadata=ADMIN
+            )
+            after = await rest(watched, 40)  # the survivor takes it over once the lease lapses
+
+    assert approved.state == "queued"
+    assert kinds(after)[-1] == "finished"
+    assert writes(backend, image_set) == 1
