@@ -94,8 +94,8 @@ class PolicyFiles:
 
 
 async def push(client: OpaAdmin, files: PolicyFiles) -> list[str]:
-    """Each policy under its id, then each top-level data document under its key: what was
-    pushed, in order. Data first would let a policy see grants before its package exists."""
+    """Each policy under its id, then each top-level data document under its key (a PUT
+    replaces that document whole); what was pushed, in order."""
     pushed = []
     for policy_id, text in files.policies.items():
         await client.update_policy_from_string(text, policy_id, rego_compat=False)

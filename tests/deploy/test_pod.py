@@ -13,6 +13,7 @@ import shutil
 import subprocess
 import tempfile
 import threading
+import urllib.request
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -212,6 +213,13 @@ def evaluate(cluster: Cluster, who: str, document: dict[str, Any]) -> bool:
     return bool(answer.decision.allow)
 
 
+def opa_data(cluster: Cluster, path: str = "") -> dict[str, Any]:
+    """A document of OPA's data tree, from its API (on 127.0.0.1 only, as in the pod)."""
+    url = f"http://127.0.0.1:{cluster.ports['opa']}/v1/data/{path}"
+    with urllib.request.urlopen(url) as answer:
+        return dict(json.load(answer)["result"])
+
+
 def grant(pod: Pod, roles: list[str]) -> None:
     """Edit data.json in the policies ConfigMap; the kubelet swaps ..data (no restart)."""
     data = dict(pod.objects[("ConfigMap", "imaging-proxy-policies")])
@@ -226,6 +234,13 @@ def test_the_pod_serves_the_spiffe_admin_refuses_the_editor_and_reloads_policies
 ) -> None:
     policies = proxy_pod.path("/policies")
     assert (policies / "..data").is_symlink() and (policies / "imaging").is_symlink()
+    # Every document where policies/ puts it, nothing under the kubelet's hidden folder's name.
+    data = opa_data(cluster)  # OPA leaves data.system out of the root document
+    assert set(data) == {"imaging"}
+    shipped = json.loads((ROOT / "policies" / "data.json").read_text())
+    assert data["imaging"]["grants"] == shipped["imaging"]["grants"]
+    assert {"caller", "update"} <= set(data["imaging"])
+    assert "max_logged_changes" in opa_data(cluster, "system/log")  # the decision-log mask
     with channel(cluster, "admin") as ch:
         stub = pb_grpc.MetadataUpdateServiceStub(ch)
         events = list(
