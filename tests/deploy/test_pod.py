@@ -41,6 +41,7 @@ ROOT = Path(__file__).resolve().parents[2]
 MAKE_CERTS = ROOT / "deploy" / "tls" / "make-certs.sh"
 SPIFFE = "spiffe://hospital.example/ns/imaging/sa/"
 EDITOR = SPIFFE + "editor"
+PATIENT_ROLE = "patient-identity-editor"
 PATIENT_NAME = {"SchemaVersion": 1.1, "Patient": {"DICOM": {"PatientName": "DOE^JANE"}}}
 STUDY_DESCRIPTION = {"SchemaVersion": 1.1, "Study": {"DICOM": {"StudyDescription": "CHEST"}}}
 
@@ -256,7 +257,7 @@ def test_the_pod_serves_the_spiffe_admin_refuses_the_editor_and_reloads_policies
     assert refused.value.code() == grpc.StatusCode.PERMISSION_DENIED
 
     started = {name: child.pid for name, child in proxy_pod.children.items()}
-    grant(proxy_pod, ["metadata-editor", "patient-identity-editor"])
+    grant(proxy_pod, ["metadata-editor", PATIENT_ROLE])
     eventually_sync(
         lambda: evaluate(cluster, "editor", PATIENT_NAME), within=30, until=bool, interval=0.5
     )
@@ -267,10 +268,12 @@ def test_the_pod_serves_the_spiffe_admin_refuses_the_editor_and_reloads_policies
 
 
 class BundleServer:
-    """A loopback HTTP server handing out the files of one folder (a bundle service)."""
+    """A loopback HTTP server handing out the files of one folder (a bundle service); `served`
+    lists every path it answered, in order."""
 
     def __init__(self, folder: Path) -> None:
-        handler = functools.partial(_QuietHandler, directory=str(folder))
+        self.served: list[str] = []
+        handler = functools.partial(_CountingHandler, directory=str(folder), served=self.served)
         self._server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
         self.url = f"http://127.0.0.1:{self._server.server_address[1]}"
         self._thread = threading.Thread(target=self._server.serve_forever, daemon=True)
@@ -281,9 +284,30 @@ class BundleServer:
         self._server.server_close()
 
 
-class _QuietHandler(http.server.SimpleHTTPRequestHandler):
+class _CountingHandler(http.server.SimpleHTTPRequestHandler):
+    def __init__(self, *args: Any, served: list[str], **kwargs: Any) -> None:
+        self._served = served
+        super().__init__(*args, **kwargs)
+
+    def do_GET(self) -> None:
+        super().do_GET()
+        self._served.append(self.path)
+
     def log_message(self, format: str, *args: Any) -> None:
         pass
+
+
+def signing_key(path: Path) -> str:
+    """A new RSA key written to `path` (PEM); its public half."""
+    private = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+    pem = private.private_bytes(
+        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+    )
+    path.write_bytes(pem)
+    public = private.public_key().public_bytes(
+        serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
+    )
+    return public.decode()
 
 
 def build_bundle(policies: Path, out: Path, key: Path, editor_roles: list[str]) -> None:
@@ -300,62 +324,65 @@ def build_bundle(policies: Path, out: Path, key: Path, editor_roles: list[str]) 
     Path(str(out) + ".tmp").replace(out)  # a new revision appears at once, never half written
 
 
+@dataclass(frozen=True)
+class BundlePod:
+    pod: Pod
+    server: BundleServer
+    bundle: Path
+    key: Path
+
+
+POLICIES = ROOT / "deploy" / "helm" / "imaging-proxy" / "files" / "policies"
+
+
 @pytest.fixture
-def bundle_pod(cluster: Cluster, image: Image) -> Iterator[tuple[Pod, Path, Path]]:
+def bundle_pod(cluster: Cluster, image: Image) -> Iterator[BundlePod]:
+    """The pod with opa.bundle on, polling a loopback bundle service every 1 to 2 s, verifying
+    signatures; the first revision grants the editor "metadata-editor" only."""
     folder = cluster.work / "bundles"
     folder.mkdir()
-    private = rsa.generate_private_key(public_exponent=65537, key_size=2048)
     key = cluster.work / "signing.pem"
-    key.write_bytes(
-        private.private_bytes(
-            serialization.Encoding.PEM,
-            serialization.PrivateFormat.PKCS8,
-            serialization.NoEncryption(),
-        )
-    )
-    public = (
-        private.public_key()
-        .public_bytes(serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo)
-        .decode()
-    )
-    policies = ROOT / "deploy" / "helm" / "imaging-proxy" / "files" / "policies"
-    build_bundle(policies, folder / "bundle.tar.gz", key, ["metadata-editor"])
+    public = signing_key(key)
+    bundle = folder / "bundle.tar.gz"
+    build_bundle(POLICIES, bundle, key, ["metadata-editor"])
     server = BundleServer(folder)
     settings = {
         **cluster.settings(),
         "opa.bundle.enabled": True,
         "opa.bundle.url": server.url,
-        "opa.bundle.resource": "bundle.tar.gz",
+        "opa.bundle.resource": bundle.name,
         "opa.bundle.minDelaySeconds": 1,
         "opa.bundle.maxDelaySeconds": 2,
         "opa.bundle.signing.enabled": True,
         "opa.bundle.signing.publicKey": public,
     }
     documents = render(settings=settings)
-    pod = pod_of(
-        find(documents, "Deployment", "imaging-proxy"),
-        documents,
-        cluster,
-        cluster.work / "pod-bundle",
-        image,
-    )
+    workload = find(documents, "Deployment", "imaging-proxy")
+    pod = pod_of(workload, documents, cluster, cluster.work / "pod-bundle", image)
     try:
         start_pod(pod)
-        yield pod, policies, key
+        yield BundlePod(pod, server, bundle, key)
     finally:
         pod.stop()
         server.close()
 
 
-def test_a_new_signed_bundle_revision_takes_effect_after_polling(
-    cluster: Cluster, bundle_pod: tuple[Pod, Path, Path]
+def test_a_new_signed_bundle_revision_takes_effect_after_polling_and_a_forged_one_never(
+    cluster: Cluster, bundle_pod: BundlePod
 ) -> None:
-    pod, policies, key = bundle_pod
+    pod, server = bundle_pod.pod, bundle_pod.server
     assert not evaluate(cluster, "editor", PATIENT_NAME)
     started = {name: child.pid for name, child in pod.children.items()}
-    out = cluster.work / "bundles" / "bundle.tar.gz"
-    build_bundle(policies, out, key, ["metadata-editor", "patient-identity-editor"])
+    build_bundle(POLICIES, bundle_pod.bundle, bundle_pod.key, ["metadata-editor", PATIENT_ROLE])
     eventually_sync(
         lambda: evaluate(cluster, "editor", PATIENT_NAME), within=30, until=bool, interval=0.5
     )
+
+    # A revision signed by another key (revoking the role) is fetched, refused, never applied.
+    forged = cluster.work / "forged.pem"
+    signing_key(forged)
+    build_bundle(POLICIES, bundle_pod.bundle, forged, [])
+    fetched = len(server.served)
+    eventually_sync(lambda: len(server.served), within=30, until=lambda n: n >= fetched + 2)
+    assert evaluate(cluster, "editor", PATIENT_NAME), "the forged revision was applied"
     assert {n: c.pid for n, c in pod.children.items() if c.running()} == started
