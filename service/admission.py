@@ -104,6 +104,10 @@ class FairQueue:
             depth += 1
         return ordered
 
+    def oldest(self) -> float | None:
+        """When the longest-waiting ticket was enqueued (each principal's queue is FIFO)."""
+        return min((queue[0].enqueued_at for queue in self._queues.values()), default=None)
+
     def position_if_added(self, principal: str) -> int:
         """The position (1 = next) a new ticket of `principal` would get, in O(principals)."""
         mine = self.count(principal)
@@ -205,6 +209,9 @@ class Admission:
         self._swept_at = time.monotonic()
         self._task: asyncio.Task[None] | None = None
         metrics.queue_depth.set_function(lambda: len(self._queue))
+        metrics.oldest_waiting.labels("queued").set_function(
+            lambda: max(0.0, self._clock() - (self._queue.oldest() or self._clock()))
+        )
 
     def __len__(self) -> int:
         return len(self._queue)
