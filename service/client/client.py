@@ -200,10 +200,11 @@ class MetadataUpdateClient:
         max_results: int = 0,
         next_token: str = "",
         time_limit: float | None = None,
+        break_glass: bool = False,
     ) -> tuple[list[OperationSummary], str]:
         """One page of operations (oldest first) and the next page's token ("" on the last).
         Filters left empty match any; without `principal`, everyone's if the policy lets the
-        caller see others', else the caller's own."""
+        caller see others', else the caller's own. `break_glass`: only those to review."""
         request = metadata_pb2.ListOperationsRequest(
             principal=principal,
             datastore_id=datastore_id,
@@ -211,6 +212,7 @@ class MetadataUpdateClient:
             state=state,
             max_results=max_results,
             next_token=next_token,
+            break_glass=break_glass,
         )
         page = await self._unary("ListOperations", request, time_limit)
         return [operation_summary(o) for o in page.operations], page.next_token
