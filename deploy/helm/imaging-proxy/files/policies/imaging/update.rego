@@ -5,9 +5,13 @@
 #   {"allow": bool, "reasons": [string]}. Every failing rule adds one stable reason string;
 #   the update is allowed only when none fails. The proxy sends facts (VR, level, PS3.15
 #   profile action...), never verdicts; data.imaging.editable names the descriptive
-#   attributes a metadata-editor may change although the profile lists them. See docs/POLICIES.md.
+#   attributes a metadata-editor may change although the profile lists them. An allowed update
+#   may still need approval (approvals.rego): then the answer is {"allow": false, "reasons",
+#   "approval": {...}}, or {"allow": true, "reasons", "break_glass": true} when the caller broke
+#   the glass. See docs/POLICIES.md.
 package imaging.update
 
+import data.imaging.approvals
 import data.imaging.caller
 
 # METADATA
@@ -15,7 +19,21 @@ import data.imaging.caller
 # description: Always defined; reasons is empty when the update is allowed.
 default decision := {"allow": false, "reasons": ["policy input is malformed"]}
 
-decision := {"allow": allow, "reasons": reasons} if well_formed
+decision := {"allow": allow, "reasons": reasons} if {
+	well_formed
+	not approvals.pending
+	not approvals.glass_broken
+}
+
+decision := {"allow": false, "reasons": approvals.reasons, "approval": approvals.approval} if {
+	well_formed
+	approvals.pending
+}
+
+decision := {"allow": true, "reasons": reasons, "break_glass": true} if {
+	well_formed
+	approvals.glass_broken
+}
 
 well_formed if {
 	is_object(input.caller)
@@ -67,6 +85,19 @@ reasons contains "revert requires role metadata-admin" if {
 }
 
 admin if "metadata-admin" in caller.roles
+
+# --- why (input.purpose: purpose_of_use, justification_length, ticket, break_glass) ---
+
+reasons contains "patient identifier changes require a justification" if {
+	not admin
+	approvals.touches_identifier
+	object.get(input, ["purpose", "justification_length"], 0) == 0
+}
+
+reasons contains "break_glass requires a break-glass role" if {
+	input.purpose.break_glass == true
+	not approvals.break_glass_holder
+}
 
 # --- each change ---
 # Role first, so a caller holding the role never scans the changes. Each scan is one complete
