@@ -37,6 +37,7 @@ ALERTS = {
     "ImagingProxyQueueAgeHigh",
     "ImagingProxyThrottled",
     "ImagingProxyUpdateFailures",
+    "ImagingProxyBreakGlass",
 }
 
 
@@ -159,7 +160,7 @@ def _named_metrics(text: str) -> set[str]:
     return {re.sub(r"_(total|bucket|count|sum|created)$", "", name) for name in names}
 
 
-def test_alerts_are_the_five_and_read_metrics_the_proxy_exports() -> None:
+def test_alerts_are_the_six_and_read_metrics_the_proxy_exports() -> None:
     documents = render(api_versions=[MONITORING_API])
     rule = find(documents, "PrometheusRule", "imaging-proxy")
     rules = rule["spec"]["groups"][0]["rules"]
