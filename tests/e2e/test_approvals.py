@@ -71,7 +71,7 @@ def policies_with_short_approvals(folder: Path) -> Path:
 def backend(tmp_path_factory: pytest.TempPathFactory) -> Iterator[QuotaStack]:
     work = tmp_path_factory.mktemp("approvals")
     policies = policies_with_short_approvals(work / "policies")
-    with running_stack(StackSpec(12, update_delay=0.2, policies=policies), work) as local:
+    with running_stack(StackSpec(13, update_delay=0.2, policies=policies), work) as local:
         yield QuotaStack(local)
 
 
@@ -219,6 +219,20 @@ async def test_a_rejection_ends_the_stream_and_writes_nothing(
     assert kinds(after) == ["rejected"] and after[-1].rejected.rejected_by == "dev:demo-admin"
     assert late.code() == grpc.StatusCode.FAILED_PRECONDITION
     assert error_info(late)["reason"] == "NOT_AWAITING_APPROVAL"
+    assert writes(backend, image_set) == 0
+
+
+async def test_the_requester_may_take_back_a_waiting_update(
+    backend: QuotaStack, stub: pb_grpc.MetadataUpdateServiceStub
+) -> None:
+    (image_set,) = backend.take(1)
+    call, operation_id = await awaiting(stub, identifier_update(backend, image_set))
+    cancel = pb.CancelUpdateRequest(operation_id=operation_id)
+    cancelled = await stub.CancelUpdate(cancel, metadata=PATIENT)
+    after = await rest(call, 10)
+
+    assert cancelled.state == "cancelled"
+    assert kinds(after) == ["cancelled"]
     assert writes(backend, image_set) == 0
 
 
