@@ -1,6 +1,7 @@
 """Request path: gate → normalise → same idempotency key? → decide → admit → record → launch →
 follow, each step one line of `Pipeline.update`. The gate (service/gate.py) refuses callers
-without a role and bounds the requests being normalised and decided, before that work starts.
+without a role, then the request waits its caller's turn in the decisions stage before it is
+normalised and decided.
 The pipeline calls the runner and the streams; neither calls back into the pipeline."""
 
 from __future__ import annotations
@@ -18,7 +19,9 @@ from service.journal import fingerprint
 from service.metrics import Metrics
 from service.model import Caller, Decision, OperationRecord, UpdatePlan, UpdateRequest
 from service.policy import PolicyClient
+from service.references import References
 from service.runner import Runner
+from service.stages import FairStage
 from service.streams import Streams
 from service.updates import normalise
 
@@ -35,13 +38,16 @@ class Pipeline:
         streams: Streams,
         metrics: Metrics,
         limits: LimitSettings,
+        decisions: FairStage,
+        references: References,
     ) -> None:
         self._policy = policy
         self._runner = runner
         self._streams = streams
         self._metrics = metrics
         self._limits = limits
-        self._gate = Gate(policy.role_answer, limits, metrics)
+        self._references = references
+        self._gate = Gate(policy.role_answer, limits, decisions, metrics)
 
     async def update(
         self, caller: Caller, request: UpdateRequest, time_remaining: float | None
@@ -52,13 +58,14 @@ class Pipeline:
 
         A retry with the same idempotency key follows the first operation, undecided again.
         """
-        async with self._gate.entry(caller, request.datastore_id, request.image_set_id):
+        deadline = _deadline(time_remaining)
+        async with self._gate.entry(caller, request.datastore_id, request.image_set_id, deadline):
             plan = normalise(request, self._limits)
             record = await self._runner.existing(caller.principal, request)
             decision = await self._allowed(caller, plan) if record is None else None
         if decision is not None:  # a new operation, allowed
-            deadline = time.time() + time_remaining if time_remaining is not None else None
-            await self._runner.admit(caller.principal, plan, deadline)
+            await self._runner.admit(caller.principal, deadline)
+            await self._references.check(caller.principal, plan, deadline)
             fresh = new_record(caller, request, plan, decision, deadline)
             record = await self._runner.record(fresh)
             tracing.tag_operation(record.id)
@@ -67,9 +74,12 @@ class Pipeline:
         assert record is not None  # the twin of an earlier call, or the one recorded above
         return self._streams.follow(record)
 
-    async def evaluate(self, caller: Caller, request: UpdateRequest) -> tuple[UpdatePlan, Decision]:
+    async def evaluate(
+        self, caller: Caller, request: UpdateRequest, time_remaining: float | None = None
+    ) -> tuple[UpdatePlan, Decision]:
         """Validate, classify and decide; nothing is submitted."""
-        async with self._gate.entry(caller, request.datastore_id, request.image_set_id):
+        deadline = _deadline(time_remaining)
+        async with self._gate.entry(caller, request.datastore_id, request.image_set_id, deadline):
             plan = normalise(request, self._limits)
             return plan, await self._decide(caller, plan)
 
@@ -108,6 +118,11 @@ class Pipeline:
         raise PermissionDenied(
             "only the caller who started an operation (or an admin) may watch it"
         )
+
+
+def _deadline(time_remaining: float | None) -> float | None:
+    """The call's deadline as epoch seconds (None: the caller set none)."""
+    return time.time() + time_remaining if time_remaining is not None else None
 
 
 def new_record(

@@ -4,7 +4,9 @@ HealthImaging cannot create series or instances: an update naming one the image 
 after it has taken a write (0.25/s by default). One GetImageSetMetadata read, made only when the
 document names series or instances, refuses it first: INVALID_ARGUMENT, a field violation per
 missing series or instance, its path naming the key (the UID the caller sent), never a value.
-The latest version is read: a stale `latest_version_id` fails as a conflict anyway.
+The latest version is read: a stale `latest_version_id` fails as a conflict anyway. The read
+waits its caller's turn among everyone's reads (service/stages.py), so one caller's flood of
+series updates does not hold another's read back.
 """
 
 from __future__ import annotations
@@ -15,8 +17,10 @@ import json
 from collections.abc import Awaitable, Callable, Mapping
 
 from service.errors import FieldViolation, InvalidArgument
+from service.healthimaging import HealthImaging
 from service.jsondoc import field_path
 from service.model import UpdatePlan
+from service.stages import PacedCalls
 from service.updates import DICOM_UPDATES, MAX_VIOLATIONS
 
 Named = Mapping[tuple[str, str], str]
@@ -74,3 +78,18 @@ async def check(plan: UpdatePlan, read: Callable[[], Awaitable[bytes]]) -> None:
     violations = missing(wanted, present)
     if violations:
         raise InvalidArgument(violations[:MAX_VIOLATIONS], len(violations))
+
+
+class References:
+    """The check of an update's named series and instances, its read waiting the caller's turn
+    (the `reference_reads` stage, paced by the GetImageSetMetadata budget)."""
+
+    def __init__(self, backend: HealthImaging, reads: PacedCalls) -> None:
+        self._backend = backend
+        self._reads = reads
+
+    async def check(self, principal: str, plan: UpdatePlan, deadline: float | None) -> None:
+        def read() -> Awaitable[bytes]:
+            return self._backend.image_set_metadata(plan.datastore_id, plan.image_set_id)
+
+        await check(plan, lambda: self._reads.call(principal, read, deadline))

@@ -164,7 +164,8 @@ class MetadataUpdateServicer(pb_grpc.MetadataUpdateServiceServicer):
         self, request: pb.UpdateImageSetMetadataRequest, context: grpc.aio.ServicerContext[Any, Any]
     ) -> pb.Evaluation:
         caller = self._caller(context, "EvaluateUpdate")
-        plan, decision = await self._pipeline.evaluate(caller, to_update_request(request))
+        update = to_update_request(request)
+        plan, decision = await self._pipeline.evaluate(caller, update, context.time_remaining())
         return to_pb_evaluation(plan, decision)
 
 
