@@ -209,7 +209,7 @@ class AdmissionSettings:
     """Everything one caller has waiting, at every stage together (requests to be decided,
     reference reads, updates waiting for a write); beyond it RESOURCE_EXHAUSTED + RetryInfo, so
     one noisy service cannot fill the queues."""
-    max_deciding: Count = 64
+    max_deciding: Count = 16
     """Requests normalised and decided at once (all callers); the others wait their caller's
     turn."""
     max_in_flight_per_datastore: Count = 100
