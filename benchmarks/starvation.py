@@ -1,4 +1,4 @@
-"""Benchmark 7, starvation (issue 18): one caller's single update while another floods.
+"""Benchmark 6, starvation (issue 18): one caller's single update while another floods.
 
 The scenario of issue 18 at HealthImaging's default quotas (0.25 writes/s, reads 25/s): the
 victim (`bench-01`) sends one series-level SeriesDescription update, which needs a reference

@@ -15,8 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
-from contextlib import asynccontextmanager
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import TypeVar
 
@@ -35,6 +34,23 @@ DEADLINE = "QUEUE_WAIT_EXCEEDS_DEADLINE"
 class _Waiter:
     flow: str
     turn: asyncio.Future[None] = field(default_factory=asyncio.Future)
+
+
+class Turn:
+    """One place in a stage for an `async with` block (a plain object: this is the hot path)."""
+
+    __slots__ = ("_deadline", "_flow", "_refusable", "_stage")
+
+    def __init__(
+        self, stage: FairStage, flow: str, deadline: float | None, refusable: bool
+    ) -> None:
+        self._stage, self._flow, self._deadline, self._refusable = stage, flow, deadline, refusable
+
+    async def __aenter__(self) -> None:
+        await self._stage._enter(self._flow, self._deadline, self._refusable)
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        self._stage._release()
 
 
 class FairStage:
@@ -63,21 +79,17 @@ class FairStage:
     def waiting(self, flow: str) -> int:
         return self._queue.count(flow)
 
-    @asynccontextmanager
-    async def turn(
-        self, flow: str, deadline: float | None = None, *, refusable: bool = True
-    ) -> AsyncIterator[None]:
-        """Hold one place for the block. `deadline`: epoch seconds by which the turn must come
-        (less the margin); `refusable=False` (the proxy's own polls) is never refused for a full
-        queue, only counted."""
+    def turn(self, flow: str, deadline: float | None = None, *, refusable: bool = True) -> Turn:
+        """Hold one place for an `async with` block. `deadline`: epoch seconds by which the turn
+        must come (less the margin); `refusable=False` (the proxy's own polls) is never refused
+        for a full queue, only counted."""
+        return Turn(self, flow, deadline, refusable)
+
+    async def _enter(self, flow: str, deadline: float | None, refusable: bool) -> None:
         if self._free and not self._queue:
             self._free -= 1
         else:
             await self._wait(flow, deadline, refusable)
-        try:
-            yield
-        finally:
-            self._release()
 
     async def _wait(self, flow: str, deadline: float | None, refusable: bool) -> None:
         if refusable:
@@ -143,9 +155,12 @@ class PacedCalls:
         *,
         refusable: bool = True,
     ) -> T:
-        async with self._stage.turn(flow, deadline, refusable=refusable):
-            await self._budget.acquire(self._operation)
-        return await self._budget.call(self._operation, request, acquired=True, deadline=deadline)
+        if self._budget.enabled:  # without budgets there is no slot to share: no turn to wait
+            async with self._stage.turn(flow, deadline, refusable=refusable):
+                await self._budget.acquire(self._operation)
+        return await self._budget.call(
+            self._operation, request, acquired=self._budget.enabled, deadline=deadline
+        )
 
 
 @dataclass(frozen=True)
