@@ -1,12 +1,12 @@
 """Shared stages: a resource callers share, handed out in fair turns (service/fairness.py).
 
 A stage lets `concurrency` holders in at once; the others wait in their principal's queue and
-are served round-robin between principals. The OPA decisions are one stage (64 at once); the
-GetImageSetMetadata reads and the GetImageSet polls are stages of one holder that waits for the
-budget's next slot, so each slot of the quota goes to the fairest waiter rather than to whoever
-happened to ask first. A waiter is refused only when its principal's queues are full (across every
-stage, `Flows`) or its deadline passes before its turn (RESOURCE_EXHAUSTED + RetryInfo); one whose
-caller goes away leaves the queue, and a turn it was just given passes on.
+are served round-robin between principals. The OPA decisions are one stage (`max_deciding` at
+once); the GetImageSetMetadata reads and the GetImageSet polls are stages of one holder that
+waits for the budget's next slot, so each slot of the quota goes to the fairest waiter rather
+than to whoever happened to ask first. A waiter is refused only when its principal's queues are
+full (across every stage, `Flows`) or its deadline passes before its turn (RESOURCE_EXHAUSTED +
+RetryInfo); one whose caller goes away leaves the queue, and a turn it was just given passes on.
 
 The free path (nobody waiting, a holder's place free) is a counter: no future, no queue.
 """
@@ -47,10 +47,10 @@ class Turn:
         self._stage, self._flow, self._deadline, self._refusable = stage, flow, deadline, refusable
 
     async def __aenter__(self) -> None:
-        await self._stage._enter(self._flow, self._deadline, self._refusable)
+        await self._stage.acquire(self._flow, self._deadline, self._refusable)
 
     async def __aexit__(self, *exc_info: object) -> None:
-        self._stage._release()
+        self._stage.release()
 
 
 class FairStage:
@@ -85,7 +85,8 @@ class FairStage:
         for a full queue, only counted."""
         return Turn(self, flow, deadline, refusable)
 
-    async def _enter(self, flow: str, deadline: float | None, refusable: bool) -> None:
+    async def acquire(self, flow: str, deadline: float | None, refusable: bool) -> None:
+        """Take a place, waiting the flow's turn if none is free (`turn` is the way in)."""
         if self._free and not self._queue:
             self._free -= 1
         else:
@@ -120,7 +121,7 @@ class FairStage:
             ) from None
         except BaseException:  # the caller went away: leave, or pass on a turn just given
             if self._given(waiter):
-                self._release()
+                self.release()
             else:
                 self._queue.remove(waiter)
             raise
@@ -129,7 +130,7 @@ class FairStage:
     def _given(waiter: _Waiter) -> bool:
         return waiter.turn.done() and not waiter.turn.cancelled()
 
-    def _release(self) -> None:
+    def release(self) -> None:
         """The place goes straight to the fairest waiter, else back to the free ones."""
         while (waiter := self._queue.pop()) is not None:
             if not waiter.turn.done():  # a cancelled one is on its way out
