@@ -1,8 +1,8 @@
 """Request path: gate → normalise → same idempotency key? → decide → admit → check references →
-record → launch → follow, each step one line of `Pipeline.update`. The gate (service/gate.py) refuses callers
-without a role, then the request waits its caller's turn in the decisions stage before it is
-normalised and decided.
-The pipeline calls the runner and the streams; neither calls back into the pipeline."""
+record → launch → follow, each step one line of `Pipeline.update`. The gate (service/gate.py)
+refuses callers without a role, then the request waits its caller's turn in the decisions stage
+before it is normalised and decided. The pipeline calls the runner and the streams; neither calls
+back into the pipeline."""
 
 from __future__ import annotations
 
