@@ -205,9 +205,10 @@ async def run_mode(mode: str, plan: Plan) -> dict[str, Any]:
                     flush=True,
                 )
             stop.set()
-            if task is not None:
+            if task is not None:  # the flood's calls still waiting are cancelled, not awaited
+                task.cancel()
                 with contextlib.suppress(asyncio.CancelledError):
-                    await asyncio.wait_for(task, 30)
+                    await task
     return {
         "mode": mode,
         "victims": [vars(v) for v in results],
