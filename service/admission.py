@@ -67,6 +67,10 @@ class TicketQueue(FairQueue[Ticket]):
                 return ticket
         return None
 
+    def oldest(self) -> float | None:
+        """When the longest-waiting ticket was enqueued (each principal's queue is FIFO)."""
+        return min((ticket.enqueued_at for ticket in self.heads()), default=None)
+
     def expired(self, now: float) -> list[Ticket]:
         """Remove and return the tickets whose deadline has passed."""
         return self.drop(lambda ticket: ticket.deadline is not None and ticket.deadline <= now)
@@ -131,6 +135,9 @@ class Admission:
         self._swept_at = time.monotonic()
         self._task: asyncio.Task[None] | None = None
         metrics.queue_depth.set_function(lambda: len(self._queue))
+        metrics.oldest_waiting.labels("queued").set_function(
+            lambda: max(0.0, self._clock() - (self._queue.oldest() or self._clock()))
+        )
 
     def __len__(self) -> int:
         return len(self._queue)

@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING
 import aiohttp
 import structlog
 
-from service import tracing
+from service import audit, tracing
 from service.admission import Admission
 from service.budget import Budget
 from service.config import Settings
@@ -107,6 +107,7 @@ async def run(
     metrics = Metrics()
     async with AsyncExitStack() as stack:
         stack.enter_context(tracing.opened(settings.tracing, tracer_provider))  # before clients
+        stack.enter_context(audit.opened(settings.audit))
         if settings.server.metrics_port:
             stack.enter_context(metrics.serving(settings.server.host, settings.server.metrics_port))
         parts = await open_parts(settings, stack, metrics)

@@ -12,7 +12,7 @@ import tomllib
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Annotated, Any, get_args, get_origin, get_type_hints
+from typing import Annotated, Any, Literal, get_args, get_origin, get_type_hints
 
 
 @dataclass(frozen=True)
@@ -277,12 +277,28 @@ class TracingSettings:
 
     enabled: bool = False
     """Export spans of every RPC, OPA query, HealthImaging call and update stage."""
+    exporter: Literal["otlp", "console"] = "otlp"
+    """Where spans go: an OTLP/gRPC collector, or stderr as one JSON object per span (local use)."""
     endpoint: str = "http://127.0.0.1:4317"
     """The OTLP/gRPC collector spans are exported to."""
+    export_timeout_seconds: Seconds = 2.0
+    """Longest one export may take, retries included; also bounds the flush at shutdown when
+    the collector is down."""
     insecure: bool = True
     """Plaintext OTLP (a collector beside the proxy); false: TLS with the system's CAs."""
     sample_ratio: Fraction = 1.0
     """Fraction of new traces kept; a caller's sampled trace is always continued."""
+
+
+@dataclass(frozen=True)
+class AuditSettings:
+    """The audit trail (docs/AUDIT.md): one record per decision, submit, finish and cancel."""
+
+    path: str = "-"
+    """File the records are appended to, one per line; "-" = standard output (the logs go to
+    standard error, so the two never mix)."""
+    format: Literal["json", "fhir"] = "json"
+    """"json": records as docs/audit.schema.json describes them; "fhir": FHIR R5 AuditEvent."""
 
 
 @dataclass(frozen=True)
@@ -299,6 +315,7 @@ class Settings:
     budget: BudgetSettings = field(default_factory=BudgetSettings)
     journal: JournalSettings = field(default_factory=JournalSettings)
     tracing: TracingSettings = field(default_factory=TracingSettings)
+    audit: AuditSettings = field(default_factory=AuditSettings)
 
 
 def load_settings(
@@ -345,6 +362,9 @@ def _checked(key: str, hint: Any, value: Any) -> Any:
         return tuple(value)
     if base in (int, float):
         return _number(key, base, value, limits)
+    if get_origin(base) is Literal and value not in get_args(base):
+        choices = " or ".join(f'"{choice}"' for choice in get_args(base))
+        raise ValueError(f"{key}: expected {choices}")
     return value
 
 
@@ -372,4 +392,5 @@ _SECTIONS: tuple[type, ...] = (
     BudgetSettings,
     JournalSettings,
     TracingSettings,
+    AuditSettings,
 )

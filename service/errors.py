@@ -175,8 +175,16 @@ class Unavailable(ProxyError):
     reason = "BACKEND_UNAVAILABLE"
 
 
+PolicyCause = Literal["unreachable", "timeout", "http_error", "undefined", "malformed"]
+"""Why OPA gave no usable decision: a bounded word for metrics and the audit trail."""
+
+
 class PolicyUnavailable(Unavailable):
     reason = "POLICY_UNAVAILABLE"
+
+    def __init__(self, message: str, cause: PolicyCause = "malformed") -> None:
+        super().__init__(message)
+        self.cause = cause
 
 
 class NoCredentials(Unavailable):

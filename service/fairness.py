@@ -69,6 +69,11 @@ class FairQueue(Generic[T]):
         for flow in self._ring:
             yield from self._queues[flow]
 
+    def heads(self) -> Iterator[T]:
+        """The first item of each flow."""
+        for flow in self._ring:
+            yield self._queues[flow][0]
+
     def order(self) -> list[T]:
         queues = [self._queues[flow] for flow in self._ring]
         ordered: list[T] = []

@@ -19,7 +19,7 @@ from service import audit
 from service.config import LimitSettings
 from service.errors import PermissionDenied
 from service.metrics import Metrics
-from service.model import Caller, is_resource_id
+from service.model import Caller, Decision, is_resource_id
 from service.policy import RoleAnswer
 from service.stages import FairStage
 
@@ -90,25 +90,45 @@ class Gate:
         self._roles = RoleCache(lookup, limits.role_cache_seconds)
         self._decisions = decisions
         self._metrics = metrics
+        self._entered: dict[object, float] = {}
+        """When each request waiting or being decided entered (insertion order: oldest first)."""
+        metrics.oldest_waiting.labels("deciding").set_function(self._oldest_age)
+
+    def _oldest_age(self) -> float:
+        oldest = next(iter(self._entered.values()), None)
+        return 0.0 if oldest is None else time.monotonic() - oldest
 
     @asynccontextmanager
     async def entry(
-        self, caller: Caller, datastore_id: str, image_set_id: str, deadline: float | None = None
+        self,
+        caller: Caller,
+        datastore_id: str,
+        image_set_id: str,
+        rpc: str = "",
+        deadline: float | None = None,
     ) -> AsyncIterator[None]:
-        """Refuse a caller without a role, then hold a turn of the decisions stage for the block
-        (`deadline`: the call's, epoch seconds)."""
-        await self._require_a_role(caller, datastore_id, image_set_id)
-        async with self._decisions.turn(caller.principal, deadline):
-            yield
+        """Refuse a caller without a role (audited as `rpc`'s), then hold a turn of the decisions
+        stage for the block (`deadline`: the call's, epoch seconds)."""
+        await self._require_a_role(caller, datastore_id, image_set_id, rpc)
+        token = object()
+        self._entered[token] = time.monotonic()
+        try:
+            async with self._decisions.turn(caller.principal, deadline):
+                yield
+        finally:
+            del self._entered[token]
 
-    async def _require_a_role(self, caller: Caller, datastore_id: str, image_set_id: str) -> None:
+    async def _require_a_role(
+        self, caller: Caller, datastore_id: str, image_set_id: str, rpc: str
+    ) -> None:
         if not is_resource_id(datastore_id):
             return
         answer = await self._roles.answer(caller, datastore_id)
         if answer.roles is None or answer.roles:  # undefined: the full decision judges
             return
         self._metrics.gate_refusals.labels("no_role").inc()
-        shown = image_set_id if is_resource_id(image_set_id) else ""  # unchecked input: not logged
-        audit.no_role(caller, datastore_id, shown, answer.decision_id, NO_ROLE)
+        self._metrics.decisions.labels("denied", "no_role").inc()
+        refusal = Decision(False, (NO_ROLE,), answer.decision_id, answer.decision_id_source)
+        audit.no_role(caller, datastore_id, image_set_id, refusal, rpc)
         message = f"policy denied this update: {NO_ROLE}"
         raise PermissionDenied(message, answer.decision_id, [NO_ROLE])

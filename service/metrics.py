@@ -6,10 +6,21 @@ outcome word: never an attribute value, a principal, an image set or an operatio
 
 from __future__ import annotations
 
+import platform
 from collections.abc import Iterator
 from contextlib import contextmanager
+from importlib import metadata
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
+from prometheus_client import (
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    Info,
+    PlatformCollector,
+    ProcessCollector,
+    start_http_server,
+)
 
 from service.errors import StartupError
 
@@ -22,6 +33,27 @@ class Metrics:
 
     def __init__(self) -> None:
         registry = self.registry = CollectorRegistry()
+        ProcessCollector(registry=registry)  # CPU, memory, open files, start time
+        PlatformCollector(registry=registry)  # python_info
+        Info("imaging_proxy_build", "The running proxy's version.", registry=registry).info(
+            {"version": _version(), "python": platform.python_version()}
+        )
+        self.decisions = Counter(
+            "imaging_proxy_decisions",
+            "Policy decisions by outcome (allowed, denied, unavailable) and reason: policy, "
+            "no_role; or why OPA gave none (unreachable, timeout, http_error, undefined, "
+            "malformed).",
+            ["outcome", "reason"],
+            registry=registry,
+        )
+        self.oldest_waiting = Gauge(
+            "imaging_proxy_oldest_waiting_seconds",
+            "Age of the longest-waiting request per stage: deciding (in the gate, being "
+            "normalised and decided), queued (allowed, waiting for its turn to submit), watching "
+            "(submitted, followed until HealthImaging finishes it); 0 if none.",
+            ["stage"],
+            registry=registry,
+        )
         self.requests = Counter(
             "imaging_proxy_requests",
             "Finished RPCs by method and gRPC status code.",
@@ -127,3 +159,10 @@ class Metrics:
             server.shutdown()
             server.server_close()
             thread.join(timeout=5)
+
+
+def _version() -> str:
+    try:
+        return metadata.version("imaging-proxy")
+    except metadata.PackageNotFoundError:  # run from a checkout that was never installed
+        return "unknown"

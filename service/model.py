@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+import uuid
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Literal, NamedTuple
@@ -11,6 +12,9 @@ AuthMethod = Literal["mtls", "jwt", "dev"]
 Kind = Literal["dicom_updates", "revert"]
 Level = Literal["patient", "study", "series", "instance"]
 Action = Literal["update", "remove", "remove_series", "remove_instance"]
+DecisionIdSource = Literal["opa", "proxy"]
+"""Who made a decision id: OPA (its decision log has the entry) or the proxy (OPA gave none:
+decision logging is off, or OPA did not answer)."""
 State = Literal["queued", "submitting", "submitted", "unwatched", "finished", "failed"]
 """`unwatched`: submitted, but nobody follows it any more (the watch timed out); the next
 WatchUpdate adopts it and watches again."""
@@ -22,6 +26,13 @@ _RESOURCE_ID = re.compile(r"[0-9a-z]{32}")
 def is_resource_id(value: str) -> bool:
     """A HealthImaging data store or image set id (the API's `[0-9a-z]{32}`)."""
     return _RESOURCE_ID.fullmatch(value) is not None
+
+
+def decision_id(given: object) -> tuple[str, DecisionIdSource]:
+    """OPA's decision id when it gave one, else a fresh one of the proxy's (never empty)."""
+    if isinstance(given, str) and given:
+        return given, "opa"
+    return str(uuid.uuid4()), "proxy"
 
 
 TERMINAL_WORKFLOW_STATUSES = frozenset({"UPDATED", "UPDATE_FAILED", "DELETED"})
@@ -120,6 +131,7 @@ class Decision:
     allow: bool
     reasons: tuple[str, ...]
     decision_id: str
+    decision_id_source: DecisionIdSource = "opa"
 
 
 class ImageSetKey(NamedTuple):

@@ -9,10 +9,11 @@ from __future__ import annotations
 import time
 import uuid
 from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 
 from service import audit, tracing
 from service.config import LimitSettings
-from service.errors import PermissionDenied
+from service.errors import PermissionDenied, PolicyUnavailable
 from service.events import Event
 from service.gate import Gate
 from service.journal import fingerprint
@@ -26,6 +27,7 @@ from service.streams import Streams
 from service.updates import normalise
 
 ADMIN_ROLE = "metadata-admin"
+UPDATE_RPC, EVALUATE_RPC, WATCH_RPC = "UpdateImageSetMetadata", "EvaluateUpdate", "WatchUpdate"
 
 
 class Pipeline:
@@ -59,7 +61,7 @@ class Pipeline:
         A retry with the same idempotency key follows the first operation, undecided again.
         """
         deadline = _deadline(time_remaining)
-        async with self._gate.entry(caller, request.datastore_id, request.image_set_id, deadline):
+        async with self._decision_of(caller, request, UPDATE_RPC, deadline):
             plan = normalise(request, self._limits)
             record = await self._runner.existing(caller.principal, request)
             decision = await self._allowed(caller, plan) if record is None else None
@@ -78,10 +80,11 @@ class Pipeline:
         self, caller: Caller, request: UpdateRequest, time_remaining: float | None = None
     ) -> tuple[UpdatePlan, Decision]:
         """Validate, classify and decide; nothing is submitted."""
-        deadline = _deadline(time_remaining)
-        async with self._gate.entry(caller, request.datastore_id, request.image_set_id, deadline):
+        async with self._decision_of(caller, request, EVALUATE_RPC, _deadline(time_remaining)):
             plan = normalise(request, self._limits)
-            return plan, await self._decide(caller, plan)
+            decision = await self._decide(caller, plan)
+        self._decided(caller, plan, decision, EVALUATE_RPC)
+        return plan, decision
 
     async def watch(self, caller: Caller, operation_id: str) -> AsyncIterator[Event]:
         """Re-attach to an operation by id (its owner, or an admin on its data store)."""
@@ -89,17 +92,43 @@ class Pipeline:
         await self._may_watch(caller, record)
         return self._streams.follow(record)
 
+    @asynccontextmanager
+    async def _decision_of(
+        self, caller: Caller, request: UpdateRequest, rpc: str, deadline: float | None
+    ) -> AsyncIterator[None]:
+        """Through the gate for the block (waiting the caller's turn until `deadline`), failing
+        closed (audited) when OPA cannot answer."""
+        gate = self._gate.entry(caller, request.datastore_id, request.image_set_id, rpc, deadline)
+        async with self._failing_closed(caller, request, rpc), gate:
+            yield
+
+    @asynccontextmanager
+    async def _failing_closed(
+        self, caller: Caller, request: UpdateRequest, rpc: str
+    ) -> AsyncIterator[None]:
+        """A refusal because OPA gave no usable answer is audited and counted."""
+        try:
+            yield
+        except PolicyUnavailable as error:
+            self._metrics.decisions.labels("unavailable", error.cause).inc()
+            audit.unavailable(caller, request.datastore_id, request.image_set_id, rpc, error.cause)
+            raise
+
     async def _allowed(self, caller: Caller, plan: UpdatePlan) -> Decision:
-        """OPA's decision when it allows the update; PermissionDenied (audited) otherwise."""
+        """OPA's decision (audited); PermissionDenied unless it allows the update."""
         decision = await self._decide(caller, plan)
+        self._decided(caller, plan, decision, UPDATE_RPC)
         if not decision.allow:
-            audit.denied(caller, plan, decision)
             raise PermissionDenied(
                 "policy denied this update: " + "; ".join(decision.reasons or ("no reason given",)),
                 decision.decision_id,
                 decision.reasons,
             )
         return decision
+
+    def _decided(self, caller: Caller, plan: UpdatePlan, decision: Decision, rpc: str) -> None:
+        self._metrics.decisions.labels("allowed" if decision.allow else "denied", "policy").inc()
+        audit.decided(caller, plan, decision, rpc)
 
     async def _decide(self, caller: Caller, plan: UpdatePlan) -> Decision:
         started = time.perf_counter()
@@ -110,14 +139,23 @@ class Pipeline:
             self._metrics.decision_seconds.observe(time.perf_counter() - started)
 
     async def _may_watch(self, caller: Caller, record: OperationRecord) -> None:
-        """Its owner, or an admin on its data store (roles as OPA grants them)."""
+        """Its owner, or an admin on its data store (roles as OPA grants them; audited)."""
         if caller.principal == record.principal:
             return
-        if ADMIN_ROLE in await self._policy.roles(caller, record.request.datastore_id):
-            return
-        raise PermissionDenied(
-            "only the caller who started an operation (or an admin) may watch it"
-        )
+        request = record.request
+        async with self._failing_closed(caller, request, WATCH_RPC):
+            answer = await self._policy.role_answer(caller, request.datastore_id)
+        allowed = ADMIN_ROLE in (answer.roles or ())
+        reasons = () if allowed else (f"not the operation's owner, and no {ADMIN_ROLE} role",)
+        decision = Decision(allowed, reasons, answer.decision_id, answer.decision_id_source)
+        self._metrics.decisions.labels("allowed" if allowed else "denied", "policy").inc()
+        audit.access_decided(caller, record, decision, WATCH_RPC)
+        if not allowed:
+            raise PermissionDenied(
+                "only the caller who started an operation (or an admin) may watch it",
+                decision.decision_id,
+                decision.reasons,
+            )
 
 
 def _deadline(time_remaining: float | None) -> float | None:

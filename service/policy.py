@@ -20,7 +20,7 @@ import yarl
 
 from service.config import OpaSettings
 from service.errors import PolicyUnavailable
-from service.model import Caller, Decision, UpdatePlan
+from service.model import Caller, Decision, DecisionIdSource, UpdatePlan, decision_id
 from service.policy_input import build_input, caller_input
 
 
@@ -31,22 +31,23 @@ class RoleAnswer:
     roles: frozenset[str] | None
     """None when the policy leaves `data.imaging.caller.roles` undefined (not known: no roles)."""
     decision_id: str
+    decision_id_source: DecisionIdSource = "opa"
 
 
 def parse_result(response: Mapping[str, Any]) -> Decision:
     """OPA's HTTP answer → Decision; anything but a well-formed decision object is unusable."""
     result = response.get("result")
     if not isinstance(result, Mapping):
-        raise PolicyUnavailable("policy decision is undefined (no result from OPA)")
+        raise PolicyUnavailable("policy decision is undefined (no result from OPA)", "undefined")
     allow, reasons = result.get("allow"), result.get("reasons", [])
     if not isinstance(allow, bool):
         raise PolicyUnavailable("policy decision is malformed: 'allow' is not a boolean")
     if not isinstance(reasons, list) or not all(isinstance(r, str) for r in reasons):
         raise PolicyUnavailable("policy decision is malformed: 'reasons' is not a list of strings")
-    decision_id = response.get("decision_id", "")  # absent when decision logging is off
-    if not isinstance(decision_id, str):
+    given = response.get("decision_id", "")  # absent when decision logging is off
+    if not isinstance(given, str):
         raise PolicyUnavailable("policy decision is malformed: 'decision_id' is not a string")
-    return Decision(allow, tuple(reasons), decision_id)
+    return Decision(allow, tuple(reasons), *decision_id(given))
 
 
 def opa_address(settings: OpaSettings) -> tuple[str, str, int]:
@@ -110,13 +111,13 @@ class PolicyClient:
         """`roles`, with OPA's decision id, and None when the policy leaves the rule undefined."""
         document = {"caller": caller_input(caller), "request": {"datastore_id": datastore_id}}
         response = await self._post(document, self._roles_url)
-        result, decision_id = response.get("result"), response.get("decision_id", "")
+        result = response.get("result")
         roles = (
             frozenset(role for role in result if isinstance(role, str))
             if isinstance(result, list)
             else None
         )
-        return RoleAnswer(roles, decision_id if isinstance(decision_id, str) else "")
+        return RoleAnswer(roles, *decision_id(response.get("decision_id")))
 
     async def _query(self, document: Mapping[str, Any]) -> Decision:
         return parse_result(await self._post(document, self._decision_url))
@@ -130,11 +131,15 @@ class PolicyClient:
                 # A redirect is not a decision: it is refused like any answer but 200.
                 async with self._session.post(url, data=body, allow_redirects=False) as response:
                     if response.status != 200:
-                        raise PolicyUnavailable(f"policy engine answered HTTP {response.status}")
+                        message = f"policy engine answered HTTP {response.status}"
+                        raise PolicyUnavailable(message, "http_error")
                     answer = json.loads(await response.read())
         except TimeoutError as exc:
-            raise PolicyUnavailable("policy decision timed out") from exc
-        except (aiohttp.ClientError, OSError, ValueError) as exc:
+            raise PolicyUnavailable("policy decision timed out", "timeout") from exc
+        except (aiohttp.ClientError, OSError) as exc:
+            message = f"policy engine unavailable: {type(exc).__name__}"
+            raise PolicyUnavailable(message, "unreachable") from exc
+        except ValueError as exc:  # not JSON
             raise PolicyUnavailable(f"policy engine unavailable: {type(exc).__name__}") from exc
         if not isinstance(answer, Mapping):
             raise PolicyUnavailable("policy decision is malformed: not a JSON object")

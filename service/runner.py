@@ -299,6 +299,7 @@ class Runner:
                 await self._forget_key(operation.record)
             raise Unavailable(f"{error.message}; {outcome}", aws_code=error.aws_code) from error
         await self._save(operation, state="submitted", submitted=status, last_status=status)
+        audit.submitted(operation.caller, operation.record)
         self._emit(operation, Submitted(operation.id, time.time(), status))
 
     async def _write_outcome(self, plan: UpdatePlan) -> tuple[bool | None, str]:
@@ -334,6 +335,7 @@ class Runner:
         if latest.version_id != version:
             status = await self._get(request.datastore_id, request.image_set_id, version)
         await self._save(operation, state="submitted", submitted=status, last_status=status)
+        audit.submitted(operation.caller, operation.record)
         self._emit(operation, Submitted(operation.id, time.time(), status))
 
     async def _get(self, datastore_id: str, image_set_id: str, version: str = "") -> ImageSetStatus:
@@ -391,8 +393,7 @@ class Runner:
     async def _finished(self, operation: Operation) -> None:
         with contextlib.suppress(ProxyError, OSError):
             await self._admission.release(_key(operation), operation.id)
-        record = operation.record
-        audit.operation_outcome(operation.caller, operation.plan, record.decision, _outcome(record))
+        audit.finished(operation.caller, operation.record)
 
     async def _save(self, operation: Operation, **changes: Any) -> None:
         """Journal a step; the event telling it gets the next sequence number."""
@@ -436,10 +437,3 @@ def _key(operation: Operation) -> ImageSetKey:
 
 def _describe(status: ImageSetStatus | None) -> str:
     return status.workflow_status if status else "not submitted"
-
-
-def _outcome(record: OperationRecord) -> str:
-    if record.error is not None:
-        return record.error.reason
-    status = record.last_status
-    return status.workflow_status if status else "UNKNOWN"

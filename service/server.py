@@ -141,7 +141,7 @@ class MetadataUpdateServicer(pb_grpc.MetadataUpdateServiceServicer):
             metadata = tuple(context.invocation_metadata() or ())
             return self._authenticator.authenticate(metadata, context.auth_context())
         except ProxyError as error:
-            audit.refused(method, "", "", error.reason)
+            audit.refused(method, error.reason)
             raise
 
     @streaming

@@ -2,9 +2,12 @@
 
 Off by default. Then `span` is a no-op and nothing of OpenTelemetry is imported (start-up and
 memory stay as they were). On: the instrumentation packages trace the gRPC server (continuing
-the caller's W3C context), the aiohttp client that asks OPA and aiobotocore's HealthImaging
-calls; the proxy adds one span per stage of an update. A stage span carries ids and counts only,
-never an attribute value, and records no exception message (messages may quote the document).
+the caller's W3C context; health checks are not traced), the aiohttp client that asks OPA and
+aiobotocore's HealthImaging calls; the proxy adds one span per stage of an update. Spans go to
+an OTLP collector, or to stderr as JSON lines (`exporter = "console"`, for local use); either
+way one export, and so the flush at shutdown, lasts at most `export_timeout_seconds`. A stage
+span carries ids and counts only, never an attribute value, and records no exception message
+(messages may quote the document).
 """
 
 from __future__ import annotations
@@ -19,6 +22,7 @@ from service.model import OperationRecord, UpdatePlan
 
 if TYPE_CHECKING:
     from opentelemetry.sdk.trace import TracerProvider
+    from opentelemetry.sdk.trace.export import SpanExporter
     from opentelemetry.trace import Tracer
 
 SERVICE_NAME = "imaging-proxy"
@@ -52,14 +56,14 @@ Op = TypeVar("Op", bound=_HasRecord)
 @contextlib.contextmanager
 def opened(settings: TracingSettings, provider: TracerProvider | None = None) -> Iterator[None]:
     """Trace while inside: `provider` if given (its owner shuts it down), else an SDK provider
-    exporting to OTLP, flushed and shut down on exit. Instrumentations first, so the server and
-    clients opened afterwards are traced."""
+    exporting as `settings.exporter` says, flushed and shut down on exit. Instrumentations
+    first, so the server and clients opened afterwards are traced."""
     global _tracer
     if not settings.enabled and provider is None:
         yield
         return
     owned = provider is None
-    provider = provider or _otlp_provider(settings)
+    provider = provider or _sdk_provider(settings)
     instrumentors = _instrument(provider)
     _tracer = provider.get_tracer("service.tracing")
     try:
@@ -72,8 +76,7 @@ def opened(settings: TracingSettings, provider: TracerProvider | None = None) ->
             provider.shutdown()  # flushes the batch processor
 
 
-def _otlp_provider(settings: TracingSettings) -> TracerProvider:
-    from opentelemetry.exporter.otlp.proto.grpc.trace_exporter import OTLPSpanExporter
+def _sdk_provider(settings: TracingSettings) -> TracerProvider:
     from opentelemetry.sdk.resources import Resource
     from opentelemetry.sdk.trace import TracerProvider
     from opentelemetry.sdk.trace.export import BatchSpanProcessor
@@ -83,18 +86,39 @@ def _otlp_provider(settings: TracingSettings) -> TracerProvider:
         resource=Resource.create({"service.name": SERVICE_NAME}),
         sampler=ParentBased(TraceIdRatioBased(settings.sample_ratio)),
     )
-    exporter = OTLPSpanExporter(endpoint=settings.endpoint, insecure=settings.insecure)
-    provider.add_span_processor(BatchSpanProcessor(exporter))
+    timeout_ms = settings.export_timeout_seconds * 1000
+    processor = BatchSpanProcessor(_exporter(settings), export_timeout_millis=timeout_ms)
+    provider.add_span_processor(processor)
     return provider
+
+
+def _exporter(settings: TracingSettings) -> SpanExporter:
+    if settings.exporter == "console":
+        import sys
+
+        from opentelemetry.sdk.trace.export import ConsoleSpanExporter
+
+        # one compact JSON object per span, on stderr with the logs (stdout is the audit's)
+        return ConsoleSpanExporter(out=sys.stderr, formatter=lambda span: span.to_json(None) + "\n")
+    from opentelemetry.exporter.otlp.proto.grpc.trace_exporter import OTLPSpanExporter
+
+    # `timeout` bounds an export with its retries: a collector that is down cannot hold
+    # the shutdown's flush for the exporter's default 10 s and more
+    return OTLPSpanExporter(
+        endpoint=settings.endpoint,
+        insecure=settings.insecure,
+        timeout=settings.export_timeout_seconds,
+    )
 
 
 def _instrument(provider: TracerProvider) -> list[_Instrumentor]:
     from opentelemetry.instrumentation.aiobotocore import AioBotocoreInstrumentor
     from opentelemetry.instrumentation.aiohttp_client import AioHttpClientInstrumentor
-    from opentelemetry.instrumentation.grpc import GrpcAioInstrumentorServer
+    from opentelemetry.instrumentation.grpc import GrpcAioInstrumentorServer, filters
 
+    untraced_health = filters.negate(filters.health_check())  # probes every few s: noise
     instrumentors: list[_Instrumentor] = [
-        GrpcAioInstrumentorServer(),  # type: ignore[no-untyped-call]
+        GrpcAioInstrumentorServer(filter_=untraced_health),  # type: ignore[no-untyped-call]
         AioHttpClientInstrumentor(),
         AioBotocoreInstrumentor(),  # type: ignore[no-untyped-call]
     ]

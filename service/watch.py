@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import random
+import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 
@@ -50,6 +51,7 @@ class _Subscriber:
     submitted: ImageSetStatus | None
     queue: asyncio.Queue[ImageSetStatus | ProxyError] = field(default_factory=asyncio.Queue)
     last: ImageSetStatus | None = None
+    since: float = field(default_factory=time.monotonic)
 
 
 class Watcher:
@@ -67,6 +69,13 @@ class Watcher:
         self.typical = TypicalDuration(settings.first_poll_seconds)
         self.polls = 0
         metrics.poll_loops.set_function(lambda: len(self._loops))
+        metrics.oldest_waiting.labels("watching").set_function(self._oldest_age)
+
+    def _oldest_age(self) -> float:
+        """How long the longest-followed update has waited for HealthImaging to finish it."""
+        subscribers = (s for group in self._subscribers.values() for s in group)
+        oldest = min((s.since for s in subscribers), default=None)
+        return 0.0 if oldest is None else time.monotonic() - oldest
 
     @property
     def active_loops(self) -> int:

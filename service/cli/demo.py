@@ -157,6 +157,7 @@ def _banner(ready: dict[str, object]) -> str:
         *(f"  AWS example    {example}" for example in _strings(ready["exampleImageSetIds"])),
         f"  policies       {ready['policies']} (reloaded when they change)",
         f"  logs           {ready['logDir']}",
+        f"  audit trail    {ready['logDir']}/proxy.audit.jsonl",
         "",
         "Try it (demo-admin may do everything; demo-viewer nothing):",
         _command(_update_example(ready)),

@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import argparse
-import sys
 from pathlib import Path
 from typing import Any
+
+import structlog
 
 from service.config import Settings, load_settings
 from service.errors import StartupError
@@ -26,8 +27,9 @@ def add_server_verbs(verbs: argparse._SubParsersAction[argparse.ArgumentParser])
 
 
 _SERVE_HELP = """Run the policy-enforcing gRPC proxy. Settings come from --config (TOML; sections
-[server], [identity], [opa], [backend], [limits], [watch], [admission], [budget], [journal] as in
-service/config.py) overridden by options.
+[server], [identity], [opa], [backend], [limits], [watch], [admission], [budget], [journal],
+[tracing], [audit] as in service/config.py) overridden by options. Logs are JSON lines on standard
+error; the audit trail goes to [audit] path (default: standard output).
 AWS credentials and region come from the usual AWS sources (environment, profile, instance role)."""
 
 
@@ -39,6 +41,10 @@ def _add_serve_options(parser: argparse.ArgumentParser) -> None:
     add("--ready-file", type=Path, help='write {"port": P} here once serving')
     add("--log-level", default="info", choices=["debug", "info", "warning", "error"])
     add("--metrics-port", type=int, help="serve Prometheus metrics on this port")
+    add(
+        "--audit-path",
+        help='append audit records to this file ("-" = standard output, the default)',
+    )
     add("--opa-url", help="OPA base URL (default http://127.0.0.1:8181)")
     add("--opa-timeout", type=float, help="seconds to wait for a decision before refusing")
     add("--endpoint-url", help="HealthImaging endpoint override (e.g. the emulator)")
@@ -73,6 +79,7 @@ def settings_from_args(args: argparse.Namespace) -> Settings:
     """Options given on the command line override the config file."""
     mapping: dict[str, dict[str, str]] = {
         "server": {"host": "host", "port": "port", "metrics_port": "metrics_port"},
+        "audit": {"path": "audit_path"},
         "opa": {"url": "opa_url", "timeout_seconds": "opa_timeout"},
         "backend": {"endpoint_url": "endpoint_url", "region": "region"},
         "watch": {"timeout_seconds": "watch_timeout"},
@@ -105,16 +112,17 @@ def run_serve(args: argparse.Namespace) -> int:
     from service.readyfile import write_json_atomically
 
     logs.configure(args.log_level)
+    log = structlog.get_logger("imaging_proxy.serve")  # JSON on stderr, like every other line
     try:
         settings = settings_from_args(args)
     except (ValueError, OSError) as exc:
-        print(f"imaging-proxy serve: bad configuration: {exc}", file=sys.stderr)
+        log.error("bad_configuration", error=str(exc))
         return 253
     if settings.identity.insecure_dev_identity:
-        print(
-            "WARNING: --insecure-dev-identity: callers are whoever x-dev-principal says. "
-            "Never use this outside local development.",
-            file=sys.stderr,
+        log.warning(
+            "insecure_dev_identity",
+            message="callers are whoever x-dev-principal says: "
+            "never use this outside local development",
         )
 
     def ready(port: int) -> None:
@@ -124,7 +132,7 @@ def run_serve(args: argparse.Namespace) -> int:
     try:
         _run(app.run(settings, ready))
     except (ValueError, StartupError) as exc:  # refused configuration, a port in use
-        print(f"imaging-proxy serve: {exc}", file=sys.stderr)
+        log.error("cannot_start", error=str(exc))
         return 253
     return 0
 

@@ -51,6 +51,18 @@ class ProxyProcess:
         with urllib.request.urlopen(url, timeout=5) as response:
             return str(response.read().decode())
 
+    @property
+    def audit_path(self) -> Path:
+        """Its audit trail (`start_proxy` names it after the child's log)."""
+        return self.log_dir / f"{self.child.name}.audit.jsonl"
+
+    def audit_records(self) -> list[dict[str, Any]]:
+        """Its audit records so far (a line still being written is left for the next read)."""
+        if not self.audit_path.exists():
+            return []
+        lines = self.audit_path.read_text().split("\n")[:-1]
+        return [json.loads(line) for line in lines]
+
     def log_events(self) -> list[dict[str, Any]]:
         """Its structured log lines (JSON objects) so far."""
         events = []

@@ -120,7 +120,8 @@ def start_proxy(
     """`imaging-proxy serve ARGS` as a child (run by `python COMMAND`); it and its gRPC port."""
     ready_file = log_dir / "proxy-ready.json"
     ready_file.unlink(missing_ok=True)
-    argv = [sys.executable, *command, "serve", "--ready-file", str(ready_file), *args]
+    audit = ["--audit-path", str(log_dir / f"{name}.audit.jsonl")]  # `args` may name another
+    argv = [sys.executable, *command, "serve", "--ready-file", str(ready_file), *audit, *args]
     child = spawn(name, argv, log_dir, {**EMULATOR_AWS_ENV, **(env or {})})
     return child, int(wait_for_json(ready_file, child)["port"])
 

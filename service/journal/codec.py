@@ -182,7 +182,10 @@ def decode(text: str, operation_id: str, sealer: Sealer) -> OperationRecord:
             "roles": tuple(document["roles"]),
             "request": UpdateRequest(**request),
             "decision": Decision(
-                decision["allow"], tuple(decision["reasons"]), decision["decision_id"]
+                decision["allow"],
+                tuple(decision["reasons"]),
+                decision["decision_id"],
+                decision.get("decision_id_source", "opa"),  # records from before the field
             ),
             "submitted": _status(document["submitted"]),
             "last_status": _status(document["last_status"]),

@@ -49,6 +49,7 @@ def test_emulator_starts_on_a_free_port(tmp_path: Path) -> None:
         ('[server]\nport = "fifty"\n', "server.port: expected a number"),
         ("[server]\nport = 50062.5\n", "server.port: expected a whole number"),
         ("[opa]\ntimeout_seconds = -3\n", "opa.timeout_seconds: must be > 0"),
+        ('[audit]\nformat = "xml"\n', 'audit.format: expected "json" or "fhir"'),
     ],
 )
 def test_serve_refuses_bad_settings_without_a_traceback(
@@ -63,8 +64,22 @@ def test_serve_refuses_bad_settings_without_a_traceback(
         timeout=60,
     )
     assert done.returncode == 253
-    assert message in done.stderr
-    assert "Traceback" not in done.stderr
+    [line] = [json.loads(line) for line in done.stderr.splitlines()]  # one line, and JSON
+    assert line["event"] == "bad_configuration" and message in line["error"]
+
+
+def test_serve_refuses_an_audit_trail_it_cannot_write(tmp_path: Path) -> None:
+    missing = tmp_path / "missing" / "audit.jsonl"
+    done = subprocess.run(
+        [*COMMAND, "serve", "--insecure-dev-identity", "--audit-path", str(missing)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env={**os.environ, **EMULATOR_AWS_ENV},
+    )
+    assert done.returncode == 253
+    last = json.loads(done.stderr.splitlines()[-1])
+    assert last["event"] == "cannot_start" and last["error"].startswith("audit.path: cannot")
 
 
 def _serve_argv(tmp_path: Path, name: str, ports: dict[str, int]) -> list[str]:
@@ -103,4 +118,5 @@ def test_a_second_serve_on_a_port_in_use_exits_253_naming_it(tmp_path: Path, key
     assert done.returncode == 253, done.stderr
     assert f"server.{key}: cannot listen on 127.0.0.1:{taken[key]}" in done.stderr
     assert "Traceback" not in done.stderr
+    assert all(json.loads(line) for line in done.stderr.splitlines())  # every line is JSON
     assert "serving" not in done.stdout + done.stderr

@@ -167,6 +167,8 @@ class SecureStack:
     clients: Mapping[str, CertificateFiles]
     """Client certificates by name (CLIENT_NAMES, plus "no-spiffe" and "foreign")."""
     proxy_log: Path
+    audit_path: Path
+    """The proxy's audit trail (JSON lines)."""
     directory: Path
     _unused: list[str] = field(default_factory=list)
 
@@ -227,6 +229,7 @@ def running_secure_stack(directory: Path, image_sets: int = 128) -> Iterator[Sec
                 keys=keys,
                 clients=clients,
                 proxy_log=proxy.log_path,
+                audit_path=proxy.audit_path,
                 directory=directory,
                 _unused=list(backend.image_set_ids),
             )

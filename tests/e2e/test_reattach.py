@@ -125,11 +125,11 @@ async def test_a_submitted_update_is_finished_after_a_kill_9_and_a_restart(
 
 
 async def audited(proxy: ProxyProcess, image_set: str, tag: str) -> bool:
-    """The proxy's audit line for an update of `image_set` that ended UPDATED names `tag`."""
-    lines = proxy.child.log_path.read_text(errors="replace").splitlines()
+    """The proxy's audit record for an update of `image_set` that ended UPDATED names `tag`."""
     return any(
-        "audit" in line and image_set in line and tag in line and "UPDATED" in line
-        for line in lines
+        (r["event"], r["image_set_id"], r["outcome"]) == ("finish", image_set, "UPDATED")
+        and tag in r["tags"]
+        for r in proxy.audit_records()
     )
 
 

@@ -11,13 +11,13 @@ from typing import Any
 
 import grpc
 import pytest
+from grpc_health.v1 import health_pb2, health_pb2_grpc
 from opentelemetry.sdk.resources import Resource
 from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
-from structlog.testing import capture_logs
 
-from service import app
+from service import app, audit
 from service._proto.imaging.metadata.v1 import metadata_pb2_grpc as pb_grpc
 from service.config import Settings, load_settings
 from service.devstack.stack import LocalStack, StackSpec, running_stack
@@ -80,13 +80,16 @@ async def test_an_update_is_one_trace_from_the_caller_to_healthimaging(
     image_set = backend.take(1)[0]
     request = study_update(backend.datastore_id, image_set, MARKER)
     metadata = (*dev("demo-editor"), ("traceparent", f"00-{CALLER_TRACE}-{CALLER_SPAN}-01"))
-    with capture_logs() as logs:
+    with audit.capture() as audited:
         async with (
             traced_proxy(proxy_settings(backend), provider) as port,
             grpc.aio.insecure_channel(f"127.0.0.1:{port}") as channel,
         ):
             stub = pb_grpc.MetadataUpdateServiceStub(channel)
             events = await collect(stub.UpdateImageSetMetadata(request, metadata=metadata))
+            health = health_pb2_grpc.HealthStub(channel)
+            for name in ("", "readiness"):  # what orchestrators ask every few seconds
+                await health.Check(health_pb2.HealthCheckRequest(service=name))
     assert kinds(events)[-1] == "finished"
     spans = exporter.get_finished_spans()
     in_trace = [
@@ -119,8 +122,9 @@ async def test_an_update_is_one_trace_from_the_caller_to_healthimaging(
     assert children(by_name["policy.decide"], "POST"), "no aiohttp span under the decision"
     assert children(by_name["healthimaging.submit"], "UpdateImageSetMetadata")
     assert not [s.name for s in spans if MARKER in text_of(s)]
-    audit = [line for line in logs if line["event"] == "audit"]
-    assert audit and audit[-1]["trace_id"] == CALLER_TRACE
+    assert [r["trace_id"] for r in audited] == [CALLER_TRACE] * 3  # decision, submit, finish
+    assert not [s.name for s in spans if "Health" in s.name]  # probes are not traced
+    assert [s.name for s in spans if s.name.startswith("Medical Imaging.")]  # as the docs say
 
 
 async def test_tracing_is_off_by_default() -> None:

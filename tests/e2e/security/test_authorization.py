@@ -205,15 +205,16 @@ async def prepare(stack: SecureStack, stubs: Stubs, layout: Layout) -> None:
 async def assert_audited(
     stack: SecureStack, refused: Refusal, principal: str, image_set_id: str | None = None
 ) -> None:
-    """The denial left one audit line: its decision id, the caller's principal, allow false.
+    """The denial left one audit record: its decision id, the caller's principal, denied.
 
     A refusal for holding no role reuses the (cached) role decision that found none, so several
     requests may name one decision id: give `image_set_id` to tell them apart.
     """
 
     async def audited() -> None:
-        lines = stack.proxy_log.read_text(errors="replace").splitlines()
-        audits = [json.loads(line) for line in lines if '"event": "audit"' in line]
+        lines = stack.audit_path.read_text().splitlines()
+        audits = [json.loads(line) for line in lines]
+        audits = [a for a in audits if a["event"] == "decision"]
         matching = [
             a
             for a in audits
@@ -222,7 +223,7 @@ async def assert_audited(
         ]
         assert len(matching) == 1, f"no audit line for decision {refused.decision_id}"
         assert matching[0]["principal"] == principal
-        assert matching[0]["allow"] is False
+        assert matching[0]["outcome"] == "denied"
 
     await eventually(audited)
 

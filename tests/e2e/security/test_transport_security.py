@@ -174,11 +174,12 @@ async def test_a_jwt_caller_updates_over_a_server_only_tls_listener(
     assert_updated(events)
     audit = [
         json.loads(line)
-        for line in jwt_listener.log_path.read_text().splitlines()
-        if '"event": "audit"' in line and image_set in line
+        for line in jwt_listener.audit_path.read_text().splitlines()
+        if image_set in line
     ]
     principal = f"jwt:{ISSUER}#svc-jwt-only"
-    assert [(a["principal"], a["auth_method"]) for a in audit] == [(principal, "jwt")]
+    events = [(a["event"], a["principal"], a["auth_method"]) for a in audit]
+    assert events == [(event, principal, "jwt") for event in ("decision", "submit", "finish")]
 
 
 # --- TLS from the proxy to OPA -------------------------------------------------------------------

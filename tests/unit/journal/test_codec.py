@@ -215,7 +215,11 @@ def test_a_record_stored_before_the_upgrade_resumes_and_is_stored_the_same() -> 
         touched=("patient:00100010",),
     )
     assert decode(STORED, "op-1", CLEAR) == expected
-    assert RecordEncoder(CLEAR).encode(expected) == STORED
+    # stored again with the decision id's source (issue 21); an older reader ignores the key
+    source = '"decision_id":"decision-1","decision_id_source":"opa"}'
+    assert RecordEncoder(CLEAR).encode(expected) == STORED.replace(
+        '"decision_id":"decision-1"}', source
+    )
 
 
 def test_a_forgotten_operation_keeps_no_part_and_is_encoded_whole_again() -> None:

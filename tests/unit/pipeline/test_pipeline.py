@@ -11,6 +11,7 @@ from typing import Any
 
 import pytest
 
+from service import audit
 from service.errors import InvalidArgument, PermissionDenied, Unavailable
 from service.events import Authorized, Event, Finished
 from service.metrics import Metrics
@@ -154,9 +155,16 @@ async def test_only_the_owner_or_an_admin_may_watch_an_operation() -> None:
     async with request_path(policy) as path:
         events = await streamed(await path.pipeline.update(CALLER, update_request(), None))
         operation_id = events[0].operation_id
-        with pytest.raises(PermissionDenied):
-            await streamed(await path.pipeline.watch(stranger, operation_id))
-        watched = await streamed(await path.pipeline.watch(admin, operation_id))
+        with audit.capture() as audited:
+            with pytest.raises(PermissionDenied) as refused:
+                await streamed(await path.pipeline.watch(stranger, operation_id))
+            watched = await streamed(await path.pipeline.watch(admin, operation_id))
+            await streamed(await path.pipeline.watch(CALLER, operation_id))  # owner: no decision
+    assert refused.value.decision_id == "roles-1"
+    assert [(r["principal"], r["outcome"], r["rpc"]) for r in audited] == [
+        (stranger.principal, "denied", "WatchUpdate"),
+        (admin.principal, "allowed", "WatchUpdate"),
+    ]
     last, replayed = events[-1], watched[-1]
     assert isinstance(last, Finished) and isinstance(replayed, Finished)
     assert replayed.status == last.status

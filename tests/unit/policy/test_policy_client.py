@@ -75,9 +75,13 @@ async def test_opas_200_answer_decides_and_the_token_is_sent(opa: StandIn) -> No
     assert opa.seen[0]["input"]["caller"]["principal"] == "dev:alice"
 
 
-@pytest.mark.parametrize("answer", ["redirect", "error", "silent"])
-async def test_anything_but_opas_own_200_refuses(opa: StandIn, answer: str) -> None:
+@pytest.mark.parametrize(
+    ("answer", "cause"),
+    [("redirect", "http_error"), ("error", "http_error"), ("silent", "timeout")],
+)
+async def test_anything_but_opas_own_200_refuses(opa: StandIn, answer: str, cause: str) -> None:
     opa.answer = answer
-    with pytest.raises(PolicyUnavailable):
+    with pytest.raises(PolicyUnavailable) as refused:
         await decide(opa.url, timeout_seconds=0.2)
     assert opa.seen  # the query reached it: the refusal is its answer's, not a wrong URL
+    assert refused.value.cause == cause  # the bounded word metrics and the audit trail use

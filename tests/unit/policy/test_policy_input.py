@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import uuid
 from typing import Any
 
 import pytest
@@ -135,11 +136,21 @@ def test_caller_is_passed_as_verified() -> None:
          Decision(True, (), "d-1")),
         ({"result": {"allow": False, "reasons": ["a", "b"]}, "decision_id": "d-2"},
          Decision(False, ("a", "b"), "d-2")),
-        ({"result": {"allow": False}}, Decision(False, (), "")),  # decision logging off: no id
     ],
 )  # fmt: skip
 def test_well_formed_answers(response: dict[str, Any], decision: Decision) -> None:
     assert parse_result(response) == decision
+
+
+@pytest.mark.parametrize(
+    "response", [{"result": {"allow": False}}, {"result": {"allow": False}, "decision_id": ""}]
+)
+def test_without_an_opa_decision_id_the_proxy_makes_one(response: dict[str, Any]) -> None:
+    """Decision logging off: OPA gives no id, so the proxy makes a fresh one and says so."""
+    first, second = parse_result(response), parse_result(response)
+    assert first.decision_id_source == second.decision_id_source == "proxy"
+    assert uuid.UUID(first.decision_id) and first.decision_id != second.decision_id
+    assert parse_result({**response, "decision_id": "d-9"}).decision_id_source == "opa"
 
 
 @pytest.mark.parametrize(
@@ -166,5 +177,6 @@ def test_well_formed_answers(response: dict[str, Any], decision: Decision) -> No
     ],
 )  # fmt: skip
 def test_malformed_answers_fail_closed(response: dict[str, Any], problem: str) -> None:
-    with pytest.raises(PolicyUnavailable, match=problem):
+    with pytest.raises(PolicyUnavailable, match=problem) as refused:
         parse_result(response)
+    assert refused.value.cause == ("undefined" if problem == "undefined" else "malformed")

@@ -4,13 +4,14 @@ and a real watcher and admission. Each test reads the journal's writes in order.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Iterator, MutableMapping
+from collections.abc import Iterator
 from dataclasses import replace
 from typing import Any
 
 import pytest
 from structlog.testing import capture_logs
 
+from service import audit
 from service.devstack.polling import eventually
 from service.errors import Aborted, ProxyError, Unavailable
 from service.events import Authorized, Finished, StatusChanged, Submitted
@@ -30,14 +31,15 @@ WITHIN = 5.0  # a follow that does not end (a terminal state missed) fails in se
 
 
 @pytest.fixture
-def logs() -> Iterator[list[MutableMapping[str, Any]]]:
-    with capture_logs() as captured:
+def logs() -> Iterator[list[dict[str, Any]]]:
+    """The audit records written meanwhile."""
+    with audit.capture() as captured:
         yield captured
 
 
-def outcomes(logs: list[MutableMapping[str, Any]]) -> list[object]:
+def outcomes(records: list[dict[str, Any]]) -> list[object]:
     """The audit's operation outcomes, in order."""
-    return [line["outcome"] for line in logs if line["event"] == "audit"]
+    return [record["outcome"] for record in records if record["event"] == "finish"]
 
 
 def crashed_while(
@@ -118,7 +120,7 @@ async def test_an_acknowledged_record_is_only_followed_never_submitted_again() -
 
 
 async def test_update_failed_ends_the_operation_with_that_outcome(
-    logs: list[MutableMapping[str, Any]],
+    logs: list[dict[str, Any]],
 ) -> None:
     shared, image_set = Shared(), ImageSet(outcome="UPDATE_FAILED")
     async with replica(MemoryJournal(shared, "a"), image_set) as one:
@@ -166,22 +168,21 @@ class JournalDown(MemoryJournal):
         raise Unavailable("journal: unavailable (OperationalError)")
 
 
-async def test_a_journal_that_cannot_be_written_still_ends_the_stream(
-    logs: list[MutableMapping[str, Any]],
-) -> None:
+async def test_a_journal_that_cannot_be_written_still_ends_the_stream() -> None:
     shared, image_set = Shared(), ImageSet()
-    async with replica(JournalDown(shared, "a"), image_set) as one:
-        record = await one.runner.record(new_record(update_request()))
-        one.runner.launch(record, CALLER, plan_of(record))
-        with pytest.raises(ProxyError) as ended:
-            await asyncio.wait_for(one.events(record), WITHIN)  # not heartbeats forever
+    with capture_logs() as logs:
+        async with replica(JournalDown(shared, "a"), image_set) as one:
+            record = await one.runner.record(new_record(update_request()))
+            one.runner.launch(record, CALLER, plan_of(record))
+            with pytest.raises(ProxyError) as ended:
+                await asyncio.wait_for(one.events(record), WITHIN)  # not heartbeats forever
     assert ended.value.status == "UNAVAILABLE"
     assert image_set.submits == 0  # the submit is marked before it is made: never unmarked
     assert [e["event"] for e in logs if e["event"] == "journal_write_failed"]
 
 
 async def test_a_replica_takes_over_an_operation_whose_owner_lease_is_gone(
-    logs: list[MutableMapping[str, Any]],
+    logs: list[dict[str, Any]],
 ) -> None:
     shared, image_set = Shared(), ImageSet()
     image_set.stuck = True  # LOCKED until the takeover

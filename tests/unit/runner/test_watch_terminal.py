@@ -75,3 +75,28 @@ async def test_a_locked_image_set_is_not_finished_whatever_its_workflow_status()
     assert not status("ACTIVE", "UPDATING").terminal
     backend = Scripted(status("LOCKED", "UPDATED"), status("ACTIVE", "UPDATED"))
     assert await followed(backend) == [("LOCKED", "UPDATED"), ("ACTIVE", "UPDATED")]
+
+
+async def test_the_oldest_followed_update_has_an_age_until_it_finishes() -> None:
+    backend = Scripted(status("LOCKED", "UPDATING"), status("ACTIVE", "UPDATED"))
+    metrics = Metrics()
+    budget = Budget.open(BudgetSettings(enabled=False), BackendSettings(), "", "test", metrics)
+
+    def age() -> float | None:
+        labels = {"stage": "watching"}
+        return metrics.registry.get_sample_value("imaging_proxy_oldest_waiting_seconds", labels)
+
+    async with budget as open_budget:
+        slow = WatchSettings(first_poll_seconds=0.1, max_interval_seconds=0.1, jitter=0.0)
+        polls = shared_stages(AdmissionSettings(), DEFAULT_LIMITS, open_budget, metrics).polls
+        watcher = Watcher(cast(HealthImaging, backend), polls, slow, metrics)
+        assert age() == 0.0
+        follow = watcher.follow("dev:a", "ds", "set", "2", status("LOCKED", "UPDATING"))
+        first = asyncio.ensure_future(anext(follow))
+        await asyncio.sleep(0.05)
+        waited = age()
+        assert waited is not None and waited > 0
+        await asyncio.wait_for(first, 2.0)
+        assert [s async for s in follow][-1].workflow_status == "UPDATED"
+        await watcher.close()
+    assert age() == 0.0
