@@ -84,6 +84,31 @@ class ServerSettings:
 
 
 @dataclass(frozen=True)
+class JwtIssuerSettings:
+    """One identity provider (`[[identity.jwt_issuers]]`): the only keys that may sign a token
+    whose `iss` names it, and the claims such a token must carry."""
+
+    issuer: str = ""
+    """The `iss` its tokens carry (and the principal's namespace, `jwt:<issuer>#<sub>`)."""
+    jwks_file: str = ""
+    """A JWKS file with its signing keys."""
+    jwks_url: str = ""
+    """Its JWKS endpoint, fetched once at start (PyJWKClient)."""
+    public_keys: tuple[str, ...] = ()
+    """PEM public keys (or certificates) of its signing keys."""
+    audiences: tuple[str, ...] = ()
+    """The `aud` values accepted from it (one must match); required."""
+    max_lifetime_seconds: Seconds = 3600.0
+    """Longest token lifetime accepted: `exp - iat`, and `exp - now` for a token without `iat`."""
+    leeway_seconds: SecondsOrZero = 30.0
+    """Clock skew tolerated on exp/nbf/iat."""
+    principal_claim: str = "sub"
+    """Claim holding the caller's principal."""
+    roles_claim: str = "roles"
+    """Claim holding the caller's roles."""
+
+
+@dataclass(frozen=True)
 class IdentitySettings:
     """How callers prove who they are."""
 
@@ -97,20 +122,41 @@ class IdentitySettings:
     """CA bundle for client certificates; when set, client certificates are required (mTLS)."""
     spiffe_cn_fallback: bool = False
     """Use the subject CN as principal when a client certificate has no SPIFFE URI SAN."""
+    jwt_issuers: tuple[JwtIssuerSettings, ...] = ()
+    """The identity providers whose bearer tokens are accepted, each with its own keys."""
     jwt_public_keys: tuple[str, ...] = ()
-    """PEM public keys that may sign bearer tokens."""
+    """One issuer in flat form: PEM public keys that may sign bearer tokens (needs jwt_issuer)."""
     jwt_jwks_file: str = ""
-    """A JWKS file with the keys that may sign bearer tokens."""
+    """One issuer in flat form: a JWKS file with its signing keys (needs jwt_issuer)."""
     jwt_issuer: str = ""
-    """Required `iss` claim."""
+    """One issuer in flat form: the `iss` its keys sign for."""
     jwt_audience: str = ""
-    """Required `aud` claim."""
+    """One issuer in flat form: the required `aud` claim."""
     jwt_roles_claim: str = "roles"
-    """Claim holding the caller's roles."""
+    """One issuer in flat form: claim holding the caller's roles."""
     jwt_principal_claim: str = "sub"
-    """Claim holding the caller's principal."""
+    """One issuer in flat form: claim holding the caller's principal."""
     jwt_leeway_seconds: SecondsOrZero = 30.0
-    """Clock skew tolerated on exp/nbf."""
+    """One issuer in flat form: clock skew tolerated on exp/nbf/iat."""
+    jwt_max_lifetime_seconds: Seconds = 3600.0
+    """One issuer in flat form: longest token lifetime accepted."""
+
+    def issuers(self) -> tuple[JwtIssuerSettings, ...]:
+        """Every configured issuer: the flat `jwt_*` keys (if any) as one, then the tables."""
+        flat = self.jwt_issuer or self.jwt_public_keys or self.jwt_jwks_file or self.jwt_audience
+        if not flat:
+            return self.jwt_issuers
+        single = JwtIssuerSettings(
+            issuer=self.jwt_issuer,
+            jwks_file=self.jwt_jwks_file,
+            public_keys=self.jwt_public_keys,
+            audiences=(self.jwt_audience,) if self.jwt_audience else (),
+            max_lifetime_seconds=self.jwt_max_lifetime_seconds,
+            leeway_seconds=self.jwt_leeway_seconds,
+            principal_claim=self.jwt_principal_claim,
+            roles_claim=self.jwt_roles_claim,
+        )
+        return (single, *self.jwt_issuers)
 
 
 @dataclass(frozen=True)
@@ -195,8 +241,11 @@ class LimitSettings:
     """How long a caller's roles on a data store (asked of OPA) are reused to refuse no-grant
     callers before any other work."""
     retry_after_seconds: Seconds = 1.0
-    """RetryInfo sent when a caller's queues are full or its deadline passed while it waited to
-    be decided."""
+    """RetryInfo sent when a caller's queues are full, its deadline passed while it waited to be
+    decided, or it holds too many open streams."""
+    max_streams_per_principal: Count = 1_000
+    """UpdateImageSetMetadata and WatchUpdate streams one caller holds open at once (per
+    process); beyond it RESOURCE_EXHAUSTED with RetryInfo."""
 
 
 @dataclass(frozen=True)
@@ -340,11 +389,16 @@ def _build(type_name: Any, values: Mapping[str, Any]) -> Any:
         type_name if isinstance(type_name, str) else type_name.__name__
     ]
     section = next(f.name for f in dataclasses.fields(Settings) if f.type == cls.__name__)
+    return _fields(cls, section, values)
+
+
+def _fields(cls: type, where: str, values: Mapping[str, Any]) -> Any:
+    """`cls` built from `values`, each checked against its type hint (`where` names them)."""
     hints = get_type_hints(cls, include_extras=True)
     unknown = set(values) - set(hints)
     if unknown:
-        raise ValueError(f"unknown setting(s) in [{section}]: {', '.join(sorted(unknown))}")
-    return cls(**{k: _checked(f"{section}.{k}", hints[k], v) for k, v in values.items()})
+        raise ValueError(f"unknown setting(s) in [{where}]: {', '.join(sorted(unknown))}")
+    return cls(**{k: _checked(f"{where}.{k}", hints[k], v) for k, v in values.items()})
 
 
 def _checked(key: str, hint: Any, value: Any) -> Any:
@@ -356,6 +410,8 @@ def _checked(key: str, hint: Any, value: Any) -> Any:
         raise ValueError(f"{key}: expected true or false")
     if base is str and not isinstance(value, str):
         raise ValueError(f"{key}: expected a string")
+    if get_origin(base) is tuple and dataclasses.is_dataclass(get_args(base)[0]):
+        return _tables(key, get_args(base)[0], value)
     if get_origin(base) is tuple:
         if not isinstance(value, list | tuple) or not all(isinstance(v, str) for v in value):
             raise ValueError(f"{key}: expected a list of strings")
@@ -366,6 +422,21 @@ def _checked(key: str, hint: Any, value: Any) -> Any:
         choices = " or ".join(f'"{choice}"' for choice in get_args(base))
         raise ValueError(f"{key}: expected {choices}")
     return value
+
+
+def _tables(key: str, cls: Any, value: Any) -> tuple[Any, ...]:
+    """A TOML array of tables (`[[identity.jwt_issuers]]`), each built as `cls`."""
+    if not isinstance(value, list | tuple):
+        raise ValueError(f"{key}: expected an array of tables ([[{key}]])")
+    built = []
+    for index, item in enumerate(value):
+        if isinstance(item, cls):
+            built.append(item)
+        elif isinstance(item, Mapping):
+            built.append(_fields(cls, f"{key}[{index}]", item))
+        else:
+            raise ValueError(f"{key}[{index}]: expected a table")
+    return tuple(built)
 
 
 def _number(key: str, base: type, value: Any, limits: list[Range]) -> float:

@@ -152,10 +152,6 @@ class Attribute:
         """HealthImaging refuses a change of this attribute without force, whatever its value."""
         return not FORCE_CATEGORIES.isdisjoint(self.categories)
 
-    def vr_options(self) -> frozenset[str]:
-        """The VRs the dictionary allows ("US or SS" → {"US", "SS"}); empty when unknown."""
-        return frozenset(self.vr.split(" or ")) if self.vr else frozenset()
-
 
 def resolve_key(key: str) -> Attribute:
     """An attribute key (keyword, or 8 hex digits in any case) → Attribute; raises KeyProblem."""

@@ -31,6 +31,13 @@ _ITEM_VRS: Final = frozenset({"SQ", "UN", ""})  # a list of objects needs a sequ
 _SCHEMA_VERSIONS: Final = (1.1, "1.1")
 _UID = re.compile(r"[0-9.]{1,64}")
 _NONCONFORMING: Final = "nonconforming_value"  # HealthImaging takes it only with force
+_VR_WITHOUT_VALUE: Final = (
+    "a VR needs its attribute, spelled the same way, in the DICOM object beside it"
+)
+_VR_OF_STANDARD: Final = (
+    "DICOMVRs is only accepted for private attributes and attributes not in the standard, "
+    "even with force; the dictionary gives {} the VR {}"
+)
 
 
 class Violations:
@@ -194,7 +201,7 @@ class DocumentReader:
         if "DICOM" in body:
             self._dicom_members(body["DICOM"], (*path, "DICOM"), entries)
         if "DICOMVRs" in body:
-            self._vr_members(body["DICOMVRs"], (*path, "DICOMVRs"), entries)
+            self._vr_members(body["DICOMVRs"], (*path, "DICOMVRs"), entries, body.get("DICOM"))
         for entry in entries.values():
             self._change(entry, place)
 
@@ -211,26 +218,32 @@ class DocumentReader:
                 continue
             entries[attribute.tag] = _Entry(attribute, (*path, key), item, in_dicom=True)
 
-    def _vr_members(self, value: object, path: Path, entries: dict[str, _Entry]) -> None:
+    def _vr_members(
+        self, value: object, path: Path, entries: dict[str, _Entry], members: object
+    ) -> None:
+        """HealthImaging takes a VR only beside its value (the same key in DICOM), and only for
+        an attribute the dictionary does not give one: private or not in the standard."""
         if not isinstance(value, dict):
             self._fail(path, "must be a JSON object mapping attributes to VRs")
             return
         for key, vr in value.items():
             attribute = self._top_attribute(key, (*path, key))
-            if attribute is None or not self._valid_vr(attribute, vr, (*path, key)):
+            if attribute is None or not self._valid_vr(vr, (*path, key)):
+                continue
+            if not isinstance(members, dict) or key not in members:
+                self._fail((*path, key), _VR_WITHOUT_VALUE)
+                continue
+            if attribute.standard:
+                self._fail((*path, key), _VR_OF_STANDARD.format(attribute.keyword, attribute.vr))
                 continue
             entry = entries.setdefault(attribute.tag, _Entry(attribute, (*path, key)))
             if entry.in_vrs:
                 self._fail((*path, key), f"attribute {attribute.tag} is given twice")
             entry.in_vrs, entry.vr = True, str(vr)
 
-    def _valid_vr(self, attribute: dicom.Attribute, vr: object, path: Path) -> bool:
+    def _valid_vr(self, vr: object, path: Path) -> bool:
         if not isinstance(vr, str) or vr not in dicom.VRS:
             self._fail(path, "must be a two-letter DICOM VR, e.g. LO")
-            return False
-        options = attribute.vr_options()
-        if options and vr not in options:
-            self._fail(path, f"conflicts with the data dictionary VR {attribute.vr}")
             return False
         return True
 
@@ -253,8 +266,7 @@ class DocumentReader:
 
     def _change(self, entry: _Entry, place: _Place) -> None:
         attribute = entry.attribute
-        vr = entry.vr if entry.vr and (not attribute.standard or " or " in attribute.vr) else ""
-        vr = vr or attribute.vr
+        vr = entry.vr or attribute.vr  # DICOMVRs only for private and non-standard attributes
         nested: dict[str, AttributeChange] = {}
         categories = set(attribute.categories) | ({"sequence"} if vr == "SQ" else set())
         if entry.in_dicom:

@@ -88,7 +88,7 @@ class InvalidArgument(ProxyError):
         summary = "; ".join(f"{v.field}: {v.description}" for v in self.violations[:5])
         more = self.total - min(5, len(self.violations))
         message = summary + (f" (and {more} more)" if more > 0 else "")
-        super().__init__(_shorten(message, MESSAGE_BUDGET))
+        super().__init__(shorten(message, MESSAGE_BUDGET))
 
 
 MAX_REPORTED_VIOLATIONS = 20
@@ -104,8 +104,8 @@ def _bounded(violations: Sequence[FieldViolation]) -> tuple[FieldViolation, ...]
     used = 64  # room for the "and N more" entry and the protobuf framing
     for violation in violations[:MAX_REPORTED_VIOLATIONS]:
         short = FieldViolation(
-            _shorten(violation.field, MAX_FIELD_CHARS),
-            _shorten(violation.description, MAX_DESCRIPTION_CHARS),
+            shorten(violation.field, MAX_FIELD_CHARS),
+            shorten(violation.description, MAX_DESCRIPTION_CHARS),
         )
         size = len(short.field.encode()) + len(short.description.encode()) + 8
         if used + size > DETAIL_BUDGET:
@@ -115,12 +115,26 @@ def _bounded(violations: Sequence[FieldViolation]) -> tuple[FieldViolation, ...]
     return tuple(kept)
 
 
-def _shorten(text: str, limit: int) -> str:
+def shorten(text: str, limit: int = MESSAGE_BUDGET) -> str:
     """At most `limit` characters; the middle gives way (a path's attribute is at its end)."""
     if len(text) <= limit:
         return text
     head = (limit - 3) // 2
     return text[:head] + "..." + text[len(text) - (limit - 3 - head) :]
+
+
+ECHO_CHARS = 40
+"""The most of one caller-sent string (an id, a key) that an error message repeats."""
+_ECHOABLE = frozenset("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789._:/#@+=-")
+
+
+def echo(text: str, limit: int = ECHO_CHARS) -> str:
+    """A caller-sent string as an error message may repeat it: quoted, its first `limit`
+    characters with anything outside letters, digits and `._:/#@+=-` shown as `?`, and its
+    length when cut. Every message that names caller input goes through here."""
+    shown = "".join(c if c in _ECHOABLE else "?" for c in text[:limit])
+    cut = f"... ({len(text)} characters)" if len(text) > limit else ""
+    return f"'{shown}'{cut}"
 
 
 def invalid(field: str, description: str) -> InvalidArgument:

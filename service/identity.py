@@ -10,7 +10,8 @@ Precedence, per call:
 
 Each source names principals in its own namespace, so no source can claim another's grants:
 `spiffe://…` only from a verified certificate's SPIFFE ID, `x509-cn:<CN>` from the CN fallback,
-`jwt:<iss>#<sub>` from a verified token (its signed issuer), `dev:<name>` from the dev header.
+`jwt:<iss>#<sub>` from a verified token (its signed issuer, whose own key verified it: see
+service/tokens.py), `dev:<name>` from the dev header.
 
 `authenticate` is pure CPU work over the call's metadata and gRPC's auth context: keys are
 loaded once by `Authenticator.from_settings`. Messages never echo a token.
@@ -18,33 +19,21 @@ loaded once by `Authenticator.from_settings`. Messages never echo a token.
 
 from __future__ import annotations
 
-import json
 import re
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass
-from pathlib import Path
-
-import jwt
-from cryptography import x509
-from cryptography.hazmat.primitives import serialization
-from cryptography.hazmat.primitives.asymmetric import ec, rsa
 
 from service.config import IdentitySettings
 from service.errors import Unauthenticated
 from service.model import Caller
+from service.tokens import JWT_PREFIX as JWT_PREFIX
+from service.tokens import TokenVerifier
 
-PublicKey = rsa.RSAPublicKey | ec.EllipticCurvePublicKey
 Metadata = Iterable[tuple[str, str | bytes]]
 AuthContext = Mapping[str, Iterable[bytes]]
 
 DEV_PRINCIPAL_KEY = "x-dev-principal"
 AUTHORIZATION_KEY = "authorization"
-ALGORITHMS = ("RS256", "ES256")
-"""The only signature algorithms accepted; `none` and HMAC (key confusion) never are."""
-MIN_RSA_BITS = 2048
-
 DEV_PREFIX = "dev:"
-JWT_PREFIX = "jwt:"
 CN_PREFIX = "x509-cn:"
 """Principal prefixes per identity source; a SPIFFE ID needs none (`spiffe://` is its own)."""
 
@@ -75,7 +64,8 @@ class Authenticator:
         if tokens is None and certificates is None and not settings.insecure_dev_identity:
             raise ValueError(
                 "identity: no identity source configured; set client_ca (mTLS), "
-                "jwt_public_keys or jwt_jwks_file (JWT), or insecure_dev_identity for development"
+                "[[identity.jwt_issuers]] or jwt_issuer with its keys (JWT), or "
+                "insecure_dev_identity for development"
             )
         return cls(tokens, certificates, settings.insecure_dev_identity)
 
@@ -142,176 +132,6 @@ class CertificateIdentity:
         if len(common_names) != 1 or not common_names[0]:
             raise Unauthenticated("client certificate has no SPIFFE ID and no single subject CN")
         return CN_PREFIX + common_names[0]
-
-
-@dataclass(frozen=True)
-class VerificationKey:
-    """One trusted public key for bearer tokens."""
-
-    kid: str
-    """Key id from the JWKS; "" for a PEM file (tried for any kid)."""
-    algorithm: str
-    key: PublicKey
-
-
-class TokenVerifier:
-    """Verifies JWT bearer tokens against keys loaded once (PEM files and/or a JWKS file)."""
-
-    def __init__(self, keys: Sequence[VerificationKey], settings: IdentitySettings) -> None:
-        self._keys = tuple(keys)
-        self._issuer = settings.jwt_issuer or None
-        self._audience = settings.jwt_audience or None
-        self._leeway = settings.jwt_leeway_seconds
-        self._principal_claim = settings.jwt_principal_claim
-        self._roles_claim = settings.jwt_roles_claim
-        # `iss` is always required: it names the principal's namespace (jwt:<iss>#<sub>).
-        self._required = ["exp", "iss", *(["aud"] if self._audience else [])]
-
-    @classmethod
-    def from_settings(cls, settings: IdentitySettings) -> TokenVerifier | None:
-        """None when no JWT keys are configured; ValueError on unusable keys or settings."""
-        keys = [_load_pem_key(Path(path)) for path in settings.jwt_public_keys]
-        if settings.jwt_jwks_file:
-            keys.extend(_load_jwks(Path(settings.jwt_jwks_file)))
-        if not keys:
-            if settings.jwt_issuer or settings.jwt_audience:
-                raise ValueError("identity: jwt_issuer/jwt_audience set but no JWT keys configured")
-            return None
-        if settings.jwt_leeway_seconds < 0:
-            raise ValueError("identity: jwt_leeway_seconds must not be negative")
-        if not settings.jwt_principal_claim or not settings.jwt_roles_claim:
-            raise ValueError("identity: jwt_principal_claim and jwt_roles_claim must be set")
-        return cls(keys, settings)
-
-    def verify(self, token: str) -> Caller:
-        """Check signature and claims; Unauthenticated with a fixed message when anything fails."""
-        try:
-            header = jwt.get_unverified_header(token)
-        except jwt.InvalidTokenError:
-            raise Unauthenticated("bearer token is malformed") from None
-        claims = self._decode(token, self._candidates(header))
-        return Caller(
-            principal=self._principal(claims),
-            auth_method="jwt",
-            roles=self._roles(claims),
-            claims=claims,
-        )
-
-    def _candidates(self, header: Mapping[str, object]) -> list[VerificationKey]:
-        algorithm = header.get("alg")
-        if algorithm not in ALGORITHMS:
-            raise Unauthenticated("bearer token algorithm is not accepted (RS256 or ES256 only)")
-        kid = header.get("kid")
-        named = [key for key in self._keys if kid and key.kid == kid]
-        pool = named or [key for key in self._keys if not key.kid or kid is None]
-        candidates = [key for key in pool if key.algorithm == algorithm]
-        if not candidates:
-            raise Unauthenticated("bearer token is signed by an unknown key")
-        return candidates
-
-    def _decode(self, token: str, candidates: Sequence[VerificationKey]) -> dict[str, object]:
-        for candidate in candidates:
-            try:
-                return jwt.decode(
-                    token,
-                    candidate.key,
-                    algorithms=[candidate.algorithm],
-                    audience=self._audience,
-                    issuer=self._issuer,
-                    leeway=self._leeway,
-                    options={"require": self._required},
-                )
-            except jwt.InvalidSignatureError:
-                continue  # signed by another trusted key, perhaps
-            except jwt.InvalidTokenError as error:
-                raise Unauthenticated(_token_error(error)) from None
-        raise Unauthenticated("bearer token signature does not verify against any trusted key")
-
-    def _principal(self, claims: Mapping[str, object]) -> str:
-        """`jwt:<iss>#<subject>`: the issuer keeps two identity providers' subjects apart."""
-        principal = claims.get(self._principal_claim)
-        if not isinstance(principal, str) or not principal:
-            raise Unauthenticated(f"bearer token lacks a string '{self._principal_claim}' claim")
-        issuer = claims.get("iss")
-        # An issuer is a URL without a fragment (OIDC); a '#' in it would make principals ambiguous.
-        if not isinstance(issuer, str) or not issuer or "#" in issuer:
-            raise Unauthenticated("bearer token 'iss' claim must be a non-empty string without '#'")
-        return f"{JWT_PREFIX}{issuer}#{principal}"
-
-    def _roles(self, claims: Mapping[str, object]) -> tuple[str, ...]:
-        roles = claims.get(self._roles_claim, [])
-        if not isinstance(roles, list) or not all(isinstance(role, str) for role in roles):
-            raise Unauthenticated(
-                f"bearer token '{self._roles_claim}' claim must be a list of strings"
-            )
-        return tuple(roles)
-
-
-# Most specific first: the first class in an error's MRO found here names the message.
-_TOKEN_ERRORS: dict[type[jwt.InvalidTokenError], str] = {
-    jwt.ExpiredSignatureError: "bearer token has expired",
-    jwt.ImmatureSignatureError: "bearer token is not valid yet (nbf/iat in the future)",
-    jwt.InvalidIssuerError: "bearer token issuer is not accepted",
-    jwt.InvalidAudienceError: "bearer token audience is not accepted",
-    jwt.InvalidAlgorithmError: "bearer token algorithm is not accepted (RS256 or ES256 only)",
-    jwt.DecodeError: "bearer token is malformed",
-    jwt.InvalidTokenError: "bearer token is not valid",
-}
-
-
-def _token_error(error: jwt.InvalidTokenError) -> str:
-    if isinstance(error, jwt.MissingRequiredClaimError):
-        return f"bearer token lacks the required '{error.claim}' claim"
-    message = next(_TOKEN_ERRORS[cls] for cls in type(error).__mro__ if cls in _TOKEN_ERRORS)
-    return f"{message} ({type(error).__name__})"
-
-
-def _load_pem_key(path: Path) -> VerificationKey:
-    data = _read(path, "jwt_public_keys")
-    try:
-        key = serialization.load_pem_public_key(data)
-    except ValueError:
-        try:
-            key = x509.load_pem_x509_certificate(data).public_key()
-        except ValueError:
-            raise ValueError(f"identity: {path} is not a PEM public key or certificate") from None
-    return _verification_key("", key, str(path))
-
-
-def _load_jwks(path: Path) -> list[VerificationKey]:
-    text = _read(path, "jwt_jwks_file").decode("utf-8", "replace")
-    try:
-        jwks = jwt.PyJWKSet.from_json(text)
-    except (jwt.PyJWTError, json.JSONDecodeError) as error:
-        raise ValueError(f"identity: {path} is not a usable JWKS: {error}") from None
-    # Keys meant for encryption or for other algorithms are ignored: they never sign our tokens.
-    usable = [
-        jwk for jwk in jwks.keys if jwk.public_key_use != "enc" and jwk.algorithm_name in ALGORITHMS
-    ]
-    if not usable:
-        raise ValueError(f"identity: {path} has no RS256 or ES256 signing key")
-    return [
-        _verification_key(jwk.key_id or "", jwk.key, f"{path} kid={jwk.key_id}") for jwk in usable
-    ]
-
-
-def _verification_key(kid: str, key: object, source: str) -> VerificationKey:
-    if isinstance(key, rsa.RSAPublicKey):
-        if key.key_size < MIN_RSA_BITS:
-            raise ValueError(f"identity: {source}: RSA key shorter than {MIN_RSA_BITS} bits")
-        return VerificationKey(kid, "RS256", key)
-    if isinstance(key, ec.EllipticCurvePublicKey) and isinstance(key.curve, ec.SECP256R1):
-        return VerificationKey(kid, "ES256", key)
-    if isinstance(key, rsa.RSAPrivateKey | ec.EllipticCurvePrivateKey):
-        raise ValueError(f"identity: {source}: a private key; configure public keys only")
-    raise ValueError(f"identity: {source}: only RSA (RS256) and P-256 (ES256) keys are accepted")
-
-
-def _read(path: Path, setting: str) -> bytes:
-    try:
-        return path.read_bytes()
-    except OSError as error:
-        raise ValueError(f"identity: cannot read {setting} file {path}: {error.strerror}") from None
 
 
 def _single_value(metadata: Sequence[tuple[str, str | bytes]], key: str) -> str | None:

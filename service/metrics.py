@@ -63,6 +63,18 @@ class Metrics:
         self.open_streams = Gauge(
             "imaging_proxy_open_streams", "Streaming RPCs open now.", ["rpc"], registry=registry
         )
+        self.busiest_streams = Gauge(
+            "imaging_proxy_open_streams_busiest_principal",
+            "Streams the busiest principal holds open (bounded by "
+            "limits.max_streams_per_principal).",
+            registry=registry,
+        )
+        self.stream_refusals = Counter(
+            "imaging_proxy_stream_refusals",
+            "Streams refused because their principal held limits.max_streams_per_principal.",
+            ["rpc"],
+            registry=registry,
+        )
         self.decision_seconds = Histogram(
             "imaging_proxy_decision_seconds",
             "Policy decision latency.",

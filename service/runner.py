@@ -36,6 +36,7 @@ from service.errors import (
     NotFound,
     ProxyError,
     Unavailable,
+    echo,
 )
 from service.events import (
     Authorized,
@@ -150,7 +151,7 @@ class Runner:
         local = self._operations.get(operation_id)
         record = local.record if local else await self._journal.get(operation_id)
         if record is None:
-            raise NotFound(f"no operation {operation_id!r}")
+            raise NotFound(f"no operation {echo(operation_id)}")
         return record
 
     async def existing(self, principal: str, request: UpdateRequest) -> OperationRecord | None:

@@ -23,9 +23,11 @@ from service.events import Authorized, Event, Finished, Heartbeat, Queued, Statu
 from service.identity import Authenticator
 from service.metrics import Metrics
 from service.model import Caller, Decision, ImageSetStatus, UpdatePlan, UpdateRequest
+from service.open_streams import OpenStreams
 from service.pipeline import Pipeline
 from service.status import to_status
 from service.tls import server_credentials
+from service.updates import operation_id
 
 log = structlog.get_logger(__name__)
 
@@ -69,21 +71,25 @@ def unary(
 
 def streaming(
     handler: Callable[
-        [Any, Any, grpc.aio.ServicerContext[Any, Any]], Awaitable[AsyncIterator[Event]]
+        [Any, Caller, Any, grpc.aio.ServicerContext[Any, Any]], Awaitable[AsyncIterator[Event]]
     ],
 ) -> Callable[[Any, Any, grpc.aio.ServicerContext[Any, Any]], AsyncIterator[pb.UpdateEvent]]:
-    """A status stream: the handler returns the events, so an idle stream of an operation run
-    here holds one generator (this one) and its `LocalStream`, nothing per layer in between."""
+    """A status stream of an identified caller, counted against its open-stream bound: the
+    handler returns the events, so an idle stream of an operation run here holds one generator
+    (this one), its slot and its `LocalStream`, nothing per layer in between."""
 
     @functools.wraps(handler)
     async def wrapper(
         self: Any, request: Any, context: grpc.aio.ServicerContext[Any, Any]
     ) -> AsyncIterator[pb.UpdateEvent]:
-        outcome = self.outcome(handler.__name__)
+        rpc = handler.__name__
+        outcome = self.outcome(rpc)
         with outcome:
             try:
-                async for event in await handler(self, request, context):
-                    yield to_pb_event(event)
+                caller = self._caller(context, rpc)
+                with self.open_streams.hold(caller.principal, rpc):
+                    async for event in await handler(self, caller, request, context):
+                        yield to_pb_event(event)
                 outcome.ok()
             except ProxyError as error:
                 outcome.failed(error)
@@ -128,10 +134,17 @@ class _Outcome:
 class MetadataUpdateServicer(pb_grpc.MetadataUpdateServiceServicer):
     """Thin handlers: identify the caller, convert, delegate to the pipeline."""
 
-    def __init__(self, pipeline: Pipeline, authenticator: Authenticator, metrics: Metrics) -> None:
+    def __init__(
+        self,
+        pipeline: Pipeline,
+        authenticator: Authenticator,
+        metrics: Metrics,
+        open_streams: OpenStreams,
+    ) -> None:
         self._pipeline = pipeline
         self._authenticator = authenticator
         self._metrics = metrics
+        self.open_streams = open_streams
 
     def outcome(self, rpc: str) -> _Outcome:
         return _Outcome(self._metrics, rpc)
@@ -146,18 +159,22 @@ class MetadataUpdateServicer(pb_grpc.MetadataUpdateServiceServicer):
 
     @streaming
     async def UpdateImageSetMetadata(
-        self, request: pb.UpdateImageSetMetadataRequest, context: grpc.aio.ServicerContext[Any, Any]
+        self,
+        caller: Caller,
+        request: pb.UpdateImageSetMetadataRequest,
+        context: grpc.aio.ServicerContext[Any, Any],
     ) -> AsyncIterator[Event]:
-        caller = self._caller(context, "UpdateImageSetMetadata")
         remaining = context.time_remaining()
         return await self._pipeline.update(caller, to_update_request(request), remaining)
 
     @streaming
     async def WatchUpdate(
-        self, request: pb.WatchUpdateRequest, context: grpc.aio.ServicerContext[Any, Any]
+        self,
+        caller: Caller,
+        request: pb.WatchUpdateRequest,
+        context: grpc.aio.ServicerContext[Any, Any],
     ) -> AsyncIterator[Event]:
-        caller = self._caller(context, "WatchUpdate")
-        return await self._pipeline.watch(caller, request.operation_id)
+        return await self._pipeline.watch(caller, operation_id(request.operation_id))
 
     @unary
     async def EvaluateUpdate(
@@ -306,7 +323,8 @@ def listeners(
 ) -> Listeners:
     """Bind the ports (port 0: any free one); nothing is served before `start`."""
     server = grpc.aio.server(options=settings.server.grpc_options())
-    servicer = MetadataUpdateServicer(pipeline, authenticator, metrics)
+    open_streams = OpenStreams(settings.limits, metrics)
+    servicer = MetadataUpdateServicer(pipeline, authenticator, metrics, open_streams)
     pb_grpc.add_MetadataUpdateServiceServicer_to_server(servicer, server)
     health_servicer = health.aio.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)

@@ -15,6 +15,7 @@ from service.errors import (
     PermissionDenied,
     ProxyError,
     ResourceExhausted,
+    shorten,
 )
 
 ERROR_DOMAIN = "imaging-proxy"
@@ -23,7 +24,10 @@ ERROR_DOMAIN = "imaging-proxy"
 def to_status(error: ProxyError) -> status_pb2.Status:
     """The google.rpc Status for `error`: its code, message and rich details."""
     code = grpc.StatusCode[error.status].value[0]
-    return status_pb2.Status(code=code, message=error.message, details=details(error))
+    # Bounded whatever built it: gRPC refuses trailers over 8 KB (the caller would see
+    # RESOURCE_EXHAUSTED, a retryable code, instead of this one).
+    message = shorten(error.message)
+    return status_pb2.Status(code=code, message=message, details=details(error))
 
 
 def details(error: ProxyError) -> list[any_pb2.Any]:

@@ -18,13 +18,16 @@ from service.documents import MAX_BLOB_BYTES as MAX_BLOB_BYTES
 from service.documents import MAX_VALUE_DEPTH as MAX_VALUE_DEPTH
 from service.documents import MAX_VIOLATIONS as MAX_VIOLATIONS
 from service.documents import DocumentReader, Violations
-from service.errors import InvalidArgument
+from service.errors import InvalidArgument, invalid
 from service.model import AttributeChange, Kind, UpdatePlan, UpdateRequest, is_resource_id
 
 DICOM_UPDATES: Final = "updates.dicom_updates"
 DEFAULT_LIMITS: Final = LimitSettings()
 
-_VERSION = re.compile(r"[0-9]+")  # the API's \d+, ASCII only
+_VERSION = re.compile(r"[0-9]{1,20}")  # the API's \d+, ASCII only, bounded
+_OPERATION_ID = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}")
+MAX_IDEMPOTENCY_KEY_CHARS: Final = 128
+_IDEMPOTENCY_KEY = re.compile(rf"[A-Za-z0-9._:-]{{1,{MAX_IDEMPOTENCY_KEY_CHARS}}}")
 
 
 def normalise(request: UpdateRequest, limits: LimitSettings = DEFAULT_LIMITS) -> UpdatePlan:
@@ -96,7 +99,26 @@ def _check_ids(request: UpdateRequest, violations: Violations) -> None:
         if not is_resource_id(value):
             violations.add(name, "must be 32 lower-case letters or digits")
     if not _VERSION.fullmatch(request.latest_version_id):
-        violations.add("latest_version_id", "must be a version number (digits)")
+        violations.add("latest_version_id", "must be a version number (1 to 20 digits)")
+    key = request.idempotency_key
+    if key and not _IDEMPOTENCY_KEY.fullmatch(key):
+        violations.add(
+            "idempotency_key",
+            f"must be 1 to {MAX_IDEMPOTENCY_KEY_CHARS} ASCII letters, digits, '.', '_', ':' or "
+            f"'-', as a UUID is ({len(key)} characters given)",
+        )
+
+
+def operation_id(value: str) -> str:
+    """A WatchUpdate's operation id, checked before anything looks it up: the UUID the proxy
+    gave (`authorized` carries it); InvalidArgument otherwise, naming only its length."""
+    if not _OPERATION_ID.fullmatch(value):
+        raise invalid(
+            "operation_id",
+            "must be an operation id as the proxy gives it in every event (a lower-case UUID "
+            f"of 36 characters; {len(value)} characters given)",
+        )
+    return value
 
 
 def _check_kind(request: UpdateRequest, violations: Violations) -> Kind | None:
@@ -112,7 +134,9 @@ def _check_kind(request: UpdateRequest, violations: Violations) -> Kind | None:
         violations.add(DICOM_UPDATES, "set updatable_attributes, removable_attributes or both")
     if kind == "revert":
         if not _VERSION.fullmatch(request.revert_to_version_id or ""):
-            violations.add("updates.revert_to_version_id", "must be a version number (digits)")
+            violations.add(
+                "updates.revert_to_version_id", "must be a version number (1 to 20 digits)"
+            )
         if request.include_study_image_sets:
             violations.add("include_study_image_sets", "not supported with revert_to_version_id")
     return kind

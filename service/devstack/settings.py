@@ -14,15 +14,24 @@ NO_BUDGET: Sections = {"budget": {"enabled": False}}
 
 
 def toml(sections: Sections) -> str:
-    """TOML for flat sections of scalars; dotted names are nested tables.
+    """TOML for sections of scalars, lists and inline tables; dotted names are nested tables.
 
     JSON's scalars (strings, numbers, true/false) are valid TOML values.
     """
     lines: list[str] = []
     for section, values in sections.items():
         lines.append(f"[{section}]")
-        lines += [f"{name} = {json.dumps(value)}" for name, value in values.items()]
+        lines += [f"{name} = {_value(value)}" for name, value in values.items()]
     return "\n".join(lines) + "\n"
+
+
+def _value(value: object) -> str:
+    """One TOML value: a mapping becomes an inline table (`[[a.b]]` tables as a list of them)."""
+    if isinstance(value, Mapping):
+        return "{ " + ", ".join(f"{key} = {_value(item)}" for key, item in value.items()) + " }"
+    if isinstance(value, list | tuple):
+        return "[" + ", ".join(_value(item) for item in value) + "]"
+    return json.dumps(value)
 
 
 def write_toml(path: Path, sections: Sections) -> Path:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import signal
+import uuid
 from collections.abc import AsyncIterator, Iterator, Mapping
 from pathlib import Path
 from typing import Any
@@ -181,7 +182,7 @@ async def test_only_the_owner_or_an_admin_may_watch(
     as_admin = await collect(watch(stub, operation_id, who="demo-admin"))  # granted by OPA data
     assert finished(as_admin) == ("ACTIVE", "UPDATED")
     with pytest.raises(grpc.aio.AioRpcError) as unknown:
-        await collect(watch(stub, "no-such-operation"))
+        await collect(watch(stub, str(uuid.uuid4())))
     assert unknown.value.code() == grpc.StatusCode.NOT_FOUND
 
 

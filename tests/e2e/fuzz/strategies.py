@@ -122,6 +122,9 @@ datastore_ids = _mostly(
     DATASTORE_ID, st.sampled_from([OTHER_DATASTORE_ID, "", "X" * 32]) | st.text(max_size=40)
 )
 image_set_ids = _mostly("a" * 32, st.sampled_from(["0" * 32, "../" * 10]) | st.text(max_size=40))
+_KEY_FORM = st.from_regex(r"[A-Za-z0-9._:-]{1,20}", fullmatch=True)
+idempotency_keys = _mostly("", st.one_of(_KEY_FORM, _KEY_FORM, _KEY_FORM, st.text(max_size=20)))
+"""Mostly none, else mostly of the accepted form (1 to 128 of [A-Za-z0-9._:-]), or any text."""
 versions = _mostly("1", st.sampled_from(["2", "0", "-1", "", "\u0661"]) | st.text(max_size=6))
 
 
@@ -139,7 +142,7 @@ def requests(draw: st.DrawFn, image_sets: st.SearchStrategy[str] | None = None) 
         latest_version_id="1" if addressed else draw(versions),
         force=draw(st.booleans()),
         include_study_image_sets=draw(st.booleans()),
-        idempotency_key=draw(st.text(max_size=20)),
+        idempotency_key=draw(idempotency_keys),
     )
     member = draw(st.sampled_from(["dicom", "dicom", "dicom", "revert", "none"]))
     if member == "revert":

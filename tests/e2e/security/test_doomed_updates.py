@@ -70,6 +70,12 @@ def at_instance(series_uid: str, sop_uid: str, attributes: dict[str, Any]) -> di
     return {"SchemaVersion": 1.1, "Study": {"Series": {series_uid: {"Instances": instances}}}}
 
 
+def with_vrs(series_uid: str, sop_uid: str, attributes: dict[str, Any], vrs: dict[str, str]) -> Any:
+    document = at_instance(series_uid, sop_uid, attributes)
+    document["Study"]["Series"][series_uid]["Instances"][sop_uid]["DICOMVRs"] = vrs
+    return document
+
+
 def study(attributes: dict[str, Any], version: object = 1.1) -> dict[str, Any]:
     return {"SchemaVersion": version, "Study": {"DICOM": attributes}}
 
@@ -104,6 +110,13 @@ DOOMED: list[tuple[str, Any, str, str]] = [
      "integers must fit in 64 bits"),
     ("lone_surrogate_in_a_value", b'{"Study": {"DICOM": {"StudyDescription": "A\\ud800"}}}',
      ".Study.DICOM.StudyDescription", "strings must not contain lone surrogates"),
+    # issue 18: demo-editor's ImageComments with DICOMVRs, refused by HealthImaging after it
+    # had spent the write quota
+    ("dicomvrs_for_a_standard_attribute",
+     lambda s, i: with_vrs(s, i, {"ImageComments": SECRET}, {"ImageComments": "LT"}),
+     ".DICOMVRs.ImageComments", "DICOMVRs is only accepted for private attributes"),
+    ("dicomvrs_without_its_value", lambda s, i: with_vrs(s, i, {}, {"00191001": "LO"}),
+     '.DICOMVRs["00191001"]', "a VR needs its attribute, spelled the same way"),
     ("lone_surrogate_in_a_key", b'{"Study": {"DICOM": {"\\udfff": "A"}}}', ".Study.DICOM",
      "keys must not contain lone surrogates"),
 ]  # fmt: skip

@@ -28,6 +28,24 @@ from service.config import Settings, load_settings
         ("limits", {"max_payload_bytes": float("inf")}, "limits.max_payload_bytes: expected a"),
         ("identity", {"jwt_public_keys": "k.pem"}, "identity.jwt_public_keys: expected a list"),
         ("server", {"prot": 1}, "unknown setting(s) in [server]: prot"),
+        ("limits", {"max_streams_per_principal": 0}, "limits.max_streams_per_principal: must be"),
+        ("identity", {"jwt_issuers": {"issuer": "a"}}, "identity.jwt_issuers: expected an array"),
+        ("identity", {"jwt_issuers": ["a"]}, "identity.jwt_issuers[0]: expected a table"),
+        (
+            "identity",
+            {"jwt_issuers": [{"issuer": "a", "aud": ["x"]}]},
+            "unknown setting(s) in [identity.jwt_issuers[0]]: aud",
+        ),
+        (
+            "identity",
+            {"jwt_issuers": [{"issuer": "a"}, {"max_lifetime_seconds": 0}]},
+            "identity.jwt_issuers[1].max_lifetime_seconds: must be > 0",
+        ),
+        (
+            "identity",
+            {"jwt_issuers": [{"audiences": "x"}]},
+            "identity.jwt_issuers[0].audiences: expected a list",
+        ),
     ],
 )
 def test_bad_values_are_refused_with_their_key(
@@ -49,6 +67,29 @@ def test_good_values_from_a_file(tmp_path: Path) -> None:
     assert settings.server.grace_seconds == 0
     assert settings.identity.jwt_public_keys == ("a.pem",)
     assert settings.opa.timeout_seconds == 1
+
+
+def test_issuers_as_toml_tables_and_in_flat_form(tmp_path: Path) -> None:
+    config = tmp_path / "proxy.toml"
+    config.write_text(
+        '[identity]\njwt_issuer = "https://a"\njwt_jwks_file = "a.json"\n'
+        'jwt_audience = "proxy"\n\n'
+        '[[identity.jwt_issuers]]\nissuer = "https://b"\npublic_keys = ["b.pem"]\n'
+        'audiences = ["proxy", "api://proxy"]\nmax_lifetime_seconds = 600\n'
+    )
+    a, b = load_settings(config).identity.issuers()
+    assert (a.issuer, a.jwks_file, a.audiences, a.max_lifetime_seconds) == (
+        "https://a",
+        "a.json",
+        ("proxy",),
+        3600.0,
+    )
+    assert (b.issuer, b.public_keys, b.audiences, b.max_lifetime_seconds) == (
+        "https://b",
+        ("b.pem",),
+        ("proxy", "api://proxy"),
+        600,
+    )
 
 
 def test_every_default_passes_its_own_checks() -> None:

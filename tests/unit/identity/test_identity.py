@@ -3,22 +3,26 @@
 from __future__ import annotations
 
 import dataclasses
+import http.server
 import json
+import threading
 import time
 from pathlib import Path
+from typing import Any
 
 import jwt
 import pytest
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ed25519, rsa
 
-from service.config import IdentitySettings
+from service.config import IdentitySettings, JwtIssuerSettings
 from service.devstack.pki import (
     ADMIN_SPIFFE_ID,
     AUDIENCE,
     ISSUER,
     JwtKeys,
     Pki,
+    SigningKey,
     generate_signing_key,
     identity_settings,
     make_token,
@@ -70,6 +74,11 @@ def auth(settings: IdentitySettings) -> Authenticator:
     return Authenticator.from_settings(settings)
 
 
+def flat(**settings: Any) -> IdentitySettings:
+    """One issuer in the flat form: the test issuer and audience, with the given keys."""
+    return IdentitySettings(jwt_issuer=ISSUER, jwt_audience=AUDIENCE, **settings)
+
+
 def bearer(token: str) -> list[tuple[str, str | bytes]]:
     return [("authorization", f"Bearer {token}")]
 
@@ -96,10 +105,9 @@ def test_valid_token_identifies_caller(auth: Authenticator, keys: JwtKeys, key_n
 
 
 def test_pem_public_keys_verify_tokens_with_any_kid(keys: JwtKeys) -> None:
-    settings = IdentitySettings(
-        jwt_public_keys=(str(keys.rsa.public_pem), str(keys.ec.public_pem)), jwt_audience=AUDIENCE
+    auth = Authenticator.from_settings(
+        flat(jwt_public_keys=(str(keys.rsa.public_pem), str(keys.ec.public_pem)))
     )
-    auth = Authenticator.from_settings(settings)
     for key, headers in ((keys.rsa, {"kid": "idp-2024"}), (keys.ec, {})):
         token = make_token(key, standard_claims("svc"), headers=headers)
         assert auth.authenticate(bearer(token), {}).principal == SVC
@@ -166,9 +174,20 @@ def test_required_claims(auth: Authenticator, keys: JwtKeys, claim: str) -> None
     assert f"'{claim}'" in refusal(auth, make_token(keys.rsa, claims))
 
 
-def test_audience_in_token_needs_configured_audience(keys: JwtKeys) -> None:
-    auth = Authenticator.from_settings(IdentitySettings(jwt_jwks_file=str(keys.jwks_file)))
-    assert "audience" in refusal(auth, make_token(keys.rsa, standard_claims("svc")))
+@pytest.mark.parametrize("audiences", [(), ("",)])
+def test_an_issuer_needs_audiences(keys: JwtKeys, audiences: tuple[str, ...]) -> None:
+    issuer = JwtIssuerSettings(ISSUER, jwks_file=str(keys.jwks_file), audiences=audiences)
+    with pytest.raises(ValueError, match="set its audiences"):
+        Authenticator.from_settings(IdentitySettings(jwt_issuers=(issuer,)))
+
+
+def test_one_of_several_audiences_is_enough(keys: JwtKeys) -> None:
+    issuer = JwtIssuerSettings(
+        ISSUER, jwks_file=str(keys.jwks_file), audiences=("imaging-proxy-eu", AUDIENCE)
+    )
+    auth = Authenticator.from_settings(IdentitySettings(jwt_issuers=(issuer,)))
+    assert auth.authenticate(bearer(make_token(keys.rsa, standard_claims("svc"))), {})
+    assert "audience" in refusal(auth, make_token(keys.rsa, standard_claims("svc", audience="x")))
 
 
 def test_untrusted_key_with_a_known_kid(auth: Authenticator, tmp_path: Path) -> None:
@@ -200,9 +219,7 @@ def test_hs256_signed_with_the_public_key_is_refused(
 
 
 def test_pem_configured_keys_refuse_hs256_too(keys: JwtKeys) -> None:
-    auth = Authenticator.from_settings(
-        IdentitySettings(jwt_public_keys=(str(keys.rsa.public_pem),), jwt_audience=AUDIENCE)
-    )
+    auth = Authenticator.from_settings(flat(jwt_public_keys=(str(keys.rsa.public_pem),)))
     token = forge_hs256_token(keys.rsa.public_pem.read_bytes(), standard_claims("svc"))
     assert "algorithm" in refusal(auth, token)
 
@@ -408,30 +425,149 @@ def test_a_common_name_cannot_take_a_spiffe_id(every_source: Authenticator) -> N
     assert every_source.authenticate([], context).principal == f"x509-cn:{ADMIN_SPIFFE_ID}"
 
 
-def test_the_same_subject_from_two_issuers_is_two_principals(keys: JwtKeys) -> None:
-    any_issuer = Authenticator.from_settings(
-        IdentitySettings(jwt_jwks_file=str(keys.jwks_file), jwt_audience=AUDIENCE)
-    )
-    principals = {
-        any_issuer.authenticate(
-            bearer(make_token(keys.rsa, standard_claims("svc", issuer=issuer))), {}
-        ).principal
-        for issuer in (ISSUER, "https://other-idp.example")
-    }
-    assert principals == {f"jwt:{ISSUER}#svc", "jwt:https://other-idp.example#svc"}
-
-
-@pytest.mark.parametrize("issuer", [None, "", "https://idp.example#fragment"])
-def test_the_issuer_is_required_and_unambiguous_even_when_not_pinned(
-    keys: JwtKeys, issuer: object
+def test_the_same_subject_from_two_issuers_is_two_principals(
+    two_providers: Authenticator, keys: JwtKeys, provider_b: SigningKey
 ) -> None:
-    any_issuer = Authenticator.from_settings(
-        IdentitySettings(jwt_jwks_file=str(keys.jwks_file), jwt_audience=AUDIENCE)
-    )
+    principals = {
+        two_providers.authenticate(
+            bearer(make_token(key, standard_claims("svc", issuer=issuer))), {}
+        ).principal
+        for key, issuer in ((keys.rsa, ISSUER), (provider_b, ISSUER_B))
+    }
+    assert principals == {f"jwt:{ISSUER}#svc", f"jwt:{ISSUER_B}#svc"}
+
+
+@pytest.mark.parametrize("issuer", [None, "", "https://idp.example#fragment", ["a"], 7])
+def test_the_issuer_is_required_and_configured(
+    two_providers: Authenticator, keys: JwtKeys, issuer: object
+) -> None:
     claims = standard_claims("svc") | {"iss": issuer}
     if issuer is None:
         del claims["iss"]
-    assert "'iss'" in refusal(any_issuer, make_token(keys.rsa, claims))
+    token = jwt.PyJWS().encode(
+        json.dumps(claims).encode(), keys.rsa.private_key, "RS256", {"kid": keys.rsa.kid}
+    )  # PyJWT's own encoder refuses a non-string iss
+    assert "'iss'" in refusal(two_providers, token)
+
+
+# --- keys bound to their issuers --------------------------------------------------------------
+
+ISSUER_B = "https://idp-b.example"
+
+
+@pytest.fixture(scope="module")
+def provider_b(tmp_path_factory: pytest.TempPathFactory) -> SigningKey:
+    """Provider B's signing key: the same kid as provider A's RSA key (kids are per provider)."""
+    directory = tmp_path_factory.mktemp("idp-b")
+    key = generate_signing_key(directory, "RS256", "rsa-1")
+    write_jwks(directory / "jwks.json", [key])
+    return key
+
+
+@pytest.fixture(scope="module")
+def two_providers(keys: JwtKeys, provider_b: SigningKey) -> Authenticator:
+    """Provider A (the test issuer, its JWKS) and provider B (its JWKS), each with its keys."""
+    b_jwks = provider_b.public_pem.parent / "jwks.json"
+    return Authenticator.from_settings(
+        IdentitySettings(
+            jwt_issuers=(
+                JwtIssuerSettings(ISSUER, jwks_file=str(keys.jwks_file), audiences=(AUDIENCE,)),
+                JwtIssuerSettings(ISSUER_B, jwks_file=str(b_jwks), audiences=(AUDIENCE,)),
+            )
+        )
+    )
+
+
+@pytest.mark.parametrize("kid", ["rsa-1", None, "unknown-kid"])
+def test_provider_b_cannot_sign_for_provider_a(
+    two_providers: Authenticator, provider_b: SigningKey, kid: str | None
+) -> None:
+    """The impersonation of issue 18: B's key, A's `iss`, A's subject."""
+    claims = standard_claims("svc-reporting", roles=["metadata-admin"], issuer=ISSUER)
+    token = make_token(provider_b, claims, headers={"kid": kid})
+    message = refusal(two_providers, token)
+    signed_by_b = "'iss' is not the issuer of the key that signed it"
+    assert ("unknown key" if kid == "unknown-kid" else signed_by_b) in message
+    own = make_token(provider_b, claims | {"iss": ISSUER_B}, headers={"kid": kid})
+    if kid != "unknown-kid":
+        caller = two_providers.authenticate(bearer(own), {})
+        assert caller.principal == f"jwt:{ISSUER_B}#svc-reporting"
+
+
+def test_a_key_listed_for_two_issuers_signs_for_each(keys: JwtKeys) -> None:
+    shared = str(keys.ec.public_pem)
+    auth = Authenticator.from_settings(
+        IdentitySettings(
+            jwt_issuers=tuple(
+                JwtIssuerSettings(name, public_keys=(shared,), audiences=(AUDIENCE,))
+                for name in (ISSUER, ISSUER_B)
+            )
+        )
+    )
+    for name in (ISSUER, ISSUER_B):
+        token = make_token(keys.ec, standard_claims("svc", issuer=name))
+        assert auth.authenticate(bearer(token), {}).principal == f"jwt:{name}#svc"
+    assert "unknown key" in refusal(auth, make_token(keys.rsa, standard_claims("svc")))
+
+
+def test_flat_issuer_and_tables_together(keys: JwtKeys, provider_b: SigningKey) -> None:
+    b = JwtIssuerSettings(ISSUER_B, public_keys=(str(provider_b.public_pem),), audiences=("b",))
+    auth = Authenticator.from_settings(flat(jwt_jwks_file=str(keys.jwks_file), jwt_issuers=(b,)))
+    token_a = make_token(keys.rsa, standard_claims("svc"))
+    token_b = make_token(provider_b, standard_claims("svc", issuer=ISSUER_B, audience="b"))
+    assert auth.authenticate(bearer(token_a), {}).principal == SVC
+    assert auth.authenticate(bearer(token_b), {}).principal == f"jwt:{ISSUER_B}#svc"
+    wrong_audience = make_token(provider_b, standard_claims("svc", issuer=ISSUER_B))
+    assert "audience" in refusal(auth, wrong_audience)
+
+
+# --- token lifetime ----------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "changes",
+    [
+        {"exp": 1e20},  # issue 18: accepted for ever
+        {"exp": 10**20, "iat": None},
+        {"exp": int(time.time()) + 7200, "iat": None},  # no iat: bounded by exp - now
+        {"exp": int(time.time()) + 3000, "iat": int(time.time()) - 3000},  # exp - iat too long
+    ],
+)
+def test_lifetime_beyond_the_maximum_is_refused(
+    auth: Authenticator, keys: JwtKeys, changes: dict[str, object]
+) -> None:
+    claims = standard_claims("svc") | changes
+    claims = {name: value for name, value in claims.items() if value is not None}
+    assert "maximum" in refusal(auth, make_token(keys.rsa, claims))
+
+
+def test_lifetime_within_the_maximum_is_accepted(auth: Authenticator, keys: JwtKeys) -> None:
+    hour = standard_claims("svc", lifetime_seconds=3600)
+    assert auth.authenticate(bearer(make_token(keys.rsa, hour)), {}).principal == SVC
+    without_iat = {k: v for k, v in standard_claims("svc", lifetime_seconds=600).items()}
+    del without_iat["iat"]
+    assert auth.authenticate(bearer(make_token(keys.rsa, without_iat)), {}).principal == SVC
+
+
+def test_max_lifetime_is_configurable(keys: JwtKeys) -> None:
+    short = Authenticator.from_settings(
+        flat(jwt_jwks_file=str(keys.jwks_file), jwt_max_lifetime_seconds=600)
+    )
+    token = make_token(keys.rsa, standard_claims("svc", lifetime_seconds=900))
+    assert "600 s maximum" in refusal(short, token)
+    assert short.authenticate(
+        bearer(make_token(keys.rsa, standard_claims("svc", lifetime_seconds=600))), {}
+    )
+
+
+@pytest.mark.parametrize("claim", ["exp", "iat", "nbf"])
+@pytest.mark.parametrize("value", ["soon", [1], 1e400])
+def test_time_claims_must_be_numbers(
+    auth: Authenticator, keys: JwtKeys, claim: str, value: object
+) -> None:
+    claims = standard_claims("svc") | {claim: value}
+    message = refusal(auth, make_token(keys.rsa, claims))
+    assert "malformed" in message or "not valid" in message
 
 
 # --- configuration ---------------------------------------------------------------------------
@@ -448,15 +584,85 @@ def test_client_ca_needs_a_tls_listener(pki: Pki) -> None:
 
 
 def test_issuer_without_keys(pki: Pki) -> None:
-    with pytest.raises(ValueError, match="no JWT keys"):
-        Authenticator.from_settings(dataclasses.replace(_mtls_settings(pki), jwt_issuer=ISSUER))
+    with pytest.raises(ValueError, match="no keys"):
+        Authenticator.from_settings(
+            dataclasses.replace(_mtls_settings(pki), jwt_issuer=ISSUER, jwt_audience=AUDIENCE)
+        )
+
+
+@pytest.mark.parametrize("name", ["", "https://idp.example#x"])
+def test_an_issuer_needs_a_name_without_a_fragment(keys: JwtKeys, name: str) -> None:
+    issuer = JwtIssuerSettings(name, jwks_file=str(keys.jwks_file), audiences=(AUDIENCE,))
+    with pytest.raises(ValueError, match="non-empty `issuer` without '#'"):
+        Authenticator.from_settings(IdentitySettings(jwt_issuers=(issuer,)))
+
+
+def test_keys_without_an_issuer_are_a_configuration_error(keys: JwtKeys) -> None:
+    # Before issue 18 such keys signed for any `iss`: one provider could pose as another.
+    with pytest.raises(ValueError, match="non-empty `issuer`"):
+        Authenticator.from_settings(
+            IdentitySettings(jwt_jwks_file=str(keys.jwks_file), jwt_audience=AUDIENCE)
+        )
+
+
+def test_an_issuer_configured_twice(keys: JwtKeys) -> None:
+    issuer = JwtIssuerSettings(ISSUER, jwks_file=str(keys.jwks_file), audiences=(AUDIENCE,))
+    with pytest.raises(ValueError, match="configured twice"):
+        Authenticator.from_settings(IdentitySettings(jwt_issuers=(issuer, issuer)))
+
+
+def test_jwks_url_is_fetched_once_at_start(keys: JwtKeys) -> None:
+    body = keys.jwks_file.read_bytes()
+    requests: list[str] = []
+
+    class Handler(http.server.BaseHTTPRequestHandler):
+        def do_GET(self) -> None:
+            requests.append(self.path)
+            self.send_response(200)
+            self.send_header("Content-Type", "application/json")
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, *args: object) -> None:
+            pass
+
+    server = http.server.HTTPServer(("127.0.0.1", 0), Handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        url = f"http://127.0.0.1:{server.server_port}/.well-known/jwks.json"
+        issuer = JwtIssuerSettings(ISSUER, jwks_url=url, audiences=(AUDIENCE,))
+        auth = Authenticator.from_settings(IdentitySettings(jwt_issuers=(issuer,)))
+        for _ in range(3):
+            token = make_token(keys.ec, standard_claims("svc"))
+            assert auth.authenticate(bearer(token), {}).principal == SVC
+    finally:
+        server.shutdown()
+        server.server_close()
+    assert requests == ["/.well-known/jwks.json"]
+
+
+@pytest.mark.parametrize(
+    ("url", "message"),
+    [
+        ("http://idp.example/jwks", "must be https"),
+        ("http://localhost.idp.example/jwks", "must be https"),
+        ("http://127.idp.example/jwks", "must be https"),
+        ("ftp://127.0.0.1/jwks", "must be https"),
+        ("http://127.0.0.1:9/jwks", "cannot load"),
+    ],
+)
+def test_unusable_jwks_url(url: str, message: str) -> None:
+    issuer = JwtIssuerSettings(ISSUER, jwks_url=url, audiences=(AUDIENCE,))
+    with pytest.raises(ValueError, match=message):
+        Authenticator.from_settings(IdentitySettings(jwt_issuers=(issuer,)))
 
 
 def test_unreadable_key_files(tmp_path: Path) -> None:
-    with pytest.raises(ValueError, match="cannot read jwt_public_keys"):
-        Authenticator.from_settings(IdentitySettings(jwt_public_keys=(str(tmp_path / "nope"),)))
-    with pytest.raises(ValueError, match="cannot read jwt_jwks_file"):
-        Authenticator.from_settings(IdentitySettings(jwt_jwks_file=str(tmp_path / "nope")))
+    with pytest.raises(ValueError, match="cannot read public_keys"):
+        Authenticator.from_settings(flat(jwt_public_keys=(str(tmp_path / "nope"),)))
+    with pytest.raises(ValueError, match="cannot read jwks_file"):
+        Authenticator.from_settings(flat(jwt_jwks_file=str(tmp_path / "nope")))
 
 
 @pytest.mark.parametrize(
@@ -471,7 +677,7 @@ def test_unusable_jwks(tmp_path: Path, jwks: str) -> None:
     path = tmp_path / "jwks.json"
     path.write_text(jwks)
     with pytest.raises(ValueError, match=r"JWKS|RS256 or ES256"):
-        Authenticator.from_settings(IdentitySettings(jwt_jwks_file=str(path)))
+        Authenticator.from_settings(flat(jwt_jwks_file=str(path)))
 
 
 def test_jwks_with_a_private_key(tmp_path: Path) -> None:
@@ -480,7 +686,7 @@ def test_jwks_with_a_private_key(tmp_path: Path) -> None:
     path = tmp_path / "private.json"
     path.write_text(json.dumps({"keys": [entry]}))
     with pytest.raises(ValueError, match="private key"):
-        Authenticator.from_settings(IdentitySettings(jwt_jwks_file=str(path)))
+        Authenticator.from_settings(flat(jwt_jwks_file=str(path)))
 
 
 def test_jwks_ignores_encryption_keys(tmp_path: Path, keys: JwtKeys) -> None:
@@ -490,8 +696,7 @@ def test_jwks_ignores_encryption_keys(tmp_path: Path, keys: JwtKeys) -> None:
     document = json.loads((tmp_path / "jwks.json").read_text())
     document["keys"][1]["use"] = "enc"
     (tmp_path / "jwks.json").write_text(json.dumps(document))
-    settings = IdentitySettings(jwt_jwks_file=str(tmp_path / "jwks.json"), jwt_audience=AUDIENCE)
-    auth = Authenticator.from_settings(settings)
+    auth = Authenticator.from_settings(flat(jwt_jwks_file=str(tmp_path / "jwks.json")))
     assert auth.authenticate(bearer(make_token(signing, standard_claims("svc"))), {})
     assert "unknown key" in refusal(auth, make_token(encrypting, standard_claims("svc")))
 
@@ -503,16 +708,15 @@ def test_weak_or_unsupported_pem_keys(tmp_path: Path) -> None:
         path = tmp_path / f"{name}.pem"
         path.write_bytes(key.public_bytes(serialization.Encoding.PEM, _SPKI))
         with pytest.raises(ValueError, match=message):
-            Authenticator.from_settings(IdentitySettings(jwt_public_keys=(str(path),)))
+            Authenticator.from_settings(flat(jwt_public_keys=(str(path),)))
     (tmp_path / "junk.pem").write_text("hello")
     with pytest.raises(ValueError, match="not a PEM public key"):
-        Authenticator.from_settings(IdentitySettings(jwt_public_keys=(str(tmp_path / "junk.pem"),)))
+        Authenticator.from_settings(flat(jwt_public_keys=(str(tmp_path / "junk.pem"),)))
 
 
 def test_a_certificate_may_serve_as_jwt_key(pki: Pki, tmp_path: Path) -> None:
     # The test PKI's certificates carry P-256 keys: usable for ES256.
-    settings = IdentitySettings(jwt_public_keys=(str(pki.server.cert),))
-    assert Authenticator.from_settings(settings)
+    assert Authenticator.from_settings(flat(jwt_public_keys=(str(pki.server.cert),)))
 
 
 # --- listener files ----------------------------------------------------------------------------

@@ -138,12 +138,6 @@ def test_identifiers_sit_at_their_levels() -> None:
     }  # fmt: skip
 
 
-def test_vr_options_split_ambiguous_vrs() -> None:
-    assert resolve_key("SmallestPixelValueInSeries").vr_options() == {"US", "SS"}
-    assert resolve_key("PatientName").vr_options() == {"PN"}
-    assert resolve_key("001910F9").vr_options() == frozenset()
-
-
 def test_vrs_are_the_two_letter_codes() -> None:
     assert {"PN", "SQ", "UN", "OB", "UV"} <= dicom.VRS
     assert all(len(vr) == 2 for vr in dicom.VRS)

@@ -102,12 +102,11 @@ def attributes(
     members: dict[str, object] = {}
     vrs: dict[str, str] = {}
     for tag in tags:
-        private_here = bool(tag >> 16 & 1) and level == "instance"
-        in_dicom = not private_here or draw(st.booleans())
-        if in_dicom:
-            members[draw(spelling(tag))] = draw(value_for(tag))
-        if private_here and (not in_dicom or draw(st.booleans())):  # a private VR may come alone
-            vrs[draw(spelling(tag))] = draw(st.sampled_from(sorted(dicom.VRS)))
+        key = draw(spelling(tag))
+        members[key] = draw(value_for(tag))
+        unlisted = not dicom.attribute_for_tag(tag).standard  # private or not in the standard
+        if unlisted and level == "instance" and draw(st.booleans()):  # a VR beside its value
+            vrs[key] = draw(st.sampled_from(sorted(dicom.VRS)))
     expected: Expected = {(level, series, sop, f"{tag:08X}") for tag in tags}
     return members, vrs, expected
 
