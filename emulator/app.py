@@ -78,21 +78,35 @@ async def _api_middleware(
 async def _with_faults(
     request: web.Request, name: str, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
 ) -> web.StreamResponse:
+    """Refusals (drops, throttles, errors) are decided first and apply nothing. A request that
+    has fully arrived is then applied at once, in a task of its own, so a client that goes away
+    during the injected latency cannot cancel it: a real server that holds a request applies it.
+    Latency and the answer faults delay or lose only the answer."""
     backend = request.app[BACKEND]
     faults = backend.faults
-    if faults.applies_to(name):
-        delay = faults.latency_ms + backend.rng.uniform(0, faults.jitter_ms)
-        if delay > 0:
-            await asyncio.sleep(delay / 1000)
+    applies = faults.applies_to(name)
+    delay = faults.latency_ms + backend.rng.uniform(0, faults.jitter_ms) if applies else 0.0
+    if applies:
         roll = backend.rng.random()
+        refused = faults.drop_rate + faults.throttle_rate + faults.error_rate
+        if roll < refused:
+            await asyncio.sleep(delay / 1000)
         if roll < faults.drop_rate:
             _drop(request)
         if roll < faults.drop_rate + faults.throttle_rate:
             raise ThrottlingException("Rate exceeded (injected)")
-        if roll < faults.drop_rate + faults.throttle_rate + faults.error_rate:
+        if roll < refused:
             raise InternalServerException("Internal server error (injected)")
     await _take_token(request, name)
-    return await handler(request)
+    await request.read()  # the whole request has arrived before it is applied
+    applied = asyncio.ensure_future(handler(request))
+    response = await asyncio.shield(applied)
+    if not applies:
+        return response
+    await asyncio.sleep((delay + faults.answer_delay_ms) / 1000)
+    if backend.rng.random() < faults.answer_drop_rate:
+        _drop(request)
+    return response
 
 
 class _ConnectionDropped(Exception):

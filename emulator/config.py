@@ -77,6 +77,14 @@ class Faults:
     """Fraction of accepted updates that end UPDATE_FAILED."""
     update_stall_rate: float = 0.0
     """Fraction of accepted updates that stay LOCKED/UPDATING until released."""
+    answer_drop_rate: float = 0.0
+    """Fraction of calls applied, whose connection is then closed without the answer (a write
+    that landed although its caller saw a network failure)."""
+    answer_delay_ms: float = 0.0
+    """Calls are applied at once, then their answer is held this long (on top of latency)."""
+    read_lag_ms: float = 0.0
+    """GetImageSet and GetImageSetMetadata without a version show the version before the
+    latest until the latest is this old (a read that lags a write)."""
     operations: tuple[str, ...] = ()
     """Restrict the per-call faults to these operations; empty means every operation."""
 

@@ -214,7 +214,7 @@ class Backend:
         self.tick()
         image_set = self.image_set(datastore_id, image_set_id)
         image_set.last_accessed_at = self.clock()
-        return image_set, image_set.version(version_id)
+        return image_set, self._readable(image_set, version_id)
 
     def get_image_set_metadata(
         self, datastore_id: str, image_set_id: str, version_id: str | None
@@ -222,7 +222,17 @@ class Backend:
         self.tick()
         image_set = self.live_image_set(datastore_id, image_set_id)
         image_set.last_accessed_at = self.clock()
-        return image_set.version(version_id).metadata_blob()
+        return self._readable(image_set, version_id).metadata_blob()
+
+    def _readable(self, image_set: ImageSet, version_id: str | None) -> Version:
+        """The version a read sees: without a version id, the one before the latest while the
+        latest is younger than the `read_lag_ms` fault (a read replica not caught up yet)."""
+        latest = image_set.version(version_id)
+        lag = self.faults.read_lag_ms / 1000
+        young = self.clock() - latest.created_at < lag
+        if version_id is None and young and len(image_set.versions) > 1:
+            return image_set.versions[-2]
+        return latest
 
     def list_image_set_versions(
         self, datastore_id: str, image_set_id: str, max_results: int | None, next_token: str | None

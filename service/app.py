@@ -24,11 +24,12 @@ from service import audit, tracing
 from service.admission import Admission
 from service.budget import Budget
 from service.config import Settings
-from service.health import Health, Probe, opa_probe
+from service.health import Health, PingProbe, Probe, opa_probe
 from service.healthimaging import BackendProbe, CredentialsProbe, HealthImaging
 from service.identity import Authenticator
 from service.journal import open_journal
 from service.metrics import Metrics
+from service.ownership import Leased, Ownership
 from service.pipeline import Pipeline
 from service.policy import PolicyClient
 from service.references import References
@@ -43,6 +44,7 @@ if TYPE_CHECKING:
 
 log = structlog.get_logger(__name__)
 CREDENTIALS = "aws-credentials"
+REDIS = "redis"
 
 
 @dataclass(frozen=True)
@@ -54,8 +56,9 @@ class Parts:
     admission: Admission
     probes: Mapping[str, Probe]
     """Reachability of each dependency, by health name ("opa", "healthimaging", CREDENTIALS)."""
-    shared: bool
-    """The journal is shared with other replicas (their operations may need taking over)."""
+    ownership: Ownership | None
+    """With a shared journal: this replica's lease (other replicas' operations may need taking
+    over, and this one's may be taken)."""
 
 
 async def open_parts(settings: Settings, stack: AsyncExitStack, metrics: Metrics) -> Parts:
@@ -90,7 +93,11 @@ async def open_parts(settings: Settings, stack: AsyncExitStack, metrics: Metrics
         "healthimaging": BackendProbe(session, settings.backend),
         CREDENTIALS: CredentialsProbe(backend),
     }
-    return Parts(pipeline, runner, admission, probes, journal.shared)
+    ownership = None
+    if isinstance(journal, Leased):
+        ownership = Ownership(journal, runner, settings.journal.lease_seconds, metrics)
+        probes[REDIS] = PingProbe(journal.ping)
+    return Parts(pipeline, runner, admission, probes, ownership)
 
 
 async def run(
@@ -130,7 +137,9 @@ async def _serving(settings: Settings, parts: Parts, served: Listeners) -> Async
         SERVICE_NAME,
         parts.probes,
         settings.opa.health_failures,
-        required=("opa", CREDENTIALS),  # without credentials no update can succeed
+        # Without credentials no update can succeed; without the shared journal's Redis none
+        # can be recorded.
+        required=("opa", CREDENTIALS, *((REDIS,) if parts.ownership else ())),
     )
     await checks.live()  # before the first call can ask
     await served.start()
@@ -150,8 +159,9 @@ async def _serving(settings: Settings, parts: Parts, served: Listeners) -> Async
 def _background(settings: Settings, parts: Parts, checks: Health) -> list[asyncio.Task[None]]:
     interval = settings.opa.health_interval_seconds
     tasks = [asyncio.create_task(checks.probe_forever(interval), name="health")]
-    if parts.shared:  # take over the operations of replicas that went away
-        interval = settings.journal.lease_seconds / 2
+    if parts.ownership:  # keep our lease; take over the operations of replicas that went away
+        interval = min(settings.journal.lease_seconds / 2, 1.0)  # taken over ≤ lease + 1 s
+        tasks.append(asyncio.create_task(parts.ownership.keep_forever(), name="lease"))
         tasks.append(asyncio.create_task(parts.runner.take_over_forever(interval), name="takeover"))
     return tasks
 

@@ -8,6 +8,9 @@
     ├── Aborted                     ABORTED           (stale version, locked image set)
     ├── ResourceExhausted           RESOURCE_EXHAUSTED + RetryInfo
     ├── Unavailable                 UNAVAILABLE       (OPA or HealthImaging cannot answer)
+    │   ├── RedisUnavailable        (the shared journal or budget cannot answer)
+    │   ├── OperationMoved          (this replica let go of it: re-attach with WatchUpdate)
+    │   ├── JournalLost             (Redis lost the operation's record and nobody held it)
     │   ├── PolicyUnavailable       (no usable decision: fail closed)
     │   └── NoCredentials           (no AWS credentials: nothing can be sent to HealthImaging)
     ├── DeadlineExceeded            DEADLINE_EXCEEDED
@@ -187,6 +190,32 @@ class ResourceExhausted(ProxyError):
 class Unavailable(ProxyError):
     status = "UNAVAILABLE"
     reason = "BACKEND_UNAVAILABLE"
+
+
+class RedisUnavailable(Unavailable):
+    """Redis (the shared journal or budgets) did not answer in time, or refused the connection."""
+
+    reason = "REDIS_UNAVAILABLE"
+
+
+class OperationMoved(Unavailable):
+    """This replica no longer runs the operation (its lease lapsed, it was fenced, or Redis lost
+    it): the operation continues elsewhere, and `WatchUpdate(operation id)` re-attaches to it."""
+
+    reason = "OPERATION_MOVED"
+
+
+class JournalLost(Unavailable):
+    """The shared journal no longer has the operation (Redis lost its data, and no replica
+    wrote it back): said, never left hanging."""
+
+    reason = "JOURNAL_LOST"
+
+    def __init__(self, operation_id: str) -> None:
+        super().__init__(
+            f"the journal lost operation {operation_id} (Redis restarted without its data) and "
+            "no replica holds it: check the image set's version before resubmitting"
+        )
 
 
 PolicyCause = Literal["unreachable", "timeout", "http_error", "undefined", "malformed"]

@@ -97,7 +97,9 @@ def replay(record: OperationRecord) -> list[Item]:
     if record.submitted is not None:
         items.append(Submitted(record.id, record.created_at, record.submitted))
     last = record.last_status
-    if last is not None and last != record.submitted:
+    # A finished record always ends with `finished`, even when its first state was already the
+    # last (an update found landed and done when its submit was resumed).
+    if last is not None and (last != record.submitted or record.state == "finished"):
         event = Finished if record.state == "finished" else StatusChanged
         items.append(event(record.id, record.created_at, last))
     if record.error is not None:

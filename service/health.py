@@ -4,9 +4,11 @@ The names grpc.health.v1 reports:
 
     "", "liveness"                 SERVING while the process runs; NOT_SERVING only on shutdown
     "readiness", SERVICE_NAME      NOT_SERVING when OPA cannot be reached (its GET /health failed
-                                   `health_failures` probes in a row, or never answered yet), or
-                                   when no AWS credentials were found at start-up
+                                   `health_failures` probes in a row, or never answered yet), when
+                                   a shared journal's Redis does not answer PING (as many probes
+                                   in a row), or when no AWS credentials were found at start-up
     "opa", "healthimaging"         information: each dependency's reachability, judged the same way
+    "redis"                        the shared journal's Redis (only with a Redis journal)
     "aws-credentials"              whether botocore's credential chain found credentials at start-up
 
 Readiness probes OPA's health endpoint with its own timeout, never a policy decision: a decision
@@ -19,7 +21,7 @@ from __future__ import annotations
 
 import asyncio
 import ssl
-from collections.abc import Collection, Mapping
+from collections.abc import Awaitable, Callable, Collection, Mapping
 from typing import Protocol
 
 import aiohttp
@@ -27,6 +29,7 @@ import structlog
 from grpc_health.v1 import health, health_pb2
 
 from service.config import OpaSettings
+from service.errors import ProxyError
 from service.policy import opa_address, opa_headers, opa_tls
 
 log = structlog.get_logger(__name__)
@@ -85,6 +88,20 @@ class HttpProbe:
                 return response.status == 200
         except (aiohttp.ClientError, OSError, TimeoutError):
             return False
+
+
+class PingProbe:
+    """Whether a store answers a ping (the shared journal's Redis): its errors are domain ones."""
+
+    def __init__(self, ping: Callable[[], Awaitable[None]]) -> None:
+        self._ping = ping
+
+    async def answers(self) -> bool:
+        try:
+            await self._ping()
+        except ProxyError:
+            return False
+        return True
 
 
 def opa_probe(session: aiohttp.ClientSession, settings: OpaSettings) -> HttpProbe:

@@ -45,8 +45,13 @@ NO_CREDENTIALS = (
 class HealthImaging:
     """The calls the proxy makes to HealthImaging."""
 
-    def __init__(self, client: Any, has_credentials: bool = True) -> None:
+    def __init__(
+        self, client: Any, has_credentials: bool = True, longest_call_seconds: float = 35.0
+    ) -> None:
         self._client = client
+        self.longest_call_seconds = longest_call_seconds
+        """How long after it is sent one call may still reach HealthImaging (one attempt:
+        botocore's connect timeout plus its read timeout)."""
         self.has_credentials = has_credentials
         """Whether botocore's credential chain found credentials at start-up."""
         # The two calls made per update and poll skip botocore's per-call machinery.
@@ -74,7 +79,8 @@ class HealthImaging:
         async with session.client(
             "medical-imaging", endpoint_url=endpoint, config=config
         ) as client:
-            yield cls(client, has_credentials)
+            longest = settings.connect_timeout_seconds + settings.read_timeout_seconds
+            yield cls(client, has_credentials, longest)
 
     async def update(self, plan: UpdatePlan) -> ImageSetStatus:
         """Submit the update exactly as classified; returns the new (LOCKED) version."""
@@ -109,12 +115,15 @@ class HealthImaging:
             return response
         return await lean.call(params)
 
-    async def image_set_metadata(self, datastore_id: str, image_set_id: str) -> bytes:
-        """The latest version's metadata document, as sent (gzip-compressed JSON)."""
+    async def image_set_metadata(
+        self, datastore_id: str, image_set_id: str, version_id: str = ""
+    ) -> bytes:
+        """A version's metadata document (the latest by default), as sent (gzip-compressed JSON)."""
+        params = {"datastoreId": datastore_id, "imageSetId": image_set_id}
+        if version_id:
+            params["versionId"] = version_id
         with _translate_errors():
-            response = await self._client.get_image_set_metadata(
-                datastoreId=datastore_id, imageSetId=image_set_id
-            )
+            response = await self._client.get_image_set_metadata(**params)
             async with response["imageSetMetadataBlob"] as blob:
                 raw: bytes = await blob.read()
         return raw

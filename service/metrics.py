@@ -155,6 +155,30 @@ class Metrics:
             "Operation tasks running in this process.",
             registry=registry,
         )
+        self.resubmits_after_takeover = Counter(
+            "imaging_proxy_resubmits_after_takeover",
+            "Submits sent again by a new owner that found the image set unchanged.",
+            registry=registry,
+        )
+        self.decided_by_comparison = Counter(
+            "imaging_proxy_outcomes_decided_by_comparison",
+            "ConflictExceptions or changed image sets judged by comparing the resulting metadata "
+            "with the update (ours: the update was applied; theirs: someone else's change).",
+            ["verdict"],
+            registry=registry,
+        )
+        self.journal_lost = Counter(
+            "imaging_proxy_journal_lost",
+            "Times the shared journal was found emptied (its generation marker gone or changed); "
+            "the operations held in memory were written back.",
+            registry=registry,
+        )
+        self.operations_let_go = Counter(
+            "imaging_proxy_operations_let_go",
+            "Operations this replica stopped running (lease lapsed or fenced); their streams were "
+            "told to re-attach.",
+            registry=registry,
+        )
 
     @contextmanager
     def serving(self, host: str, port: int) -> Iterator[int]:

@@ -202,6 +202,13 @@ class OperationRecord:
     error: RecordedError | None = None
     touched: tuple[str, ...] = ()
     """The audit's "level:TAG" list (no values), for an operation resumed without its document."""
+    inflight_until: float = 0.0
+    """Epoch seconds until which a submit sent by an earlier owner may still land (its call's
+    connect and read timeouts): a successor does not read "version unchanged" as "never sent"
+    before then."""
+    epoch: int = 0
+    """Fencing epoch (shared journal): grows at every change of owner; the journal refuses a
+    save from an older one, and streams order events by (epoch, seq)."""
 
     @property
     def finished(self) -> bool:

@@ -18,29 +18,29 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
-from dataclasses import dataclass, field, replace
+from dataclasses import replace
 from typing import Any, cast
 
 import structlog
 
 from service import audit, tracing
 from service.admission import Admission, Draining, Ticket
-from service.budget import GET_IMAGE_SET, UPDATE, Budget
+from service.budget import UPDATE, Budget
 from service.config import LimitSettings, WatchSettings
 from service.errors import (
+    Aborted,
     DeadlineExceeded,
-    FieldViolation,
     Internal,
     InvalidArgument,
     NoCredentials,
     NotFound,
     ProxyError,
+    RedisUnavailable,
     Unavailable,
     echo,
 )
 from service.events import (
     Authorized,
-    Event,
     Finished,
     Item,
     Queued,
@@ -51,66 +51,27 @@ from service.events import (
     to_payload,
 )
 from service.healthimaging import HealthImaging
-from service.journal import RESUBMITTABLE, Journal, fingerprint, followed
+from service.journal import RESUBMITTABLE, Journal, followed
+from service.landed import Landing
 from service.metrics import Metrics
 from service.model import (
     AuthMethod,
     Caller,
-    ImageSetKey,
     ImageSetStatus,
     OperationRecord,
     UpdatePlan,
     UpdateRequest,
 )
+from service.operation import Lost, Operation, Unwatched, same_request
 from service.updates import normalise
-from service.wakeup import Wakeup
 from service.watch import Watcher
 
 log = structlog.get_logger(__name__)
 
+__all__ = ["Operation", "Runner"]
 
-@dataclass(eq=False)
-class Operation:
-    """One update this process runs, and everything observed of it (what streams read)."""
-
-    record: OperationRecord
-    caller: Caller
-    plan: UpdatePlan
-    events: list[Event] = field(default_factory=list)
-    error: ProxyError | None = None
-    wakeup: Wakeup = field(default_factory=Wakeup)
-    """What its streams wait on; each stream keeps only its read position in `events`."""
-    task: asyncio.Task[None] | None = None
-    seq: int = 0
-
-    @property
-    def id(self) -> str:
-        return self.record.id
-
-    @property
-    def last_status(self) -> ImageSetStatus | None:
-        return self.record.last_status
-
-    def publish(self, item: Item) -> None:
-        if isinstance(item, ProxyError):
-            self.error = item
-        elif isinstance(item, Queued) and self.events and isinstance(self.events[-1], Queued):
-            self.events[-1] = item  # a replay needs only the latest position
-        else:
-            self.events.append(item)
-        self.wakeup.notify()
-
-
-class _Lost(Exception):
-    """Another replica has taken this operation over; this process lets go of it."""
-
-
-class _Unwatched(Exception):
-    """Watching ran out of time: streams are told, the next WatchUpdate watches again."""
-
-    def __init__(self, error: DeadlineExceeded) -> None:
-        super().__init__(error.message)
-        self.error = error
+_OUTAGE_PAUSE = 0.5
+"""Seconds between tries while Redis is unreachable (each try is itself retried by redis-py)."""
 
 
 class Runner:
@@ -135,6 +96,8 @@ class Runner:
         self._settings = settings
         self._limits = limits  # a resumed queued record is checked as it was admitted
         self._operations: dict[str, Operation] = {}
+        self._metrics = metrics
+        self._landing = Landing(backend, budget, metrics)
         metrics.running_operations.set_function(lambda: self.running)
 
     @property
@@ -160,7 +123,7 @@ class Runner:
             return None
         record = await self._journal.by_key(principal, request.idempotency_key)
         if record is not None:
-            _same_request(record, request)
+            same_request(record, request)
         return record
 
     async def admit(self, principal: str, deadline: float | None) -> None:
@@ -171,7 +134,7 @@ class Runner:
         """Journal a new operation; the earlier one if its idempotency key won a race with us."""
         record = await self._journal.create(fresh)
         if record.id != fresh.id:
-            _same_request(record, fresh.request)
+            same_request(record, fresh.request)
         return record
 
     def launch(self, record: OperationRecord, caller: Caller, plan: UpdatePlan) -> None:
@@ -234,12 +197,17 @@ class Runner:
 
     async def _run(self, operation: Operation) -> None:
         try:
-            await self._advance(operation)
+            await self._advance_through_outages(operation)
         except Draining as error:
             operation.publish(error)  # it stays recorded as it was, for whoever resumes it
-        except _Lost:
+        except Lost:
             log.info("operation_taken_over", operation_id=operation.id)
-        except _Unwatched as stop:
+            operation.publish(operation.moved("another replica took it over"))
+        except asyncio.CancelledError:
+            if not operation.let_go:
+                raise
+            # let go (lease lapsed): its streams were told by `let_go_all`
+        except Unwatched as stop:
             await self._unwatch(operation, stop.error)
         except ProxyError as error:
             await self._fail(operation, error)
@@ -251,23 +219,37 @@ class Runner:
             if operation.record.finished:
                 await self._finished(operation)
 
+    async def _advance_through_outages(self, operation: Operation) -> None:
+        """Redis unreachable is no failure of the update: pause, then go on from the record (the
+        lease ends this if the outage outlasts it: `let_go_all`)."""
+        while True:
+            try:
+                return await self._advance(operation)
+            except RedisUnavailable as exc:
+                log.warning("operation_paused", operation_id=operation.id, error=exc.reason)
+                self._admission.withdraw(operation.id)
+                await asyncio.sleep(_OUTAGE_PAUSE)
+
     async def _advance(self, operation: Operation) -> None:
         interrupted = operation.record.state == "submitting"
         if interrupted:
             await self._recover_submit(operation)
+            if operation.record.state == "queued":
+                self._metrics.resubmits_after_takeover.inc()
+                log.warning("resubmit_after_takeover", operation_id=operation.id)
         if operation.record.state == "queued":
             await self._take_turn(operation, again=interrupted)
             await self._submit(operation)
             await self._follow(operation, operation.record.submitted)
         else:  # submitted before this process took it on: watch it again, at once
-            await self._admission.hold(_key(operation), operation.id)
+            await self._admission.hold(operation.image_set, operation.id)
             await self._follow(operation, None)
 
     @tracing.stage("admission.queue")
     async def _take_turn(self, operation: Operation, *, again: bool) -> None:
         record = operation.record
         ticket = Ticket(
-            record.id, record.principal, *_key(operation), record.created_at, record.deadline
+            record.id, record.principal, *operation.image_set, record.created_at, record.deadline
         )
 
         def notify(position: int, start: float) -> None:
@@ -279,70 +261,68 @@ class Runner:
         except asyncio.CancelledError:
             self._admission.withdraw(record.id)
             raise
-        await self._save(operation, state="submitting")
 
     @tracing.stage("healthimaging.submit")
     async def _submit(self, operation: Operation) -> None:
-        plan = operation.plan
+        plan, attempts = operation.plan, 0
+
+        async def fenced_send() -> ImageSetStatus:
+            nonlocal attempts
+            attempts += 1
+            if attempts > 1:  # again after a throttle: fenced again, with a new deadline
+                await self._fence(operation)
+            return await self._backend.update(plan)
+
+        # Fenced (owner and epoch checked in the journal) right before the send, with how long
+        # the call may still land: a successor waits that out before resubmitting.
+        await self._fence(operation)
         try:
             status = await self._budget.call(
-                UPDATE,
-                lambda: self._backend.update(plan),
-                acquired=True,
-                deadline=operation.record.deadline,
+                UPDATE, fenced_send, acquired=True, deadline=operation.record.deadline
             )
         except NoCredentials:
             await self._forget_key(operation.record)  # nothing was sent: a retry submits again
             raise
-        except Unavailable as error:  # never retried blindly: say whether it happened
-            applied, outcome = await self._write_outcome(plan)
-            if applied is False:  # a retry with the same key must submit again, not replay this
-                await self._forget_key(operation.record)
-            raise Unavailable(f"{error.message}; {outcome}", aws_code=error.aws_code) from error
+        except RedisUnavailable:  # the budget's, before a send: nothing is in flight
+            await self._save(operation, state="queued", inflight_until=0.0)
+            raise  # paused, then queued again
+        except Aborted as error:  # a ConflictException: maybe our own earlier write won
+            if (
+                error.reason != "BACKEND_CONFLICT"
+                or (ours := await self._landing.ours(plan)) is None
+            ):
+                raise
+            status = ours
+        except Unavailable as error:  # never retried blindly: find out whether it happened
+            landed, outcome = await self._landing.after_no_answer(plan)
+            if not isinstance(landed, ImageSetStatus):
+                if landed is False:  # a retry with the same key must submit again
+                    await self._forget_key(operation.record)
+                raise Unavailable(f"{error.message}; {outcome}", aws_code=error.aws_code) from error
+            status = landed
         await self._save(operation, state="submitted", submitted=status, last_status=status)
         audit.submitted(operation.caller, operation.record)
         self._emit(operation, Submitted(operation.id, time.time(), status))
-
-    async def _write_outcome(self, plan: UpdatePlan) -> tuple[bool | None, str]:
-        """After a submit without an answer: did the write reach HealthImaging (None: unknown)?"""
-        try:
-            latest = await self._get(plan.datastore_id, plan.image_set_id)
-        except ProxyError:
-            return (
-                None,
-                "the update may or may not have been applied: check the image set's version",
-            )
-        if latest.untouched_since(plan.latest_version_id):
-            return False, "the update was not applied (the image set is unchanged): resubmit it"
-        return (
-            None,
-            "the update may have been applied: check the image set's version before retrying",
-        )
 
     async def _forget_key(self, record: OperationRecord) -> None:
         key = record.request.idempotency_key
         if key:
             await self._journal.forget_key(record.principal, key, record.id)
 
+    async def _fence(self, operation: Operation) -> None:
+        inflight_until = time.time() + self._backend.longest_call_seconds
+        await self._save(operation, state="submitting", inflight_until=inflight_until)
+
     async def _recover_submit(self, operation: Operation) -> None:
         """Interrupted while submitting: did the write reach HealthImaging before the restart?"""
-        request = operation.record.request
-        latest = await self._get(request.datastore_id, request.image_set_id)
-        if latest.untouched_since(request.latest_version_id):
+        record = operation.record
+        status = await self._landing.after_interruption(operation.plan, record.inflight_until)
+        if status is None:
             await self._save(operation, state="queued")  # it did not: submit it again
             return
-        version = str(int(request.latest_version_id) + 1)
-        status = latest
-        if latest.version_id != version:
-            status = await self._get(request.datastore_id, request.image_set_id, version)
         await self._save(operation, state="submitted", submitted=status, last_status=status)
         audit.submitted(operation.caller, operation.record)
         self._emit(operation, Submitted(operation.id, time.time(), status))
-
-    async def _get(self, datastore_id: str, image_set_id: str, version: str = "") -> ImageSetStatus:
-        return await self._budget.call(
-            GET_IMAGE_SET, lambda: self._backend.get_image_set(datastore_id, image_set_id, version)
-        )
 
     @tracing.stage("watch.follow")
     async def _follow(self, operation: Operation, submitted: ImageSetStatus | None) -> None:
@@ -364,9 +344,9 @@ class Runner:
                     event = Finished if status.terminal else StatusChanged
                     self._emit(operation, event(operation.id, time.time(), status))
         except TimeoutError:
-            raise _Unwatched(
+            raise Unwatched(
                 DeadlineExceeded(
-                    f"update still {_describe(operation.last_status)} after "
+                    f"update still {operation.described} after "
                     f"{self._settings.timeout_seconds:g} s; "
                     f"re-attach with WatchUpdate({operation.id})"
                 )
@@ -376,7 +356,7 @@ class Runner:
         """Stop polling a stuck update; it no longer holds its image set's turn either."""
         await self._end(operation, error, state="unwatched")
         with contextlib.suppress(ProxyError, OSError):
-            await self._admission.release(_key(operation), operation.id)
+            await self._admission.release(operation.image_set, operation.id)
 
     async def _fail(self, operation: Operation, error: ProxyError) -> None:
         await self._end(operation, error, state="failed", error=record_error(error))
@@ -385,29 +365,73 @@ class Runner:
         """Journal how the operation ends, then tell its streams even if that write failed."""
         try:
             await self._save(operation, **changes)
-        except _Lost:
-            pass
+        except Lost:  # fenced: another owner has it, and may well tell a different outcome
+            told = operation.moved("another replica took it over")
         except Exception as exc:  # noqa: BLE001 - the streams are told below either way
             log.error("journal_write_failed", operation_id=operation.id, error=type(exc).__name__)
         self._emit(operation, told)
 
     async def _finished(self, operation: Operation) -> None:
         with contextlib.suppress(ProxyError, OSError):
-            await self._admission.release(_key(operation), operation.id)
+            await self._admission.release(operation.image_set, operation.id)
         audit.finished(operation.caller, operation.record)
 
     async def _save(self, operation: Operation, **changes: Any) -> None:
-        """Journal a step; the event telling it gets the next sequence number."""
+        """Journal a step; the event telling it gets the next sequence number. Redis
+        unreachable: wait and try again (a step that happened must not read as failed) until
+        it answers, or this replica lets go of the operation (its lease lapsed)."""
         record = replace(operation.record, seq=operation.seq + 1, **changes)
-        if not await self._journal.save(record):
-            raise _Lost(operation.id)
+        while True:
+            if operation.let_go:
+                raise Lost(operation.id)
+            try:
+                saved = await self._journal.save(record)
+                break
+            except RedisUnavailable:
+                log.warning("journal_save_waiting", operation_id=operation.id)
+                await asyncio.sleep(_OUTAGE_PAUSE)
+        if not saved:
+            raise Lost(operation.id)
         operation.record = record
 
     def _emit(self, operation: Operation, item: Item) -> None:
+        if operation.let_go:
+            return  # fenced: nothing more from this owner
         operation.seq += 1
         operation.publish(item)
         if self._journal.shared:
-            self._journal.publish(operation.id, to_payload(operation.seq, item))
+            payload = to_payload(operation.seq, item)
+            payload["epoch"] = operation.record.epoch
+            self._journal.publish(operation.id, payload)
+
+    # --- ownership (service/ownership.py) -------------------------------------------------
+
+    def let_go_all(self, why: str) -> list[OperationRecord]:
+        """Stop running every operation (its streams end with the re-attach error); returns
+        their records, as last known, in case the journal lost them."""
+        held = list(self._operations.values())
+        for operation in held:
+            operation.publish(operation.moved(why))
+            if operation.task is not None:
+                operation.task.cancel()
+            self._admission.withdraw(operation.id)
+            self._operations.pop(operation.id, None)
+        self._metrics.operations_let_go.inc(len(held))
+        return [operation.record for operation in held]
+
+    def held(self) -> list[OperationRecord]:
+        return [operation.record for operation in self._operations.values()]
+
+    async def restore(self, records: list[OperationRecord], *, run: bool) -> None:
+        """Write back records the journal lost; `run`: run them here again (they were let go,
+        so a newer epoch orders their events after the old owner's)."""
+        for record in records:
+            if not run:
+                await self._journal.restore(record)
+            elif record.id not in self._operations:
+                await self._journal.restore(replace(record, epoch=record.epoch + 1))
+                if not record.finished:
+                    await self._resume(replace(record, epoch=record.epoch + 1))
 
     async def close(self) -> None:
         """Cancel every running operation; their records stay as they were, for the next owner."""
@@ -417,24 +441,3 @@ class Runner:
         for task in tasks:
             with contextlib.suppress(asyncio.CancelledError):
                 await task
-
-
-def _same_request(record: OperationRecord, request: UpdateRequest) -> None:
-    if record.fingerprint != fingerprint(request):
-        raise InvalidArgument(
-            [
-                FieldViolation(
-                    "idempotency_key",
-                    f"already used for a different request (operation {record.id})",
-                )
-            ]
-        )
-
-
-def _key(operation: Operation) -> ImageSetKey:
-    request = operation.record.request
-    return ImageSetKey(request.datastore_id, request.image_set_id)
-
-
-def _describe(status: ImageSetStatus | None) -> str:
-    return status.workflow_status if status else "not submitted"

@@ -14,7 +14,7 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 from service.admission import Draining
-from service.errors import ProxyError, Unavailable
+from service.errors import JournalLost, ProxyError, Unavailable
 from service.events import (
     Event,
     Finished,
@@ -22,13 +22,17 @@ from service.events import (
     Item,
     StatusChanged,
     Submitted,
+    error_from,
     from_payload,
     replay,
 )
 from service.journal import Journal
-from service.model import ImageSetStatus, OperationRecord
-from service.runner import Operation, Runner
+from service.model import OperationRecord
+from service.operation import Operation
+from service.runner import Runner
 
+_MISSING_BEATS = 3
+"""Heartbeats a remote stream waits for a record Redis lost to be written back by its owner."""
 _TIMER_SLACK = 0.01
 """Timers fire a little early or late: after a live event, a beat may come this share early."""
 
@@ -81,38 +85,107 @@ class Streams:
     async def _remote(
         self, record: OperationRecord, payloads: asyncio.Queue[dict[str, Any]]
     ) -> AsyncIterator[Event]:
-        seen, last = record.seq, record.last_status
+        """Live events from the owner's pub/sub; the record re-read after a silence of one
+        heartbeat or a gap in the numbering (pub/sub is a wake-up, never the only copy)."""
+        cursor, missing = Cursor(record), 0
         while True:
-            payload = await self._next(payloads, record.id, last)
-            if isinstance(payload, Heartbeat):
-                yield payload
+            payload = await self._next(payloads)
+            if payload is None or cursor.gap(payload):
+                fresh = await self._journal.get(record.id)
+                if fresh is None:  # Redis lost it: its owner writes it back within a renewal
+                    missing += 1
+                    if missing >= _MISSING_BEATS:
+                        raise JournalLost(record.id)
+                    yield Heartbeat(record.id, time.time(), cursor.last)
+                    continue
+                missing = 0
+                for item in cursor.catch_up(fresh):
+                    yield _told(item)
+                if cursor.ended:
+                    return
+                if payload is None:
+                    yield Heartbeat(record.id, time.time(), cursor.last)
+                    continue
+            live = cursor.accept(payload)
+            if live is None:
                 continue
-            if not isinstance(payload, dict) or payload["seq"] <= seen:
-                continue
-            seen = payload["seq"]
-            item = from_payload(record.id, payload)
-            if isinstance(item, ProxyError) and item.reason == Draining.reason:
-                continue  # its replica is leaving; another one will take the operation over
-            if isinstance(item, ProxyError):
-                raise item
-            if isinstance(item, Submitted | StatusChanged | Finished):
-                last = item.status
-            yield item
-            if isinstance(item, Finished):
+            yield _told(live)
+            if cursor.ended:
                 return
 
-    async def _next(
-        self,
-        queue: asyncio.Queue[Any],
-        operation_id: str,
-        status: ImageSetStatus | None,
-    ) -> Any:
-        """The next item, or a heartbeat (with the last known state) after a silence."""
+    async def _next(self, queue: asyncio.Queue[dict[str, Any]]) -> dict[str, Any] | None:
+        """The next payload, or None after a heartbeat interval of silence."""
         try:
             async with asyncio.timeout(self._heartbeat_seconds):
                 return await queue.get()
         except TimeoutError:
-            return Heartbeat(operation_id, time.time(), status)
+            return None
+
+
+def _told(item: Item) -> Event:
+    if isinstance(item, ProxyError):
+        raise item
+    return item
+
+
+class Cursor:
+    """What a remote stream has told, ordered by (epoch, seq): events of an older epoch (a
+    fenced owner's) or already told (replayed from the record) are not told again. Pure."""
+
+    def __init__(self, record: OperationRecord) -> None:
+        self.id = record.id
+        self.seen = (record.epoch, record.seq)
+        self.last = record.last_status
+        self.submitted = record.submitted is not None
+        self.ended = record.finished
+
+    def gap(self, payload: dict[str, Any]) -> bool:
+        epoch, seq = payload.get("epoch", 0), payload["seq"]
+        return bool(epoch == self.seen[0] and seq > self.seen[1] + 1)
+
+    def accept(self, payload: dict[str, Any]) -> Item | None:
+        place = (payload.get("epoch", 0), payload["seq"])
+        if place <= self.seen:
+            return None
+        self.seen = place
+        item = from_payload(self.id, payload)
+        if isinstance(item, ProxyError) and item.reason == Draining.reason:
+            return None  # its replica is leaving; another one will take the operation over
+        return self._new(item)
+
+    def catch_up(self, record: OperationRecord) -> list[Item]:
+        """What `record` (re-read) shows that this stream has not told yet."""
+        self.seen = max(self.seen, (record.epoch, record.seq))
+        items: list[Item] = []
+        if record.submitted is not None and not self.submitted:
+            items.append(Submitted(record.id, time.time(), record.submitted))
+        status = record.last_status
+        if status is not None and (status != self.last or record.state == "finished"):
+            final = record.state == "finished"
+            event = Finished if final else StatusChanged
+            if status != record.submitted or final:
+                items.append(event(record.id, time.time(), status))
+        if record.error is not None:
+            items.append(error_from(record.error))
+        told = [new for item in items if (new := self._new(item)) is not None]
+        if record.finished:
+            self.ended = True
+        return told
+
+    def _new(self, item: Item) -> Item | None:
+        if isinstance(item, ProxyError):
+            self.ended = True
+            return item
+        if isinstance(item, Submitted):
+            if self.submitted:
+                return None
+            self.submitted = True
+        if isinstance(item, Submitted | StatusChanged | Finished):
+            if isinstance(item, StatusChanged) and item.status == self.last:
+                return None
+            self.last = item.status
+        self.ended = isinstance(item, Finished)
+        return item
 
 
 async def _replayed(record: OperationRecord) -> AsyncIterator[Event]:

@@ -85,6 +85,10 @@ class RetryPlan:
     """The proxy ended the operation itself (it answered), so a re-attach would replay that."""
 
 
+_ELSEWHERE = frozenset({"OPERATION_MOVED", "REDIS_UNAVAILABLE"})
+"""Reasons meaning "the operation continues; this stream of it ended"."""
+
+
 def retry_plan(err: grpc.aio.AioRpcError, acknowledged: bool, failures: int) -> RetryPlan | None:
     """None when the status is final; else when and how to retry.
 
@@ -92,7 +96,8 @@ def retry_plan(err: grpc.aio.AioRpcError, acknowledged: bool, failures: int) -> 
     came). Before HealthImaging acknowledged the submit, UNAVAILABLE with details (OPA or
     HealthImaging unreachable) and RESOURCE_EXHAUSTED with RetryInfo (throttled) ended the
     operation in the proxy without submitting it, so the request is sent again. INVALID_ARGUMENT
-    and PERMISSION_DENIED are final.
+    and PERMISSION_DENIED are final. OPERATION_MOVED and REDIS_UNAVAILABLE (a replica let go of
+    the operation, or could not reach the journal) re-attach even after the acknowledgement.
     """
     code = err.code()
     if code in _FINAL:
@@ -100,7 +105,10 @@ def retry_plan(err: grpc.aio.AioRpcError, acknowledged: bool, failures: int) -> 
     status = rich_status(err)
     if code is grpc.StatusCode.UNAVAILABLE and status is None:
         return RetryPlan(backoff_seconds(failures), resubmit=False)
-    _, _, retry = details(status)
+    info, _, retry = details(status)
+    if code is grpc.StatusCode.UNAVAILABLE and info is not None and info.reason in _ELSEWHERE:
+        # The operation goes on (another replica, or after Redis returns): follow it there.
+        return RetryPlan(backoff_seconds(failures), resubmit=not acknowledged)
     # RESOURCE_EXHAUSTED without RetryInfo is not the proxy's throttle but e.g. gRPC's own
     # "trailer too large": the same request would get the same answer.
     throttled = code is grpc.StatusCode.RESOURCE_EXHAUSTED and retry is not None

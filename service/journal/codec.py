@@ -154,6 +154,9 @@ def _head(fixed: tuple[Any, ...], keep_document: bool) -> str:
 def _tail(record: OperationRecord) -> str:
     """The fields that change as the operation goes on, closing the record's JSON."""
     document = {name: getattr(record, name) for name in _CHANGING_NAMES}
+    del document["epoch"]  # the Redis journal keeps it beside the body, where scripts check it
+    if not record.inflight_until:
+        del document["inflight_until"]  # only an interrupted submit needs it (older text kept)
     for name in ("submitted", "last_status", "error"):
         if document[name] is not None:
             document[name] = _plain(document[name])

@@ -159,6 +159,11 @@ class SqliteJournal:
             self._holding.discard(operation_id)
             self._writer.scrub_after_commit()
 
+    async def restore(self, record: OperationRecord) -> OperationRecord:
+        """One process, one file: nothing to lose that a save would not write back."""
+        await self.save(record)
+        return record
+
     async def get(self, operation_id: str) -> OperationRecord | None:
         row = await self._writer.run(lambda db: _select_op(db, operation_id), "get")
         return self._decoded(row) if row else None

@@ -8,11 +8,15 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import boto3
 import pytest
-from botocore.exceptions import ConnectionClosedError
+from botocore.config import Config
+from botocore.exceptions import ConnectionClosedError, ReadTimeoutError
 
+import medical_imaging_model
 from emulator.config import DEFAULT_TPS, Quotas, RateLimit, Settings, load_toml
 from tests.emulator.conftest import (
+    CREDENTIALS,
     DEMO_DATASTORE,
     Emulator,
     blob,
@@ -210,3 +214,46 @@ value = 3
     assert settings.progressions.update.trigger == "immediate"
     assert (settings.progressions.copy.trigger, settings.progressions.copy.value) == ("polls", 3)
     assert json.dumps(settings.faults.operations) == "[]"
+
+
+def one_attempt_client(url: str, read_timeout: float = 60.0) -> Any:
+    """boto3 that never sends a call twice (its default resends once after a lost answer)."""
+    session = boto3.Session(region_name="us-east-1", **CREDENTIALS)
+    medical_imaging_model.install(session._session)
+    config = Config(
+        inject_host_prefix=False, read_timeout=read_timeout, retries={"total_max_attempts": 1}
+    )
+    return session.client("medical-imaging", endpoint_url=url, config=config)
+
+
+def test_a_write_whose_client_left_during_the_latency_is_still_applied(
+    faulty: Emulator, seeded: list[str]
+) -> None:
+    """A server holding the whole request applies it: split-brain tests rely on it."""
+    impatient = one_attempt_client(faulty.url, read_timeout=0.2)  # gone before the answer
+    faulty.set_faults(latency_ms=1500, operations=["UpdateImageSetMetadata"])
+    with pytest.raises(ReadTimeoutError):
+        update(impatient, seeded[0])
+    faulty.set_faults()
+    client = boto3_client(faulty.url)
+    assert settled(client, DS, seeded[0])["versionId"] == "2"
+
+
+def test_a_write_can_land_and_lose_its_answer(faulty: Emulator, seeded: list[str]) -> None:
+    client = one_attempt_client(faulty.url)
+    faulty.set_faults(answer_drop_rate=1.0, operations=["UpdateImageSetMetadata"])
+    with pytest.raises(ConnectionClosedError):
+        update(client, seeded[0])
+    faulty.set_faults()
+    assert settled(client, DS, seeded[0])["versionId"] == "2"
+
+
+def test_reads_can_lag_a_write(faulty: Emulator, seeded: list[str]) -> None:
+    client = boto3_client(faulty.url)
+    faulty.set_faults(read_lag_ms=800, operations=["UpdateImageSetMetadata"])
+    update(client, seeded[0])
+    lagging = client.get_image_set(datastoreId=DS, imageSetId=seeded[0])
+    exact = client.get_image_set(datastoreId=DS, imageSetId=seeded[0], versionId="2")
+    assert (lagging["versionId"], exact["versionId"]) == ("1", "2")
+    time.sleep(0.9)
+    assert client.get_image_set(datastoreId=DS, imageSetId=seeded[0])["versionId"] == "2"

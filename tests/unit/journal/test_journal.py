@@ -107,6 +107,9 @@ def test_a_replay_tells_the_last_known_state() -> None:
     finished = replace(record(), state="finished", submitted=LOCKED, last_status=UPDATED)
     kinds = [type(item).__name__ for item in replay(finished)]
     assert kinds == ["Authorized", "Submitted", "Finished"]
+    # Found landed and done when its submit was resumed: its first state was already the last.
+    done = replace(record(), state="finished", submitted=UPDATED, last_status=UPDATED)
+    assert [type(item).__name__ for item in replay(done)][-1] == "Finished"
     failed = replace(record(), state="failed", error=RecordedError("ABORTED", "X", "stale"))
     last = replay(failed)[-1]
     assert isinstance(last, Exception) and last.status == "ABORTED"
@@ -264,8 +267,9 @@ async def test_redis_a_replica_that_leaves_is_taken_over(shared: JournalSettings
         async with open_journal(shared) as leaving:
             created = await leaving.create(record("op-orphan"))
         taken = await survivor.take_over()
-        assert [r.id for r in taken] == ["op-orphan"]
-        assert await survivor.save(replace(created, state="submitted", seq=2))
+        assert [(r.id, r.epoch) for r in taken] == [("op-orphan", created.epoch + 1)]
+        assert not await survivor.save(replace(created, state="submitted", seq=2))  # old epoch
+        assert await survivor.save(replace(taken[0], state="submitted", seq=2))
         assert await survivor.take_over() == []
 
 
@@ -318,3 +322,51 @@ async def test_redis_gone_mid_life_reaches_callers_as_a_domain_error(tmp_path: P
                 pass
         with pytest.raises(RedisUnavailable):  # leaving: the lease cannot be dropped either
             await stack.aclose()
+
+
+# --- issue 24: leases, fencing, an emptied Redis, scripts sent twice ------------------------------
+
+
+@pytest.mark.redis
+async def test_redis_a_lapsed_lease_is_seen_and_the_replica_starts_afresh(
+    shared: JournalSettings,
+) -> None:
+    async with open_journal(shared) as journal:
+        assert isinstance(journal, RedisJournal)
+        assert await journal.renew() == "held"
+        old = journal.replica_id
+        await journal._client.delete(journal._key("replica", old))  # a pause past the lease
+        assert await journal.renew() == "lapsed"
+        assert journal.replica_id != old  # the old identity's operations can be taken over
+        assert await journal.renew() == "held"
+
+
+@pytest.mark.redis
+async def test_redis_an_emptied_redis_is_seen_and_a_save_writes_the_record_back(
+    shared: JournalSettings,
+) -> None:
+    async with open_journal(shared) as journal, open_journal(shared) as other:
+        assert isinstance(journal, RedisJournal)
+        created = await journal.create(record("op-wiped"))
+        await journal._client.flushdb()  # Redis restarted without persistence
+        assert await journal.save(replace(created, state="submitting", seq=2))
+        assert (await other.get("op-wiped")) is not None
+        assert await journal.renew() == "lost"
+        assert await other.renew() == "lost"  # every replica notices, within one renewal
+        assert await journal.renew() == "held"
+
+
+@pytest.mark.redis
+async def test_redis_take_over_sent_twice_answers_the_same(shared: JournalSettings) -> None:
+    """redis-py's Retry resends a script whose answer was lost: the second run must not hide
+    what the first took (the `taker` nonce), nor take it twice (one epoch step)."""
+    async with open_journal(shared) as survivor:
+        async with open_journal(shared) as leaving:
+            created = await leaving.create(record("op-twice"))
+        assert isinstance(survivor, RedisJournal)
+        args = [survivor.replica_id, survivor._key("op", ""), survivor._key("replica", ""), "n1"]
+        keys = [survivor._key("unfinished")]
+        first = await survivor._take_over(keys=keys, args=args)
+        second = await survivor._take_over(keys=keys, args=args)
+    assert first == second and first[0] == "op-twice"
+    assert int(first[2]) == created.epoch + 1

@@ -3,15 +3,17 @@
 from __future__ import annotations
 
 import contextlib
+import copy
+import gzip
 import json
 from collections.abc import AsyncIterator, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from service.admission import Admission
 from service.budget import Budget
 from service.config import AdmissionSettings, BackendSettings, BudgetSettings, WatchSettings
-from service.errors import NotFound
+from service.errors import Aborted, NotFound
 from service.events import Event, Finished
 from service.journal import Journal, at_rest, fingerprint, is_stale, key_digest
 from service.metrics import Metrics
@@ -160,6 +162,10 @@ class MemoryJournal:
         self.store.owners[operation_id] = self.replica
         return record
 
+    async def restore(self, record: OperationRecord) -> OperationRecord:
+        self.write(record)
+        return record
+
     async def snapshot(self) -> Mapping[ImageSetKey, str]:
         return dict(self.store.in_flight)
 
@@ -192,13 +198,19 @@ class ImageSet:
     `stuck`), then becomes ACTIVE with `outcome` as its workflow status.
     """
 
+    longest_call_seconds = 0.0
+    """No call of this stand-in can land later than it answers."""
+
     def __init__(self, outcome: str = "UPDATED", reads: int = 2) -> None:
         self.versions: dict[str, tuple[str, str]] = {"1": ("ACTIVE", "CREATED")}
+        self.documents: dict[str, dict[str, Any]] = {"1": {"Study": {"DICOM": {}}}}
         self.outcome = outcome
         self.reads = reads
         self.reads_left = 0
         self.stuck = False
         self.submits = 0
+        self.lagging_reads = 0
+        """The next this many reads of the latest version still show the one before it."""
 
     @property
     def latest(self) -> str:
@@ -213,17 +225,31 @@ class ImageSet:
         assert plan.latest_version_id == self.latest, "a stale submit would be a conflict"
         version = str(int(self.latest) + 1)
         self.versions[version] = ("LOCKED", "UPDATING")
+        document = copy.deepcopy(self.documents[plan.latest_version_id])
+        _merge(document, json.loads(plan.updatable_attributes or b"{}"))
+        self.documents[version] = document
         self.reads_left = self.reads
         return self.status(version)
 
     async def update(self, plan: UpdatePlan) -> ImageSetStatus:
         self.submits += 1
+        if plan.latest_version_id != self.latest:  # HealthImaging's compare-and-set
+            raise Aborted("ConflictException: version changed", reason="BACKEND_CONFLICT")
         return self.land(plan)
+
+    def land_theirs(self) -> ImageSetStatus:
+        """Someone else's update of the latest version (it wins the compare-and-set)."""
+        document = {"Study": {"DICOM": {"StudyDescription": "SOMEONE ELSE"}}}
+        plan = normalise(update_request(latest_version_id=self.latest), DEFAULT_LIMITS)
+        return self.land(replace(plan, updatable_attributes=json.dumps(document).encode()))
 
     async def get_image_set(
         self, datastore_id: str, image_set_id: str, version_id: str = ""
     ) -> ImageSetStatus:
         version = version_id or self.latest
+        if not version_id and self.lagging_reads > 0:
+            self.lagging_reads -= 1
+            return self.status(str(int(version) - 1))  # a read replica not caught up yet
         if version not in self.versions:
             raise NotFound(f"no version {version}")
         if self.versions[version][0] == "LOCKED" and not self.stuck:
@@ -232,8 +258,23 @@ class ImageSet:
                 self.versions[version] = ("ACTIVE", self.outcome)
         return self.status(version)
 
-    async def image_set_metadata(self, datastore_id: str, image_set_id: str) -> bytes:
-        raise AssertionError("the runner's tests admit nothing")  # pragma: no cover
+    async def image_set_metadata(
+        self, datastore_id: str, image_set_id: str, version_id: str = ""
+    ) -> bytes:
+        version = version_id or self.latest
+        if version not in self.documents:
+            raise NotFound(f"no version {version}")
+        return gzip.compress(json.dumps(self.documents[version]).encode())
+
+
+def _merge(document: dict[str, Any], updates: Mapping[str, Any]) -> None:
+    for name, value in updates.items():
+        if name == "SchemaVersion":
+            continue
+        if isinstance(value, Mapping):
+            _merge(document.setdefault(name, {}), value)
+        else:
+            document[name] = value
 
 
 # --- one replica's runner -----------------------------------------------------------------------

@@ -216,3 +216,73 @@ async def test_a_replica_takes_over_an_operation_whose_owner_lease_is_gone(
     assert shared.owners[record.id] == "b"
     assert image_set.submits == 1  # taken over past its submit: followed, never submitted again
     assert shared.in_flight == {}
+
+
+# --- issue 24: what a resumed or conflicting submit tells ------------------------------------
+
+
+async def test_a_submit_that_landed_and_finished_before_the_crash_is_not_sent_again() -> None:
+    shared, image_set = Shared(), ImageSet()
+    left = crashed_while(shared, "submitting")
+    image_set.land(plan_of(left))  # the write reached HealthImaging, then the process died
+    image_set.versions["2"] = ("ACTIVE", "UPDATED")  # ... and the update finished meanwhile
+    async with replica(MemoryJournal(shared, "after-restart"), image_set) as one:
+        assert await one.runner.resume() == 1
+        events = await asyncio.wait_for(one.events(left), WITHIN)
+    assert image_set.submits == 0
+    last = events[-1]
+    assert isinstance(last, Finished)
+    assert (last.status.version_id, last.status.workflow_status) == ("2", "UPDATED")
+
+
+async def test_a_watch_whose_first_reads_lag_waits_and_reports_the_new_version() -> None:
+    shared, image_set = Shared(), ImageSet(reads=1)
+    image_set.lagging_reads = 3  # GetImageSet shows version 1 for a while after the submit
+    async with replica(MemoryJournal(shared, "a"), image_set) as one:
+        record = await one.runner.record(new_record(update_request()))
+        one.runner.launch(record, CALLER, plan_of(record))
+        events = await asyncio.wait_for(one.events(record), WITHIN)
+    assert image_set.lagging_reads == 0  # the lagging reads were all made, and waited out
+    told = [e.status.version_id for e in events if isinstance(e, Submitted | StatusChanged)]
+    assert set(told) == {"2"}  # the old version is never told as this update's state
+    last = events[-1]
+    assert isinstance(last, Finished)
+    assert (last.status.version_id, last.status.workflow_status) == ("2", "UPDATED")
+    assert image_set.submits == 1
+
+
+async def test_a_conflict_with_our_own_landed_write_is_reported_as_applied() -> None:
+    """Split-brain: a frozen owner's write landed; the successor's resubmit gets a 409."""
+    shared, image_set = Shared(), ImageSet()
+    async with replica(MemoryJournal(shared, "a"), image_set) as one:
+        record = await one.runner.record(new_record(update_request()))
+        image_set.land(plan_of(record))  # the same update, sent by the earlier owner
+        one.runner.launch(record, CALLER, plan_of(record))
+        events = await asyncio.wait_for(one.events(record), WITHIN)
+    last = events[-1]
+    assert isinstance(last, Finished) and last.status.version_id == "2"
+    assert image_set.submits == 1  # the resubmit, refused by the compare-and-set
+    assert shared.records[record.id].error is None
+
+
+async def test_a_conflict_with_someone_elses_write_is_reported_as_a_conflict() -> None:
+    shared, image_set = Shared(), ImageSet()
+    async with replica(MemoryJournal(shared, "a"), image_set) as one:
+        record = await one.runner.record(new_record(update_request()))
+        image_set.land_theirs()
+        one.runner.launch(record, CALLER, plan_of(record))
+        with pytest.raises(ProxyError) as refused:
+            await asyncio.wait_for(one.events(record), WITHIN)
+    assert refused.value.reason == "BACKEND_CONFLICT"
+
+
+async def test_an_interrupted_submit_beside_someone_elses_write_is_a_conflict() -> None:
+    shared, image_set = Shared(), ImageSet()
+    left = crashed_while(shared, "submitting")
+    image_set.land_theirs()  # not ours: our write never landed, and now never can
+    async with replica(MemoryJournal(shared, "after-restart"), image_set) as one:
+        assert await one.runner.resume() == 1
+        with pytest.raises(ProxyError) as refused:
+            await asyncio.wait_for(one.events(left), WITHIN)
+    assert refused.value.reason == "BACKEND_CONFLICT"
+    assert image_set.submits == 0

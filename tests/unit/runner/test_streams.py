@@ -5,15 +5,25 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Callable
 from dataclasses import replace
+from typing import Any
 
 import pytest
 
 from service.devstack.polling import eventually
 from service.errors import DeadlineExceeded
-from service.events import Authorized, Event, Finished, Heartbeat, Queued, StatusChanged, Submitted
+from service.events import (
+    Authorized,
+    Event,
+    Finished,
+    Heartbeat,
+    Queued,
+    StatusChanged,
+    Submitted,
+    to_payload,
+)
 from service.model import ImageSetStatus
-from service.runner import Operation
-from service.streams import LocalStream
+from service.operation import Operation
+from service.streams import Cursor, LocalStream
 from tests.unit.runner.inmemory import ALLOWED, CALLER, new_record, plan_of, update_request
 
 QUIET = 3600.0  # no heartbeat can come during a test
@@ -164,3 +174,39 @@ async def test_a_stream_that_goes_away_does_not_disturb_the_others() -> None:
     op.publish(Finished(op.id, 2.0, status("DONE", "ACTIVE")))
     await asyncio.wait_for(reader, WITHIN)
     assert staying == op.events
+
+
+# --- remote streams (another replica's operation): the cursor, pure ------------------------------
+
+
+def payload(epoch: int, seq: int, kind: str, workflow: str = "UPDATING") -> dict[str, Any]:
+    """What an owner publishes: a status change, or the end."""
+    event: Event = StatusChanged("op-1", 1.0, status(workflow))
+    if kind == "finished":
+        event = Finished("op-1", 1.0, status(workflow, "ACTIVE"))
+    return {**to_payload(seq, event), "epoch": epoch}
+
+
+def test_a_fenced_owners_events_are_ignored_and_the_new_owners_told() -> None:
+    record = replace(new_record(update_request(), "op-1"), epoch=2, seq=4)
+    cursor = Cursor(record)
+    assert cursor.accept(payload(1, 16, "status")) is None  # the old owner, thawed
+    told = cursor.accept(payload(2, 5, "finished", "UPDATED"))  # numbering goes on from 4
+    assert isinstance(told, Finished) and cursor.ended
+
+
+def test_a_newer_epoch_numbering_from_the_record_is_not_dropped() -> None:
+    record = replace(new_record(update_request(), "op-1"), epoch=1, seq=3)
+    cursor = Cursor(record)
+    assert isinstance(cursor.accept(payload(1, 12, "status")), StatusChanged)
+    assert isinstance(cursor.accept(payload(2, 4, "finished", "UPDATED")), Finished)
+
+
+def test_a_re_read_record_tells_what_pub_sub_lost() -> None:
+    record = replace(new_record(update_request(), "op-1"), epoch=1, seq=2)
+    cursor = Cursor(record)
+    done = status("UPDATED", "ACTIVE")
+    fresh = replace(record, seq=5, state="finished", submitted=status("UPDATING"), last_status=done)
+    told = cursor.catch_up(fresh)
+    assert [type(item) for item in told] == [Submitted, Finished] and cursor.ended
+    assert cursor.accept(payload(1, 5, "finished", "UPDATED")) is None  # not told twice

@@ -105,6 +105,12 @@ WIRE: list[tuple[ProxyError, grpc.StatusCode, list[message.Message]]] = [
         grpc.StatusCode.UNAVAILABLE,
         [info("REDIS_UNAVAILABLE")],
     ),
+    (errors.JournalLost("op-1"), grpc.StatusCode.UNAVAILABLE, [info("JOURNAL_LOST")]),
+    (
+        errors.OperationMoved("re-attach with WatchUpdate('op-1')"),
+        grpc.StatusCode.UNAVAILABLE,
+        [info("OPERATION_MOVED")],
+    ),
     (
         errors.DeadlineExceeded("late"),
         grpc.StatusCode.DEADLINE_EXCEEDED,
