@@ -24,11 +24,12 @@ from service import audit, tracing
 from service.admission import Admission
 from service.budget import Budget
 from service.config import Settings
-from service.health import Health, PingProbe, Probe, opa_probe
+from service.health import Health, PingProbe, Probe
 from service.healthimaging import BackendProbe, CredentialsProbe, HealthImaging
 from service.identity import Authenticator
 from service.journal import open_journal
 from service.metrics import Metrics
+from service.opa import OpaAdmin
 from service.ownership import Leased, Ownership
 from service.pipeline import Pipeline
 from service.policy import PolicyClient
@@ -66,6 +67,9 @@ async def open_parts(settings: Settings, stack: AsyncExitStack, metrics: Metrics
     policy = await stack.enter_async_context(PolicyClient.open(settings.opa))
     backend = await stack.enter_async_context(HealthImaging.open(settings.backend))
     session = await stack.enter_async_context(aiohttp.ClientSession())  # the health probes'
+    opa_health = await stack.enter_async_context(
+        OpaAdmin(settings.opa, settings.opa.health_timeout_seconds)
+    )
     journal = await stack.enter_async_context(open_journal(settings.journal))
     redis_url = settings.budget.url or (settings.journal.url if journal.shared else "")
     budget = await stack.enter_async_context(
@@ -89,7 +93,7 @@ async def open_parts(settings: Settings, stack: AsyncExitStack, metrics: Metrics
         policy, runner, streams, metrics, settings.limits, stages.decisions, references
     )
     probes: dict[str, Probe] = {
-        "opa": opa_probe(session, settings.opa),
+        "opa": opa_health,
         "healthimaging": BackendProbe(session, settings.backend),
         CREDENTIALS: CredentialsProbe(backend),
     }
