@@ -24,16 +24,19 @@ from service import audit, tracing
 from service.admission import Admission
 from service.budget import Budget
 from service.config import Settings
-from service.health import Health, PingProbe, Probe, opa_probe
+from service.health import Health, PingProbe, Probe
 from service.healthimaging import BackendProbe, CredentialsProbe, HealthImaging
 from service.identity import Authenticator
 from service.journal import open_journal
 from service.metrics import Metrics
+from service.opa import OpaAdmin
 from service.ownership import Leased, Ownership
 from service.pipeline import Pipeline
 from service.policy import PolicyClient
+from service.references import References
 from service.runner import Runner
 from service.server import SERVICE_NAME, Listeners, listeners
+from service.stages import shared_stages
 from service.steering import Steering
 from service.streams import Streams
 from service.watch import Watcher
@@ -66,6 +69,9 @@ async def open_parts(settings: Settings, stack: AsyncExitStack, metrics: Metrics
     policy = await stack.enter_async_context(PolicyClient.open(settings.opa))
     backend = await stack.enter_async_context(HealthImaging.open(settings.backend))
     session = await stack.enter_async_context(aiohttp.ClientSession())  # the health probes'
+    opa_health = await stack.enter_async_context(
+        OpaAdmin(settings.opa, settings.opa.health_timeout_seconds)
+    )
     journal = await stack.enter_async_context(open_journal(settings.journal))
     redis_url = settings.budget.url or (settings.journal.url if journal.shared else "")
     budget = await stack.enter_async_context(
@@ -73,19 +79,23 @@ async def open_parts(settings: Settings, stack: AsyncExitStack, metrics: Metrics
             settings.budget, settings.backend, redis_url, settings.journal.key_prefix, metrics
         )
     )
-    admission = Admission(settings.admission, budget, journal, metrics)
+    stages = shared_stages(settings.admission, settings.limits, budget, metrics)
+    admission = Admission(settings.admission, budget, journal, metrics, stages.flows)
     admission.start()
     stack.push_async_callback(admission.close)
-    watcher = Watcher(backend, budget, settings.watch, metrics)
+    watcher = Watcher(backend, stages.polls, settings.watch, metrics)
     stack.push_async_callback(watcher.close)
     runner = Runner(
         backend, watcher, admission, budget, journal, settings.watch, metrics, settings.limits
     )
     stack.push_async_callback(runner.close)
     streams = Streams(runner, journal, settings.watch.heartbeat_seconds)
-    pipeline = Pipeline(policy, runner, streams, metrics, settings.limits)
+    references = References(backend, stages.reference_reads, stages.polls)
+    pipeline = Pipeline(
+        policy, runner, streams, metrics, settings.limits, stages.decisions, references
+    )
     probes: dict[str, Probe] = {
-        "opa": opa_probe(session, settings.opa),
+        "opa": opa_health,
         "healthimaging": BackendProbe(session, settings.backend),
         CREDENTIALS: CredentialsProbe(backend),
     }

@@ -20,17 +20,13 @@ so its outage is reported, not acted on.
 from __future__ import annotations
 
 import asyncio
-import ssl
 from collections.abc import Awaitable, Callable, Collection, Mapping
 from typing import Protocol
 
-import aiohttp
 import structlog
 from grpc_health.v1 import health, health_pb2
 
-from service.config import OpaSettings
 from service.errors import ProxyError
-from service.policy import opa_address, opa_headers, opa_tls
 
 log = structlog.get_logger(__name__)
 
@@ -58,36 +54,9 @@ class Reachability:
 
 
 class Probe(Protocol):
-    """A dependency's reachability check (HttpProbe for OPA, healthimaging.BackendProbe)."""
+    """A dependency's reachability check (opa.OpaAdmin, healthimaging.BackendProbe)."""
 
     async def answers(self) -> bool: ...
-
-
-class HttpProbe:
-    """Whether an HTTP endpoint answers 200 within its own timeout."""
-
-    def __init__(
-        self,
-        session: aiohttp.ClientSession,
-        url: str,
-        timeout_seconds: float,
-        tls: ssl.SSLContext | None = None,
-        headers: dict[str, str] | None = None,
-    ) -> None:
-        self._session = session
-        self._url = url
-        self._timeout = aiohttp.ClientTimeout(total=timeout_seconds)
-        self._tls: ssl.SSLContext | bool = tls if tls is not None else True
-        self._headers = headers or {}
-
-    async def answers(self) -> bool:
-        try:
-            async with self._session.get(
-                self._url, timeout=self._timeout, ssl=self._tls, headers=self._headers
-            ) as response:
-                return response.status == 200
-        except (aiohttp.ClientError, OSError, TimeoutError):
-            return False
 
 
 class PingProbe:
@@ -102,15 +71,6 @@ class PingProbe:
         except ProxyError:
             return False
         return True
-
-
-def opa_probe(session: aiohttp.ClientSession, settings: OpaSettings) -> HttpProbe:
-    """GET <opa>/health with the decision client's credentials (CA, token, client certificate)."""
-    scheme, host, port = opa_address(settings)  # where the decisions go, not a second guess
-    url = f"{scheme}://{host}:{port}/health"
-    return HttpProbe(
-        session, url, settings.health_timeout_seconds, opa_tls(settings), opa_headers(settings)
-    )
 
 
 class Health:

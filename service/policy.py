@@ -75,8 +75,9 @@ def opa_headers(settings: OpaSettings) -> dict[str, str]:
 class PolicyClient:
     """Asks OPA for decisions over one long-lived, kept-alive HTTP session.
 
-    OPA's data API is one POST of `{"input": ...}`: plain aiohttp, URLs built once. (The
-    opa-python-client it replaced added ~55 µs to each decision and could not take a CA file.)"""
+    OPA's data API is one POST of `{"input": ...}`: plain aiohttp, URLs built once, redirects
+    refused (opa-python-client's query_rule would follow them: docs/POLICIES.md, "The OPA
+    client"; it serves readiness and the policy verbs, service/opa.py)."""
 
     def __init__(self, session: aiohttp.ClientSession, settings: OpaSettings) -> None:
         self._session = session

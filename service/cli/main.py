@@ -6,7 +6,7 @@ import argparse
 import sys
 from collections.abc import Sequence
 
-from service.cli import serve
+from service.cli import policy, serve
 from service.cli.client import steering, verbs
 
 
@@ -17,6 +17,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     subparsers = parser.add_subparsers(dest="verb", metavar="VERB", required=True)
     serve.add_server_verbs(subparsers)
+    policy.add_policy_verb(subparsers)
     verbs.add_client_verbs(subparsers)
     steering.add_steering_verbs(subparsers)
     return parser

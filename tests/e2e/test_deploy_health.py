@@ -252,6 +252,10 @@ async def test_the_health_port_serves_nothing_but_health(
 
 def _proxy_container() -> dict[str, Any]:
     documents = yaml.safe_load_all((DEPLOY / "kubernetes" / "imaging-proxy.yaml").read_text())
-    deployment = next(d for d in documents if d["metadata"]["name"] == "imaging-proxy")
+    deployment = next(
+        d
+        for d in documents
+        if d["kind"] == "Deployment" and d["metadata"]["name"] == "imaging-proxy"
+    )
     containers = deployment["spec"]["template"]["spec"]["containers"]
     return dict(next(c for c in containers if c["name"] == "imaging-proxy"))

@@ -91,12 +91,16 @@ def test_stubs_are_generated_in_the_image_by_the_wheel_build() -> None:
     assert any(op == "RUN" and "pip install . " in args + " " for op, args in _instructions())
 
 
-@pytest.mark.parametrize("path", sorted((ROOT / "deploy").rglob("*.y*ml")), ids=lambda p: p.name)
+@pytest.mark.parametrize(
+    "path",
+    [DEPLOY / "docker-compose.yml", DEPLOY / "kubernetes" / "imaging-proxy.yaml"],
+    ids=lambda p: p.name,
+)
 def test_deploy_manifests_parse_and_probe_grpc_health(path: Path) -> None:
     documents = [doc for doc in yaml.safe_load_all(path.read_text()) if doc]
     assert documents
     text = path.read_text()
-    assert "opa" in text and "redis" in text and "--bundle" in text
+    assert "opa" in text and "redis" in text
     assert "grpc" in text and ("readinessProbe" in text or "healthcheck" in text)
 
 
@@ -150,26 +154,45 @@ def _kubernetes(kind: str, name: str) -> dict[str, Any]:
 def test_the_replicas_share_the_redis_that_compose_and_kubernetes_start() -> None:
     journal = _deploy_settings().journal
     assert journal.url.startswith(("redis://", "rediss://")) and not journal.data_dir
-    host, port = urlsplit(journal.url).hostname, urlsplit(journal.url).port or 6379
+    host = urlsplit(journal.url).hostname
     compose = _compose()["services"]
     assert host in compose and host in compose[NAME]["depends_on"]
-    assert {"port": port} in _kubernetes("Service", str(host))["spec"]["ports"]
-    assert "--journal" not in _proxy_container()["args"], "the TOML's journal is the one used"
+    # Kubernetes: --journal from the env the chart builds (the password comes from a Secret).
+    container = _proxy_container()
+    assert container["args"][-2:] == ["--journal", "$(IMAGING_PROXY_JOURNAL_URL)"]
+    url = next(e["value"] for e in container["env"] if e["name"] == "IMAGING_PROXY_JOURNAL_URL")
+    assert url.startswith("redis://:$(REDIS_PASSWORD)@")
+    k8s_host, k8s_port = urlsplit(url).hostname, urlsplit(url).port
+    service_ports = _kubernetes("Service", str(k8s_host))["spec"]["ports"]
+    assert k8s_port in [p["port"] for p in service_ports]
+
+
+def _chart_settings() -> Settings:
+    """The imaging-proxy.toml the chart renders into its ConfigMap."""
+    config = _kubernetes("ConfigMap", f"{NAME}-config")["data"]["imaging-proxy.toml"]
+    return load_settings_text(config)
+
+
+def load_settings_text(text: str) -> Settings:
+    sections = tomllib.loads(text)
+    return load_settings(None, sections)
 
 
 def test_tls_files_are_where_compose_and_kubernetes_mount_them() -> None:
-    identity = _deploy_settings().identity
-    paths = [Path(p) for p in (identity.tls_cert, identity.tls_key, identity.client_ca)]
-    folder = {str(p.parent) for p in paths}
-    assert len(folder) == 1
-    assert f"./tls:{folder.pop()}:ro" in _compose()["services"][NAME]["volumes"]
+    for identity in (_deploy_settings().identity, _chart_settings().identity):
+        paths = [Path(p) for p in (identity.tls_cert, identity.tls_key, identity.client_ca)]
+        folder = {str(p.parent) for p in paths}
+        assert len(folder) == 1
+    deploy_identity = _deploy_settings().identity
+    assert (
+        f"./tls:{Path(deploy_identity.tls_cert).parent}:ro"
+        in _compose()["services"][NAME]["volumes"]
+    )
     mounts = {m["name"]: m["mountPath"] for m in _proxy_container()["volumeMounts"]}
     assert mounts["tls"] == str(paths[0].parent)
-    secret_comment = (
-        (DEPLOY / "kubernetes" / "imaging-proxy.yaml").read_text().split("apiVersion")[0]
-    )
+    secret_command = (ROOT / "docs" / "DEPLOY.md").read_text()
     for path in paths:
-        assert f"--from-file=deploy/tls/{path.name}" in secret_comment
+        assert f"--from-file=deploy/tls/{path.name}" in secret_command
     assert os.access(DEPLOY / "tls" / "make-certs.sh", os.X_OK)
 
 
@@ -200,19 +223,17 @@ def test_only_the_api_is_reachable_from_outside_the_pod_or_host() -> None:
 
 
 def test_the_kubernetes_policy_configmap_carries_every_policy_and_the_log_mask() -> None:
-    manifest = (ROOT / "deploy" / "kubernetes" / "imaging-proxy.yaml").read_text()
-    header = " ".join(line.lstrip("# ") for line in manifest.splitlines() if line.startswith("#"))
-    command = header[header.index("create configmap imaging-proxy-policies") :]
-    command = command[: command.index("kubectl", 1)] if "kubectl" in command[1:] else command
-    sources = [ROOT / part.split("=", 1)[1] for part in command.split() if "--from-file=" in part]
-    policies = [
-        path
+    """Every policy but the tests, at its own path (e.g. system/log/mask.rego: without it OPA
+    logs JWT claims)."""
+    deployment = _kubernetes("Deployment", NAME)["spec"]["template"]["spec"]
+    volume = next(v for v in deployment["volumes"] if v["name"] == "policies")["configMap"]
+    configmap = _kubernetes("ConfigMap", volume["name"])["data"]
+    policies = {
+        path.relative_to(ROOT / "policies").as_posix(): path.read_text()
         for path in (ROOT / "policies").rglob("*")
         if path.suffix in {".rego", ".json"} and not path.name.endswith("_test.rego")
-    ]
-    missing = [
-        str(path.relative_to(ROOT))
-        for path in policies
-        if not any(path == source or path.parent == source for source in sources)
-    ]
-    assert missing == []  # e.g. policies/system/log/mask.rego: without it OPA logs JWT claims
+    }
+    shipped = {item["path"]: configmap[item["key"]] for item in volume["items"]}
+    assert {k: v.rstrip("\n") for k, v in shipped.items()} == {
+        k: v.rstrip("\n") for k, v in policies.items()
+    }

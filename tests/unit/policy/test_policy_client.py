@@ -85,3 +85,16 @@ async def test_anything_but_opas_own_200_refuses(opa: StandIn, answer: str, caus
         await decide(opa.url, timeout_seconds=0.2)
     assert opa.seen  # the query reached it: the refusal is its answer's, not a wrong URL
     assert refused.value.cause == cause  # the bounded word metrics and the audit trail use
+
+
+async def test_opa_python_client_would_follow_the_redirect_to_an_allow(opa: StandIn) -> None:
+    """Why decisions do not go through AsyncOpaClient (docs/POLICIES.md, "The OPA client"): its
+    query_rule follows a redirect and hands back whatever answers there. If this starts to fail,
+    the library refuses redirects now, and the choice can be made again."""
+    from opa_client import AsyncOpaClient
+
+    opa.answer = "redirect"
+    port = int(opa.url.rsplit(":", 1)[1])
+    async with AsyncOpaClient(host="127.0.0.1", port=port, retries=0, timeout=0.5) as client:
+        answer = await client.query_rule({"caller": {}}, "imaging.update", "decision")
+    assert answer == ALLOW
