@@ -12,7 +12,7 @@ import sys
 import time
 from collections.abc import Callable, Sequence
 
-from benchmarks import grpc_load, idle_streams, overhead, quota, replicas, waiting
+from benchmarks import grpc_load, idle_streams, overhead, quota, replicas, starvation, waiting
 
 Main = Callable[[Sequence[str] | None], int]
 
@@ -32,6 +32,11 @@ BENCHMARKS: dict[str, tuple[Main, list[str], list[str]]] = {
         ["--clients", "100", "--seconds", "30", "--fast-clients", "100", "--fast-seconds", "60"],
     ),
     "replicas": (replicas.main, [], ["--clients", "40", "--seconds", "60"]),
+    "starvation": (
+        starvation.main,
+        [],
+        ["--victims", "1", "--unpaced", "200", "--head-start", "2"],
+    ),
 }
 
 

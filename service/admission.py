@@ -14,7 +14,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
-from collections import Counter, deque
+from collections import Counter
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Protocol
@@ -24,6 +24,7 @@ import structlog
 from service.budget import UPDATE, Budget
 from service.config import AdmissionSettings
 from service.errors import DeadlineExceeded, ResourceExhausted, Unavailable
+from service.fairness import FairQueue, Flows
 from service.metrics import Metrics
 from service.model import ImageSetKey
 
@@ -53,104 +54,26 @@ class Ticket:
         return ImageSetKey(self.datastore_id, self.image_set_id)
 
 
-class FairQueue:
-    """Round-robin across principals, FIFO within one. Pure: no clock, no I/O.
-
-    `order()` is the dispatch order if every ticket may go; `pop()` takes the first ticket in
-    that order that may go now and moves its principal to the back of the ring.
-    """
+class TicketQueue(FairQueue[Ticket]):
+    """The fair queue of updates waiting for a write: a flow per principal."""
 
     def __init__(self) -> None:
-        self._queues: dict[str, deque[Ticket]] = {}
-        self._ring: deque[str] = deque()
-        self._size = 0
+        super().__init__(lambda ticket: ticket.principal)
 
-    def __len__(self) -> int:
-        return self._size
-
-    @property
-    def principals(self) -> int:
-        return len(self._ring)
-
-    def count(self, principal: str) -> int:
-        return len(self._queues.get(principal, ()))
-
-    def push(self, ticket: Ticket, *, front: bool = False) -> None:
-        queue = self._queues.get(ticket.principal)
-        if queue is None:
-            queue = self._queues[ticket.principal] = deque()
-            self._ring.append(ticket.principal)
-        if front:
-            queue.appendleft(ticket)
-        else:
-            queue.append(ticket)
-        self._size += 1
-
-    def remove(self, operation_id: str) -> Ticket | None:
-        for principal in self._ring:
-            for ticket in self._queues[principal]:
-                if ticket.operation_id == operation_id:
-                    self._take(ticket, rotate=False)
-                    return ticket
+    def withdraw(self, operation_id: str) -> Ticket | None:
+        for ticket in self.items():
+            if ticket.operation_id == operation_id:
+                self.remove(ticket)
+                return ticket
         return None
-
-    def order(self) -> list[Ticket]:
-        queues = [self._queues[principal] for principal in self._ring]
-        ordered: list[Ticket] = []
-        depth = 0
-        while queues:
-            queues = [queue for queue in queues if len(queue) > depth]
-            ordered.extend(queue[depth] for queue in queues)
-            depth += 1
-        return ordered
 
     def oldest(self) -> float | None:
         """When the longest-waiting ticket was enqueued (each principal's queue is FIFO)."""
-        return min((queue[0].enqueued_at for queue in self._queues.values()), default=None)
-
-    def position_if_added(self, principal: str) -> int:
-        """The position (1 = next) a new ticket of `principal` would get, in O(principals)."""
-        mine = self.count(principal)
-        before, passed = 0, False  # a new principal joins the ring at its end
-        for other in self._ring:
-            theirs = len(self._queues[other])
-            before += min(theirs, mine)
-            if other == principal:
-                passed = True
-            elif theirs > mine and not passed:
-                before += 1
-        return before + 1
-
-    def first(self, may_go: Callable[[Ticket], bool]) -> Ticket | None:
-        for principal in self._ring:
-            for ticket in self._queues[principal]:
-                if may_go(ticket):
-                    return ticket
-        return None
-
-    def pop(self, may_go: Callable[[Ticket], bool]) -> Ticket | None:
-        ticket = self.first(may_go)
-        if ticket is not None:
-            self._take(ticket, rotate=True)
-        return ticket
+        return min((ticket.enqueued_at for ticket in self.heads()), default=None)
 
     def expired(self, now: float) -> list[Ticket]:
         """Remove and return the tickets whose deadline has passed."""
-        late = [t for p in self._ring for t in self._queues[p] if t.deadline and t.deadline <= now]
-        for ticket in late:
-            self._take(ticket, rotate=False)
-        return late
-
-    def _take(self, ticket: Ticket, *, rotate: bool) -> None:
-        queue = self._queues[ticket.principal]
-        queue.remove(ticket)
-        self._size -= 1
-        if not queue:
-            del self._queues[ticket.principal]
-            self._ring.remove(ticket.principal)
-        elif rotate:
-            self._ring.remove(ticket.principal)
-            self._ring.append(ticket.principal)
+        return self.drop(lambda ticket: ticket.deadline is not None and ticket.deadline <= now)
 
 
 def estimated_start(base: float, position: int, interval: float) -> float:
@@ -194,14 +117,17 @@ class Admission:
         budget: Budget,
         in_flight: InFlight,
         metrics: Metrics,
+        flows: Flows,
         clock: Callable[[], float] = time.time,
     ) -> None:
         self._settings = settings
+        self._flows = flows
         self._budget = budget
         self._in_flight = in_flight
         self._metrics = metrics
         self._clock = clock
-        self._queue = FairQueue()
+        self._queue = TicketQueue()
+        flows.register(self)
         self._waiters: dict[str, _Waiter] = {}
         self._changed = asyncio.Event()
         self._slot_at: float | None = None
@@ -215,6 +141,9 @@ class Admission:
 
     def __len__(self) -> int:
         return len(self._queue)
+
+    def waiting(self, principal: str) -> int:
+        return self._queue.count(principal)
 
     def start(self) -> None:
         self._task = asyncio.create_task(self._dispatch_forever(), name="admission")
@@ -243,10 +172,12 @@ class Admission:
         interval = max(1.0, self._budget.interval(UPDATE))
         if len(self._queue) >= settings.max_queued:
             self._refuse("queue_full", "the update queue is full", interval)
-        if self._queue.count(principal) >= settings.max_queued_per_principal:
+        try:  # everything this caller has waiting, at every stage
             # One of this caller's updates leaves the queue about once per round of callers.
-            retry = interval * self._queue.principals
-            self._refuse("principal_full", "this caller has too many updates queued", retry)
+            self._flows.admit(principal, interval * max(1, self._queue.flows))
+        except ResourceExhausted:
+            self._metrics.queue_refusals.labels("principal_full").inc()
+            raise
         if deadline is None:
             return
         now = self._clock()
@@ -288,7 +219,7 @@ class Admission:
         return waiter.turn
 
     def withdraw(self, operation_id: str) -> None:
-        self._queue.remove(operation_id)
+        self._queue.withdraw(operation_id)
         self._waiters.pop(operation_id, None)
 
     async def hold(self, key: ImageSetKey, operation_id: str) -> None:

@@ -35,8 +35,10 @@ from service.opa import OpaAdmin
 from service.ownership import Leased, Ownership
 from service.pipeline import Pipeline
 from service.policy import PolicyClient
+from service.references import References
 from service.runner import Runner
 from service.server import SERVICE_NAME
+from service.stages import shared_stages
 from service.steering import Steering
 from service.streams import Streams
 from service.watch import Watcher
@@ -80,17 +82,21 @@ async def open_parts(settings: Settings, stack: AsyncExitStack, metrics: Metrics
             settings.budget, settings.backend, redis_url, settings.journal.key_prefix, metrics
         )
     )
-    admission = Admission(settings.admission, budget, journal, metrics)
+    stages = shared_stages(settings.admission, settings.limits, budget, metrics)
+    admission = Admission(settings.admission, budget, journal, metrics, stages.flows)
     admission.start()
     stack.push_async_callback(admission.close)
-    watcher = Watcher(backend, budget, settings.watch, metrics)
+    watcher = Watcher(backend, stages.polls, settings.watch, metrics)
     stack.push_async_callback(watcher.close)
     runner = Runner(
         backend, watcher, admission, budget, journal, settings.watch, metrics, settings.limits
     )
     stack.push_async_callback(runner.close)
     streams = Streams(runner, journal, settings.watch.heartbeat_seconds)
-    pipeline = Pipeline(policy, runner, streams, metrics, settings.limits)
+    references = References(backend, stages.reference_reads, stages.polls)
+    pipeline = Pipeline(
+        policy, runner, streams, metrics, settings.limits, stages.decisions, references
+    )
     probes: dict[str, Probe] = {
         "opa": opa_health,
         "healthimaging": BackendProbe(session, settings.backend),

@@ -107,6 +107,11 @@ class Budget:
     def _key(self, operation: str) -> str:
         return f"{self._scope}:{operation}"
 
+    @property
+    def enabled(self) -> bool:
+        """False without budgets: no quota is shared, calls go at once."""
+        return self._store is not None
+
     def interval(self, operation: str) -> float:
         """Seconds between calls at the rate in force (0 without budgets)."""
         if self._store is None:

@@ -237,15 +237,12 @@ class LimitSettings:
     """Both attribute documents together; HealthImaging's payload quota (L-A880A4C2, 10 KB)."""
     max_changes: Count = 500
     """Attribute changes (and removed series/instances) in one update document."""
-    max_pending_per_principal: Count = 8
-    """One caller's requests being normalised and decided at once; beyond it RESOURCE_EXHAUSTED."""
-    max_pending: Count = 64
-    """All callers' requests being normalised and decided at once."""
     role_cache_seconds: SecondsOrZero = 5.0
     """How long a caller's roles on a data store (asked of OPA) are reused to refuse no-grant
     callers before any other work."""
     retry_after_seconds: Seconds = 1.0
-    """RetryInfo sent with a refusal for too many pending requests (or open streams)."""
+    """RetryInfo sent when a caller's queues are full, its deadline passed while it waited to be
+    decided, or it holds too many open streams."""
     max_streams_per_principal: Count = 1_000
     """UpdateImageSetMetadata and WatchUpdate streams one caller holds open at once (per
     process); beyond it RESOURCE_EXHAUSTED with RetryInfo."""
@@ -253,12 +250,17 @@ class LimitSettings:
 
 @dataclass(frozen=True)
 class AdmissionSettings:
-    """The fair queue allowed updates wait in for their turn to be submitted."""
+    """The fair queues of every shared stage (decisions, reference reads, writes, polls)."""
 
     max_queued: Count = 10_000
-    """Updates waiting across all callers; beyond it RESOURCE_EXHAUSTED with RetryInfo."""
+    """Updates waiting for a write across all callers; beyond it RESOURCE_EXHAUSTED + RetryInfo."""
     max_queued_per_principal: Count = 1_000
-    """Updates waiting for one caller, so one noisy service cannot fill the whole queue."""
+    """Everything one caller has waiting, at every stage together (requests to be decided,
+    reference reads, updates waiting for a write); beyond it RESOURCE_EXHAUSTED + RetryInfo, so
+    one noisy service cannot fill the queues."""
+    max_deciding: Count = 16
+    """Requests normalised and decided at once (all callers); the others wait their caller's
+    turn."""
     max_in_flight_per_datastore: Count = 100
     """Submitted, unfinished updates per data store (HealthImaging's concurrent-update quota)."""
     deadline_margin_seconds: SecondsOrZero = 1.0

@@ -1,11 +1,11 @@
-"""The gate before any work on an update: callers without a role go first, then bounded slots.
+"""The gate before any work on an update: callers without a role go first, then a fair turn.
 
 A request is refused before its document is even parsed when OPA says the caller holds no role on
 the data store (answers reused for `role_cache_seconds`, one OPA query per caller and data store
-however many requests arrive at once). The requests that pass take a slot while they are
-normalised and decided: at most `max_pending_per_principal` per caller and `max_pending` in all;
-beyond that the request is refused at once with RESOURCE_EXHAUSTED + RetryInfo, never queued,
-so one caller's flood cannot hold the CPU or OPA that every other caller needs.
+however many requests arrive at once). The requests that pass are normalised and decided in the
+`decisions` stage (service/stages.py): `max_deciding` at once, the others waiting their caller's
+turn, so one caller's flood slows that caller, not the others, and is refused only when its
+queues are full or its deadline passes while it waits.
 """
 
 from __future__ import annotations
@@ -17,10 +17,11 @@ from contextlib import asynccontextmanager
 
 from service import audit
 from service.config import LimitSettings
-from service.errors import PermissionDenied, ResourceExhausted
+from service.errors import PermissionDenied
 from service.metrics import Metrics
 from service.model import Caller, Decision, is_resource_id
 from service.policy import RoleAnswer
+from service.stages import FairStage
 
 NO_ROLE = "caller holds no role on this datastore"
 """The same reason the default policy gives, so a caller sees one wording either way."""
@@ -80,55 +81,17 @@ class RoleCache:
             del self._entries[key]
 
 
-class Pending:
-    """Requests being normalised and decided, per principal and in all. Pure: no clock, no I/O."""
-
-    def __init__(self, per_principal: int, total: int, retry_after_seconds: float) -> None:
-        self._per_principal = per_principal
-        self._total = total
-        self._retry_after = retry_after_seconds
-        self._counts: dict[str, int] = {}
-        self.in_flight = 0
-
-    def count(self, principal: str) -> int:
-        return self._counts.get(principal, 0)
-
-    def acquire(self, principal: str) -> None:
-        """Take one slot; ResourceExhausted at once when none is free (`release` gives it back)."""
-        if self.count(principal) >= self._per_principal:
-            raise ResourceExhausted(
-                f"this caller already has {self._per_principal} requests being checked; "
-                "retry after the delay",
-                self._retry_after,
-                reason="PRINCIPAL_BUSY",
-            )
-        if self.in_flight >= self._total:
-            raise ResourceExhausted(
-                "the proxy is checking as many requests as it allows; retry after the delay",
-                self._retry_after,
-                reason="PROXY_BUSY",
-            )
-        self._counts[principal] = self.count(principal) + 1
-        self.in_flight += 1
-
-    def release(self, principal: str) -> None:
-        self.in_flight -= 1
-        self._counts[principal] -= 1
-        if not self._counts[principal]:
-            del self._counts[principal]
-
-
 class Gate:
     """What every update and evaluation passes before its document is read."""
 
-    def __init__(self, lookup: RoleLookup, limits: LimitSettings, metrics: Metrics) -> None:
+    def __init__(
+        self, lookup: RoleLookup, limits: LimitSettings, decisions: FairStage, metrics: Metrics
+    ) -> None:
         self._roles = RoleCache(lookup, limits.role_cache_seconds)
-        self._pending = Pending(
-            limits.max_pending_per_principal, limits.max_pending, limits.retry_after_seconds
-        )
+        self._decisions = decisions
         self._metrics = metrics
         self._entered: dict[object, float] = {}
-        """When each request holding a slot entered (insertion order: the oldest first)."""
+        """When each request waiting or being decided entered (insertion order: oldest first)."""
         metrics.oldest_waiting.labels("deciding").set_function(self._oldest_age)
 
     def _oldest_age(self) -> float:
@@ -137,24 +100,23 @@ class Gate:
 
     @asynccontextmanager
     async def entry(
-        self, caller: Caller, datastore_id: str, image_set_id: str, rpc: str = ""
+        self,
+        caller: Caller,
+        datastore_id: str,
+        image_set_id: str,
+        rpc: str = "",
+        deadline: float | None = None,
     ) -> AsyncIterator[None]:
-        """Refuse a caller without a role (audited as `rpc`'s), then hold a pending slot."""
+        """Refuse a caller without a role (audited as `rpc`'s), then hold a turn of the decisions
+        stage for the block (`deadline`: the call's, epoch seconds)."""
         await self._require_a_role(caller, datastore_id, image_set_id, rpc)
-        try:
-            self._pending.acquire(caller.principal)
-        except ResourceExhausted as refused:
-            self._metrics.gate_refusals.labels(refused.reason.lower()).inc()
-            raise
-        self._metrics.pending.set(self._pending.in_flight)
         token = object()
         self._entered[token] = time.monotonic()
         try:
-            yield
+            async with self._decisions.turn(caller.principal, deadline):
+                yield
         finally:
             del self._entered[token]
-            self._pending.release(caller.principal)
-            self._metrics.pending.set(self._pending.in_flight)
 
     async def _require_a_role(
         self, caller: Caller, datastore_id: str, image_set_id: str, rpc: str

@@ -81,15 +81,22 @@ class Metrics:
             buckets=_FAST,
             registry=registry,
         )
-        self.pending = Gauge(
-            "imaging_proxy_pending_requests",
-            "Requests being normalised and decided now (bounded by limits.max_pending).",
-            registry=registry,
-        )
         self.gate_refusals = Counter(
             "imaging_proxy_gate_refusals",
-            "Requests refused before any work (no_role, principal_busy, proxy_busy).",
+            "Requests refused before any work (no_role).",
             ["reason"],
+            registry=registry,
+        )
+        self.stage_waiting = Gauge(
+            "imaging_proxy_stage_waiting",
+            "Requests waiting their turn at a shared stage (decisions, reference_reads, polls).",
+            ["stage"],
+            registry=registry,
+        )
+        self.stage_refusals = Counter(
+            "imaging_proxy_stage_refusals",
+            "Requests refused while waiting at a shared stage (principal_full, deadline).",
+            ["stage", "reason"],
             registry=registry,
         )
         self.queue_depth = Gauge(

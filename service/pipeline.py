@@ -1,7 +1,8 @@
-"""Request path: gate → normalise → same idempotency key? → decide → admit → record → launch →
-follow, each step one line of `Pipeline.update`. The gate (service/gate.py) refuses callers
-without a role and bounds the requests being normalised and decided, before that work starts.
-The pipeline calls the runner and the streams; neither calls back into the pipeline."""
+"""Request path: gate → normalise → same idempotency key? → decide → admit → check references →
+record → launch → follow, each step one line of `Pipeline.update`. The gate (service/gate.py)
+refuses callers without a role, then the request waits its caller's turn in the decisions stage
+before it is normalised and decided. The pipeline calls the runner and the streams; neither calls
+back into the pipeline."""
 
 from __future__ import annotations
 
@@ -20,7 +21,9 @@ from service.journal import fingerprint
 from service.metrics import Metrics
 from service.model import Approval, Caller, Decision, OperationRecord, UpdatePlan, UpdateRequest
 from service.policy import PolicyClient
+from service.references import References
 from service.runner import Runner
+from service.stages import FairStage
 from service.steering import may_act_on
 from service.streams import Streams
 from service.updates import normalise
@@ -38,13 +41,16 @@ class Pipeline:
         streams: Streams,
         metrics: Metrics,
         limits: LimitSettings,
+        decisions: FairStage,
+        references: References,
     ) -> None:
         self._policy = policy
         self._runner = runner
         self._streams = streams
         self._metrics = metrics
         self._limits = limits
-        self._gate = Gate(policy.role_answer, limits, metrics)
+        self._references = references
+        self._gate = Gate(policy.role_answer, limits, decisions, metrics)
 
     async def update(
         self, caller: Caller, request: UpdateRequest, time_remaining: float | None
@@ -55,15 +61,16 @@ class Pipeline:
 
         A retry with the same idempotency key follows the first operation, undecided again.
         """
-        async with self._decision_of(caller, request, UPDATE_RPC):
+        deadline = _deadline(time_remaining)
+        async with self._decision_of(caller, request, UPDATE_RPC, deadline):
             plan = normalise(request, self._limits)
             record = await self._runner.existing(caller.principal, request)
             decision = await self._allowed(caller, plan) if record is None else None
         if decision is not None:  # a new operation, allowed (or to be approved first)
-            deadline = time.time() + time_remaining if time_remaining is not None else None
             if decision.needs_approval:  # it waits for approvers, not for the call's deadline
                 deadline = None
-            await self._runner.admit(caller.principal, plan, deadline)
+            await self._runner.admit(caller.principal, deadline)
+            await self._references.check(caller.principal, plan, deadline)
             fresh = new_record(caller, request, plan, decision, deadline)
             record = await self._runner.record(fresh)
             tracing.tag_operation(record.id)
@@ -74,11 +81,15 @@ class Pipeline:
         return self._streams.follow(record)
 
     async def evaluate(
-        self, caller: Caller, request: UpdateRequest, with_input: bool = False
+        self,
+        caller: Caller,
+        request: UpdateRequest,
+        time_remaining: float | None = None,
+        with_input: bool = False,
     ) -> tuple[UpdatePlan, Decision, str]:
         """Validate, classify and decide; nothing is submitted. `with_input`: also the exact
         policy input as JSON, when the policy lets the caller see it (else PermissionDenied)."""
-        async with self._decision_of(caller, request, EVALUATE_RPC):
+        async with self._decision_of(caller, request, EVALUATE_RPC, _deadline(time_remaining)):
             plan = normalise(request, self._limits)
             decision = await self._decide(caller, plan)
         self._decided(caller, plan, decision, EVALUATE_RPC)
@@ -104,10 +115,11 @@ class Pipeline:
 
     @asynccontextmanager
     async def _decision_of(
-        self, caller: Caller, request: UpdateRequest, rpc: str
+        self, caller: Caller, request: UpdateRequest, rpc: str, deadline: float | None
     ) -> AsyncIterator[None]:
-        """Through the gate for the block, failing closed (audited) when OPA cannot answer."""
-        gate = self._gate.entry(caller, request.datastore_id, request.image_set_id, rpc)
+        """Through the gate for the block (waiting the caller's turn until `deadline`), failing
+        closed (audited) when OPA cannot answer."""
+        gate = self._gate.entry(caller, request.datastore_id, request.image_set_id, rpc, deadline)
         async with self._failing_closed(caller, request, rpc), gate:
             yield
 
@@ -154,6 +166,11 @@ class Pipeline:
                 return await self._policy.decide(caller, plan)
         finally:
             self._metrics.decision_seconds.observe(time.perf_counter() - started)
+
+
+def _deadline(time_remaining: float | None) -> float | None:
+    """The call's deadline as epoch seconds (None: the caller set none)."""
+    return time.time() + time_remaining if time_remaining is not None else None
 
 
 def new_record(

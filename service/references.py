@@ -12,7 +12,9 @@ HealthImaging cannot create series or instances: an update naming one the image 
 after it has taken a write (0.25/s by default). One GetImageSetMetadata read, made only when the
 document names series or instances, refuses it first: INVALID_ARGUMENT, a field violation per
 missing series or instance, its path naming the key (the UID the caller sent), never a value.
-The latest version is read: a stale `latest_version_id` fails as a conflict anyway.
+The latest version is read: a stale `latest_version_id` fails as a conflict anyway. The read
+waits its caller's turn among everyone's reads (service/stages.py), so one caller's flood of
+series updates does not hold another's read back.
 """
 
 from __future__ import annotations
@@ -25,8 +27,10 @@ from collections.abc import Awaitable, Callable, Mapping
 import structlog
 
 from service.errors import Aborted, FieldViolation, InvalidArgument, NotFound, ProxyError
+from service.healthimaging import HealthImaging
 from service.jsondoc import field_path
 from service.model import ImageSetStatus, UpdatePlan
+from service.stages import PacedCalls
 from service.updates import DICOM_UPDATES, MAX_VIOLATIONS
 
 log = structlog.get_logger(__name__)
@@ -117,3 +121,30 @@ async def check_version(
             reason="STALE_VERSION",
             aws_code="ConflictException",
         )
+
+
+class References:
+    """The check of an update's named series and instances, its read waiting the caller's turn
+    (the `reference_reads` stage, paced by the GetImageSetMetadata budget)."""
+
+    def __init__(self, backend: HealthImaging, reads: PacedCalls, polls: PacedCalls) -> None:
+        self._backend = backend
+        self._reads = reads
+        self._polls = polls
+        """The GetImageSet stage (paced by its budget): the version read waits its turn there."""
+
+    async def check(self, principal: str, plan: UpdatePlan, deadline: float | None) -> None:
+        """A stale version first (one GetImageSet), then the named series and instances."""
+
+        def latest(datastore_id: str, image_set_id: str) -> Awaitable[ImageSetStatus]:
+            get = self._backend.get_image_set
+            return self._polls.call(
+                principal, lambda: get(datastore_id, image_set_id, ""), deadline
+            )
+
+        await check_version(plan, latest)
+
+        def read() -> Awaitable[bytes]:
+            return self._backend.image_set_metadata(plan.datastore_id, plan.image_set_id)
+
+        await check(plan, lambda: self._reads.call(principal, read, deadline))

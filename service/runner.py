@@ -23,10 +23,10 @@ from typing import Any, cast
 
 import structlog
 
-from service import audit, awaiting, references, tracing
+from service import audit, awaiting, tracing
 from service import operation as ops
 from service.admission import Admission, Draining, Ticket
-from service.budget import GET_IMAGE_SET_METADATA, UPDATE, Budget
+from service.budget import UPDATE, Budget
 from service.config import LimitSettings, WatchSettings
 from service.errors import (
     Aborted,
@@ -126,11 +126,9 @@ class Runner:
             same_request(record, request)
         return record
 
-    async def admit(self, principal: str, plan: UpdatePlan, deadline: float | None) -> None:
-        """Refuse now what the queue cannot take in time, or what a read shows can only fail."""
+    async def admit(self, principal: str, deadline: float | None) -> None:
+        """Refuse now what the queue cannot take in time (RESOURCE_EXHAUSTED)."""
         await self._admission.admit(principal, deadline)
-        await references.check_version(plan, self._landing.latest)
-        await references.check(plan, lambda: self._metadata(plan, deadline))
 
     async def record(self, fresh: OperationRecord) -> OperationRecord:
         """Journal a new operation; the earlier one if its idempotency key won a race with us."""
@@ -328,21 +326,17 @@ class Runner:
         audit.submitted(operation.caller, operation.record)
         self._emit(operation, Submitted(operation.id, time.time(), status))
 
-    async def _metadata(self, plan: UpdatePlan, deadline: float | None) -> bytes:
-        """The image set's latest metadata, one read through its budget."""
-        return await self._budget.call(
-            GET_IMAGE_SET_METADATA,
-            lambda: self._backend.image_set_metadata(plan.datastore_id, plan.image_set_id),
-            deadline=deadline,
-        )
-
     @tracing.stage("watch.follow")
     async def _follow(self, operation: Operation, submitted: ImageSetStatus | None) -> None:
         record = operation.record
         assert record.submitted is not None
         request = record.request
         updates = self._watcher.follow(
-            request.datastore_id, request.image_set_id, record.submitted.version_id, submitted
+            record.principal,
+            request.datastore_id,
+            request.image_set_id,
+            record.submitted.version_id,
+            submitted,
         )
         try:
             async with asyncio.timeout(self._settings.timeout_seconds):

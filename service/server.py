@@ -203,8 +203,9 @@ class MetadataUpdateServicer(pb_grpc.MetadataUpdateServiceServicer):
         self, request: pb.UpdateImageSetMetadataRequest, context: grpc.aio.ServicerContext[Any, Any]
     ) -> pb.Evaluation:
         caller = self._caller(context, "EvaluateUpdate")
+        update = to_update_request(request)
         plan, decision, shown = await self._pipeline.evaluate(
-            caller, to_update_request(request), request.include_policy_input
+            caller, update, context.time_remaining(), request.include_policy_input
         )
         evaluation = to_pb_evaluation(plan, decision)
         evaluation.policy_input = shown

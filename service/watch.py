@@ -1,10 +1,11 @@
 """Watching stage: one GetImageSet poll loop per image set, fanned out to every operation on it.
 
 However many streams follow an image set, HealthImaging sees one poller for it, and every poll
-goes through the GetImageSet budget. After a submit the first poll comes when updates typically
-finish (learned from HealthImaging's own timestamps), so most updates cost one or two polls; after
-that the interval grows while nothing changes (jittered so loops do not align). Each change is
-delivered once to each subscriber, and a loop ends when nobody is subscribed.
+goes through the GetImageSet budget, each slot to the fairest principal (service/stages.py).
+After a submit the first poll comes when updates typically finish (learned from HealthImaging's
+own timestamps), so most updates cost one or two polls; after that the interval grows while
+nothing changes (jittered so loops do not align). Each change is delivered once to each
+subscriber, and a loop ends when nobody is subscribed.
 """
 
 from __future__ import annotations
@@ -18,12 +19,12 @@ from dataclasses import dataclass, field
 
 import structlog
 
-from service.budget import GET_IMAGE_SET, Budget
 from service.config import WatchSettings
 from service.errors import NotFound, ProxyError, Unavailable
 from service.healthimaging import HealthImaging
 from service.metrics import Metrics
 from service.model import ImageSetKey, ImageSetStatus
+from service.stages import PacedCalls
 
 log = structlog.get_logger(__name__)
 
@@ -45,6 +46,7 @@ class TypicalDuration:
 
 @dataclass(eq=False)
 class _Subscriber:
+    principal: str
     version_id: str
     submitted: ImageSetStatus | None
     queue: asyncio.Queue[ImageSetStatus | ProxyError] = field(default_factory=asyncio.Queue)
@@ -56,12 +58,13 @@ class Watcher:
     """Shared poll loops, keyed by (datastore id, image set id)."""
 
     def __init__(
-        self, backend: HealthImaging, budget: Budget, settings: WatchSettings, metrics: Metrics
+        self, backend: HealthImaging, polls: PacedCalls, settings: WatchSettings, metrics: Metrics
     ) -> None:
         self._backend = backend
-        self._budget = budget
+        self._polls = polls
         self._settings = settings
-        self._subscribers: dict[ImageSetKey, set[_Subscriber]] = {}
+        # insertion-ordered (a dict of keys): the longest subscribed principal comes first
+        self._subscribers: dict[ImageSetKey, dict[_Subscriber, None]] = {}
         self._loops: dict[ImageSetKey, asyncio.Task[None]] = {}
         self.typical = TypicalDuration(settings.first_poll_seconds)
         self.polls = 0
@@ -80,6 +83,7 @@ class Watcher:
 
     async def follow(
         self,
+        principal: str,
         datastore_id: str,
         image_set_id: str,
         version_id: str,
@@ -88,11 +92,12 @@ class Watcher:
         """Each observed state of `version_id`, ending with its terminal one.
 
         `submitted` is the submit's own answer (the first poll waits a typical update's
-        duration); None means the update was submitted earlier (poll at once).
+        duration); None means the update was submitted earlier (poll at once). `principal`: whose
+        update it is (a loop's polls wait the turn of its longest subscribed principal).
         """
         key = ImageSetKey(datastore_id, image_set_id)
-        subscriber = _Subscriber(version_id, submitted)
-        self._subscribers.setdefault(key, set()).add(subscriber)
+        subscriber = _Subscriber(principal, version_id, submitted)
+        self._subscribers.setdefault(key, {})[subscriber] = None
         if key not in self._loops:
             first = self._first_delay() if submitted is not None else 0.0
             self._loops[key] = asyncio.create_task(
@@ -115,8 +120,8 @@ class Watcher:
         return first * (1 + random.uniform(0, self._settings.jitter))
 
     def _unsubscribe(self, key: ImageSetKey, subscriber: _Subscriber) -> None:
-        subscribers = self._subscribers.get(key, set())
-        subscribers.discard(subscriber)
+        subscribers = self._subscribers.get(key, {})
+        subscribers.pop(subscriber, None)
         if not subscribers:
             self._subscribers.pop(key, None)
             loop = self._loops.pop(key, None)
@@ -136,9 +141,13 @@ class Watcher:
             await asyncio.sleep(interval * (1 + random.uniform(0, self._settings.jitter)))
 
     async def _get(self, key: ImageSetKey, version_id: str = "") -> ImageSetStatus:
+        """One GetImageSet, when its turn comes among every principal's polls: a caller
+        watching many image sets waits behind its own polls, not before everyone's."""
         self.polls += 1
-        return await self._budget.call(
-            GET_IMAGE_SET, lambda: self._backend.get_image_set(*key, version_id)
+        subscribers = self._subscribers.get(key)
+        principal = next(iter(subscribers)).principal if subscribers else ""
+        return await self._polls.call(
+            principal, lambda: self._backend.get_image_set(*key, version_id), refusable=False
         )
 
     async def _poll_once(self, key: ImageSetKey) -> bool:

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import json
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import Awaitable, Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -88,11 +88,14 @@ class QuotaStack:
         """Image sets no other test has used (latest version "1")."""
         return self.local.take(count)
 
-    def proxy(self, name: str, sections: Sections) -> ProxyProcess:
-        """A proxy on free ports (gRPC, metrics) with these settings, stopped with the stack."""
+    def proxy(self, name: str, sections: Sections, args: Sequence[str] = ()) -> ProxyProcess:
+        """A proxy on free ports (gRPC, metrics) with these settings, stopped with the stack
+        (`args`: command-line options, which win over the stack's own, e.g. `--opa-url`)."""
         metrics_port = free_port()
         settings = merged(sections, {"server": {"metrics_port": metrics_port}})
-        return self.local.add_proxy(self.work / name, settings=settings, metrics_port=metrics_port)
+        return self.local.add_proxy(
+            self.work / name, args, settings=settings, metrics_port=metrics_port
+        )
 
     def admin(self, method: str, path: str, body: object = None) -> Any:
         return self.local.emulator.admin(method, path, body)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shlex
 import shutil
 import subprocess
 from pathlib import Path
@@ -93,3 +94,43 @@ def test_ghz_runs_by_reflection(stack: Stack, tmp_path: Path) -> None:
     summary: dict[str, Any] = json.loads(completed.stdout)
     assert summary["count"] == 20
     assert summary["statusCodeDistribution"] == {"OK": 20}
+
+
+def readme_ghz_command() -> list[str]:
+    """The ghz command README.md shows, as its words (continuation lines joined)."""
+    lines = (REPO_ROOT / "README.md").read_text().splitlines()
+    start = next(n for n, line in enumerate(lines) if line.startswith("ghz "))
+    command = ""
+    for line in lines[start:]:
+        command += line.rstrip("\\").strip() + " "
+        if not line.endswith("\\"):
+            break
+    return shlex.split(command)
+
+
+def ghz_summary(argv: list[str]) -> dict[str, Any]:
+    completed = subprocess.run(
+        [*argv, "--format", "json"], capture_output=True, text=True, timeout=300, cwd=REPO_ROOT
+    )
+    assert completed.returncode == 0, completed.stderr
+    summary: dict[str, Any] = json.loads(completed.stdout)
+    return summary
+
+
+def test_the_readmes_ghz_command_runs_as_printed(stack: Stack) -> None:
+    """Its request file is shipped, and ghz's default 50 at once from one caller all succeed."""
+    words = readme_ghz_command()
+    assert words[-1] == "127.0.0.1:50051" and "--data-file" in words
+    summary = ghz_summary([tool("ghz"), *words[1:-1], stack.endpoint])
+    assert summary["statusCodeDistribution"] == {"OK": summary["count"]}
+    assert summary["count"] == int(words[words.index("-n") + 1])
+
+
+def test_a_busy_caller_at_32_at_once_is_slowed_not_refused(stack: Stack, tmp_path: Path) -> None:
+    """Issue 18: ghz -c 32 from one principal got 739 of 2,000 RESOURCE_EXHAUSTED; now none."""
+    data = tmp_path / "evaluate.json"
+    data.write_text(evaluate_json(stack))
+    argv = [tool("ghz"), "--insecure", "--call", f"{SERVICE}/EvaluateUpdate"]
+    argv += ["--data-file", str(data), "--metadata", json.dumps({"x-dev-principal": PRINCIPAL})]
+    summary = ghz_summary([*argv, "-c", "32", "-n", "320", stack.endpoint])
+    assert summary["statusCodeDistribution"] == {"OK": 320}

@@ -9,9 +9,9 @@ OPA and emulator, and proxies of their own with development identity and the def
   and 3,100 series to remove, by EvaluateUpdate and UpdateImageSetMetadata. Each is refused by
   the gate before its document is read; nothing reaches the backend.
 - From `demo-admin` (every role), to a proxy whose OPA is slow (a relay holds each decision back
-  50 ms): EvaluateUpdate of documents at the payload limit. Past `max_pending_per_principal` the
-  excess is refused at once with RESOURCE_EXHAUSTED + RetryInfo, and another principal's
-  evaluations still get through.
+  50 ms): EvaluateUpdate of documents at the payload limit. The flood waits its turn in the
+  decisions stage (issue 18: slowed, not refused), and another principal's evaluations and
+  updates still get through.
 
 Run with `-s` to see the figures (legitimate updates, health readings, refusals).
 """
@@ -57,7 +57,7 @@ pytestmark = pytest.mark.e2e
 
 FLOODERS = 16
 VOLLEY = 4
-"""Requests each flooding connection has in flight at once: 64 in all, against 4 slots."""
+"""Requests each flooding connection has in flight at once: 64 in all."""
 FLOOD_SECONDS = 6.0
 HEAD_START_SECONDS = 1.0
 """The flood runs this long before the editor starts."""
@@ -297,7 +297,7 @@ async def test_a_flood_without_grants_starves_nobody_and_health_stays_serving(
     assert not [r for r in secure_stack.requests() if r.get("imageSetId") == target]
 
 
-async def test_a_flood_with_grants_is_bounded_per_principal_and_others_get_through(
+async def test_a_flood_with_grants_waits_its_turn_and_others_get_through(
     secure_stack: SecureStack, slow_opa_proxy: Proxy
 ) -> None:
     edited = secure_stack.take_image_set()
@@ -314,9 +314,7 @@ async def test_a_flood_with_grants_is_bounded_per_principal_and_others_get_throu
     print(figures("flood with grants", took, tally, readings) + f"; demo-private: {others}")
     assert len(took) == EDITS
     assert readings.all_serving, readings.counts
-    assert set(tally.codes) <= {"OK", "RESOURCE_EXHAUSTED"}, tally.codes
-    assert tally.codes["OK"] > 0 and tally.codes["RESOURCE_EXHAUSTED"] > 0, tally.codes
-    assert tally.with_retry_info == tally.codes["RESOURCE_EXHAUSTED"]
+    assert set(tally.codes) == {"OK"}, tally.codes  # a busy caller is slowed, not refused
     assert others == ["OK"] * len(others) and others
 
 

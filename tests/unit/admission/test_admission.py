@@ -13,15 +13,16 @@ from hypothesis import strategies as st
 from service.admission import (
     Admission,
     Draining,
-    FairQueue,
     Notify,
     Ticket,
+    TicketQueue,
     estimated_start,
 )
 from service.buckets import LocalStore
 from service.budget import Budget
 from service.config import AdmissionSettings, BudgetSettings
 from service.errors import DeadlineExceeded, ResourceExhausted
+from service.fairness import Flows
 from service.metrics import Metrics
 from service.model import ImageSetKey
 
@@ -34,8 +35,8 @@ def ids(tickets: list[Ticket]) -> list[str]:
     return [t.operation_id for t in tickets]
 
 
-def queue_of(*tickets: Ticket) -> FairQueue:
-    queue = FairQueue()
+def queue_of(*tickets: Ticket) -> TicketQueue:
+    queue = TicketQueue()
     for one in tickets:
         queue.push(one)
     return queue
@@ -79,9 +80,9 @@ def test_expired_tickets_leave_the_queue() -> None:
 
 def test_remove_takes_one_ticket_out() -> None:
     queue = queue_of(ticket("a", 1), ticket("b", 1))
-    removed = queue.remove("a1")
+    removed = queue.withdraw("a1")
     assert removed is not None and ids(queue.order()) == ["b1"]
-    assert queue.remove("missing") is None
+    assert queue.withdraw("missing") is None
 
 
 @given(st.lists(st.sampled_from("abcd"), max_size=30), st.sampled_from("abcde"), st.integers(0, 5))
@@ -133,7 +134,7 @@ def admission(
     budget = Budget(budget_settings, "test", LocalStore(budget_settings), Metrics())
     held = Held()
     limits = limits or AdmissionSettings(position_interval_seconds=0.05)
-    return Admission(limits, budget, held, Metrics()), held
+    return Admission(limits, budget, held, Metrics(), Flows(limits.max_queued_per_principal)), held
 
 
 Told = list[tuple[str, int, float]]

@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import asyncio
 
-from service.admission import Admission, FairQueue
+from service.admission import Admission, TicketQueue
 from service.buckets import LocalStore
 from service.budget import Budget
 from service.config import AdmissionSettings, BudgetSettings
+from service.fairness import Flows
 from service.metrics import Metrics
 from tests.unit.admission.test_admission import Held, admission, ids, queue_of, ticket
 
@@ -19,7 +20,7 @@ def test_a_ticket_pushed_to_the_front_goes_before_its_principals_others() -> Non
 
 
 def test_a_ticket_pushed_back_behind_would_lose_its_place() -> None:
-    queue = FairQueue()
+    queue = TicketQueue()
     for one in (ticket("a", 2), ticket("a", 1)):
         queue.push(one)
     assert ids(queue.order()) == ["a2", "a1"]  # the contrast: only `front` keeps a place
@@ -59,7 +60,8 @@ async def test_a_contended_ticket_keeps_its_place_in_its_principals_line() -> No
     settings = BudgetSettings(update_rate=50.0, update_burst=1.0, headroom=1.0)
     budget = Budget(settings, "test", LocalStore(settings), Metrics())
     limits = AdmissionSettings(position_interval_seconds=0.05)
-    queue = Admission(limits, budget, Contended("a1"), Metrics())
+    flows = Flows(limits.max_queued_per_principal)
+    queue = Admission(limits, budget, Contended("a1"), Metrics(), flows)
     order: list[str] = []
     turns = [queue.enqueue(ticket("a", n), lambda *_: None) for n in (1, 2, 3)]
     for n, turn in enumerate(turns, start=1):

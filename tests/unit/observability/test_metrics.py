@@ -11,8 +11,10 @@ from prometheus_client import generate_latest
 
 from service.config import LimitSettings
 from service.errors import PermissionDenied
+from service.fairness import Flows
 from service.gate import Gate
 from service.metrics import Metrics
+from service.stages import FairStage
 from tests.unit.policy.test_gate import DATASTORE, EDITOR, IMAGE_SET, NOBODY, Opa
 
 OPERATIONS = Path(__file__).parents[3] / "docs" / "OPERATIONS.md"
@@ -40,15 +42,18 @@ def test_operations_md_lists_exactly_the_families_the_registry_exposes() -> None
     assert {"imaging_proxy_build_info", "process_cpu_seconds_total", "python_info"} <= exposed
 
 
+def decisions(metrics: Metrics) -> FairStage:
+    return FairStage("decisions", 16, Flows(100), metrics)
+
+
 def value(metrics: Metrics, name: str, **labels: str) -> float | None:
     return metrics.registry.get_sample_value(name, labels)
 
 
 async def test_the_oldest_request_being_decided_has_an_age_and_none_is_zero() -> None:
     metrics = Metrics()
-    gate = Gate(
-        Opa({EDITOR.principal: frozenset({"metadata-editor"})}).lookup, LimitSettings(), metrics
-    )
+    opa = Opa({EDITOR.principal: frozenset({"metadata-editor"})})
+    gate = Gate(opa.lookup, LimitSettings(), decisions(metrics), metrics)
     age = {"stage": "deciding"}
     assert value(metrics, "imaging_proxy_oldest_waiting_seconds", **age) == 0.0
     async with gate.entry(EDITOR, DATASTORE, IMAGE_SET):
@@ -60,7 +65,7 @@ async def test_the_oldest_request_being_decided_has_an_age_and_none_is_zero() ->
 
 async def test_a_no_role_refusal_is_a_denied_decision_with_its_own_reason() -> None:
     metrics = Metrics()
-    gate = Gate(Opa({}).lookup, LimitSettings(), metrics)
+    gate = Gate(Opa({}).lookup, LimitSettings(), decisions(metrics), metrics)
     for _ in range(2):
         try:
             async with gate.entry(NOBODY, DATASTORE, IMAGE_SET):

@@ -18,6 +18,7 @@ from service.metrics import Metrics
 from service.model import Caller, Decision, OperationRecord, UpdatePlan
 from service.pipeline import Pipeline
 from service.policy import RoleAnswer
+from service.references import References
 from service.updates import DEFAULT_LIMITS
 from tests.unit.runner.inmemory import (
     CALLER,
@@ -83,7 +84,17 @@ async def request_path(
     shared, image_set = Shared(), ImageSet()
     async with replica(journal(shared, "a"), image_set) as one:
         scripted: Any = policy  # the OPA adapter's three questions, answered by the script
-        pipeline = Pipeline(scripted, one.runner, one.streams, Metrics(), DEFAULT_LIMITS)
+        backend: Any = image_set
+        references = References(backend, one.stages.reference_reads)
+        pipeline = Pipeline(
+            scripted,
+            one.runner,
+            one.streams,
+            Metrics(),
+            DEFAULT_LIMITS,
+            one.stages.decisions,
+            references,
+        )
         yield Path(pipeline, shared, image_set, policy)
 
 

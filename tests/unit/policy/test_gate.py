@@ -1,4 +1,4 @@
-"""Unit tests of the gate before any work: role cache, pending bounds, readiness debounce."""
+"""Unit tests of the gate before any work: role cache, a fair turn, readiness debounce."""
 
 from __future__ import annotations
 
@@ -8,12 +8,14 @@ from collections.abc import Iterator
 import pytest
 
 from service.config import LimitSettings
-from service.errors import PermissionDenied, ResourceExhausted
-from service.gate import NO_ROLE, Gate, Pending, RoleCache
+from service.errors import PermissionDenied
+from service.fairness import Flows
+from service.gate import NO_ROLE, Gate, RoleCache
 from service.health import Reachability
 from service.metrics import Metrics
 from service.model import Caller
 from service.policy import RoleAnswer
+from service.stages import FairStage
 
 DATASTORE = "1" * 32
 IMAGE_SET = "a" * 32
@@ -126,41 +128,18 @@ async def test_the_cache_is_bounded(opa: Opa) -> None:
     assert len(opa.queries) == 6
 
 
-# --- pending bounds ------------------------------------------------------------------------------
-
-
-def test_one_caller_gets_at_most_its_slots_and_others_still_get_theirs() -> None:
-    pending = Pending(per_principal=2, total=10, retry_after_seconds=1.5)
-    pending.acquire("dev:a")
-    pending.acquire("dev:a")
-    with pytest.raises(ResourceExhausted) as refused:
-        pending.acquire("dev:a")
-    assert (refused.value.reason, refused.value.retry_after_seconds) == ("PRINCIPAL_BUSY", 1.5)
-    pending.acquire("dev:b")
-    pending.release("dev:a")
-    pending.acquire("dev:a")
-    assert (pending.count("dev:a"), pending.count("dev:b"), pending.in_flight) == (2, 1, 3)
-
-
-def test_all_callers_together_are_bounded_too() -> None:
-    pending = Pending(per_principal=2, total=3, retry_after_seconds=1.0)
-    for principal in ("dev:a", "dev:b", "dev:c"):
-        pending.acquire(principal)
-    with pytest.raises(ResourceExhausted) as refused:
-        pending.acquire("dev:d")
-    assert refused.value.reason == "PROXY_BUSY"
-    for principal in ("dev:a", "dev:b", "dev:c"):
-        pending.release(principal)
-    assert (pending.in_flight, pending.count("dev:a")) == (0, 0)
-
-
 # --- the gate ------------------------------------------------------------------------------------
+
+
+def gate_of(opa: Opa, deciding: int = 64) -> Gate:
+    metrics = Metrics()
+    decisions = FairStage("decisions", deciding, Flows(100), metrics)
+    return Gate(opa.lookup, LimitSettings(role_cache_seconds=5.0), decisions, metrics)
 
 
 @pytest.fixture
 def gate(opa: Opa) -> Iterator[Gate]:
-    limits = LimitSettings(max_pending_per_principal=1, max_pending=2, role_cache_seconds=5.0)
-    yield Gate(opa.lookup, limits, Metrics())
+    yield gate_of(opa, deciding=1)
 
 
 async def test_a_caller_without_a_role_is_refused_with_opas_decision(gate: Gate) -> None:
@@ -173,7 +152,7 @@ async def test_a_caller_without_a_role_is_refused_with_opas_decision(gate: Gate)
 
 async def test_an_undefined_roles_rule_leaves_the_judgement_to_the_decision(opa: Opa) -> None:
     opa.roles[NOBODY.principal] = None
-    gate = Gate(opa.lookup, LimitSettings(), Metrics())
+    gate = gate_of(opa)
     async with gate.entry(NOBODY, DATASTORE, IMAGE_SET):
         pass
 
@@ -184,11 +163,19 @@ async def test_a_malformed_datastore_id_is_left_to_the_normaliser(opa: Opa, gate
     assert opa.queries == []
 
 
-async def test_a_slot_is_held_for_the_block_and_given_back(gate: Gate) -> None:
+async def test_a_turn_is_held_for_the_block_and_the_next_caller_waits_for_it(gate: Gate) -> None:
+    """One place (`max_deciding` = 1): a second request waits, it is not refused."""
+    entered = asyncio.Event()
+
+    async def second() -> None:
+        async with gate.entry(EDITOR, DATASTORE, IMAGE_SET):
+            entered.set()
+
     async with gate.entry(EDITOR, DATASTORE, IMAGE_SET):
-        with pytest.raises(ResourceExhausted):
-            async with gate.entry(EDITOR, DATASTORE, IMAGE_SET):
-                raise AssertionError("a second slot")
+        waiting = asyncio.create_task(second())
+        await asyncio.sleep(0.01)
+        assert not entered.is_set()
+    await asyncio.wait_for(waiting, 1)
     with pytest.raises(ValueError, match="the work failed"):
         async with gate.entry(EDITOR, DATASTORE, IMAGE_SET):
             raise ValueError("the work failed")

@@ -27,6 +27,7 @@ from service.model import (
     UpdateRequest,
 )
 from service.runner import Runner
+from service.stages import Stages, shared_stages
 from service.streams import Streams
 from service.updates import DEFAULT_LIMITS, normalise
 from service.watch import Watcher
@@ -299,6 +300,7 @@ class Replica:
     journal: MemoryJournal
     admission: Admission
     watcher: Watcher
+    stages: Stages
 
     async def events(self, record: OperationRecord) -> list[Event]:
         """A stream of the operation until its end (an error ending it is raised)."""
@@ -318,8 +320,9 @@ async def replica(
     budget_settings = BudgetSettings(enabled=False)
     async with Budget.open(budget_settings, BackendSettings(), "", "test", metrics) as budget:
         backend: Any = image_set  # HealthImaging's submit and GetImageSet, scripted
-        watcher = Watcher(backend, budget, settings, metrics)
-        admission = Admission(AdmissionSettings(), budget, journal, metrics)
+        stages = shared_stages(AdmissionSettings(), DEFAULT_LIMITS, budget, metrics)
+        watcher = Watcher(backend, stages.polls, settings, metrics)
+        admission = Admission(AdmissionSettings(), budget, journal, metrics, stages.flows)
         admission.start()
         runner = Runner(
             backend, watcher, admission, budget, journal, settings, metrics, DEFAULT_LIMITS
@@ -327,7 +330,7 @@ async def replica(
         streams = Streams(runner, journal, settings.heartbeat_seconds)
         assert isinstance(journal, MemoryJournal)
         try:
-            yield Replica(runner, streams, journal, admission, watcher)
+            yield Replica(runner, streams, journal, admission, watcher, stages)
         finally:
             await runner.close()
             await admission.close()

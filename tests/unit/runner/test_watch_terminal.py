@@ -8,10 +8,12 @@ from typing import Any, cast
 import pytest
 
 from service.budget import Budget
-from service.config import BackendSettings, BudgetSettings, WatchSettings
+from service.config import AdmissionSettings, BackendSettings, BudgetSettings, WatchSettings
 from service.healthimaging import HealthImaging
 from service.metrics import Metrics
 from service.model import ImageSetStatus
+from service.stages import shared_stages
+from service.updates import DEFAULT_LIMITS
 from service.watch import Watcher
 
 FAST = WatchSettings(
@@ -41,11 +43,13 @@ async def followed(backend: Scripted) -> list[tuple[str, str]]:
     budget_settings = BudgetSettings(enabled=False)
     budget = Budget.open(budget_settings, BackendSettings(), "", "test", Metrics())
     async with budget as open_budget:
-        watcher = Watcher(cast(HealthImaging, backend), open_budget, FAST, Metrics())
+        metrics = Metrics()
+        polls = shared_stages(AdmissionSettings(), DEFAULT_LIMITS, open_budget, metrics).polls
+        watcher = Watcher(cast(HealthImaging, backend), polls, FAST, metrics)
         seen: list[tuple[str, str]] = []
 
         async def follow() -> None:
-            async for item in watcher.follow("ds", "set", "2"):
+            async for item in watcher.follow("dev:a", "ds", "set", "2"):
                 seen.append((item.state, item.workflow_status))
 
         try:
@@ -84,9 +88,10 @@ async def test_the_oldest_followed_update_has_an_age_until_it_finishes() -> None
 
     async with budget as open_budget:
         slow = WatchSettings(first_poll_seconds=0.1, max_interval_seconds=0.1, jitter=0.0)
-        watcher = Watcher(cast(HealthImaging, backend), open_budget, slow, metrics)
+        polls = shared_stages(AdmissionSettings(), DEFAULT_LIMITS, open_budget, metrics).polls
+        watcher = Watcher(cast(HealthImaging, backend), polls, slow, metrics)
         assert age() == 0.0
-        follow = watcher.follow("ds", "set", "2", status("LOCKED", "UPDATING"))
+        follow = watcher.follow("dev:a", "ds", "set", "2", status("LOCKED", "UPDATING"))
         first = asyncio.ensure_future(anext(follow))
         await asyncio.sleep(0.05)
         waited = age()
