@@ -161,6 +161,9 @@ class Approvals:
         requester = Caller(record.principal, cast(AuthMethod, record.auth_method), record.roles)
         plan = normalise(record.request, self._limits)
         decision = await self._policy.decide(requester, plan, approval.approved_by)
+        outcome = "allowed" if decision.allow else "denied"
+        self._metrics.decisions.labels(outcome, "policy").inc()
+        audit.decided(requester, plan, decision, "ApproveUpdate")  # decided again, audited
         if decision.needs_approval:  # the rules changed meanwhile: what they ask now
             need = decision.approval
             assert need is not None

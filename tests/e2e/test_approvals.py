@@ -143,7 +143,7 @@ async def refused(coroutine: Any) -> grpc.aio.AioRpcError:
 
 
 async def test_the_whole_flow_writes_once_and_only_after_the_approval(
-    backend: QuotaStack, stub: pb_grpc.MetadataUpdateServiceStub
+    backend: QuotaStack, proxy: ProxyProcess, stub: pb_grpc.MetadataUpdateServiceStub
 ) -> None:
     (image_set,) = backend.take(1)
     call, operation_id = await awaiting(stub, identifier_update(backend, image_set))
@@ -174,6 +174,15 @@ async def test_the_whole_flow_writes_once_and_only_after_the_approval(
     assert kinds(after)[-1] == "finished"
     assert after[-1].finished.state.image_set_workflow_status == "UPDATED"
     assert writes(backend, image_set) == 1
+    audited = [
+        (r["event"], r["outcome"], r.get("rpc"))
+        for r in proxy.audit_records()
+        if r.get("image_set_id") == image_set and r["principal"] != "dev:demo-editor"
+    ]
+    assert audited[0] == ("decision", "approval_required", "UpdateImageSetMetadata")
+    assert ("approval", "approved", "ApproveUpdate") in audited
+    assert ("decision", "allowed", "ApproveUpdate") in audited  # decided again, audited
+    assert audited[-1] == ("finish", "UPDATED", None)
 
 
 async def test_the_policy_asks_who_may_approve_and_until_when(
