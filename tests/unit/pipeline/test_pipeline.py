@@ -85,7 +85,7 @@ async def request_path(
     async with replica(journal(shared, "a"), image_set) as one:
         scripted: Any = policy  # the OPA adapter's three questions, answered by the script
         backend: Any = image_set
-        references = References(backend, one.stages.reference_reads)
+        references = References(backend, one.stages.reference_reads, one.stages.polls)
         pipeline = Pipeline(
             scripted,
             one.runner,
