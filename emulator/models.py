@@ -26,21 +26,15 @@ from emulator.resources import (
     new_id,
 )
 from emulator.state import Job, JobTable, Progression, Trigger
-from emulator.updates import UpdateFailed, apply_changes, decode_blob, plan_update
+from emulator.updates import (
+    MetadataUpdate,
+    UpdateFailed,
+    apply_changes,
+    decode_blob,
+    plan_update,
+)
 
 SIMULATED_FAILURE = "INTERNAL_ERROR: simulated update failure"
-
-
-@dataclass(frozen=True)
-class MetadataUpdate:
-    """An UpdateImageSetMetadata request, as the backend receives it."""
-
-    latest_version_id: str
-    updatable: bytes | None = None
-    removable: bytes | None = None
-    revert_to_version_id: str | None = None
-    force: bool = False
-    include_study_image_sets: bool = False
 
 
 @dataclass(frozen=True)

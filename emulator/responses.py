@@ -6,8 +6,9 @@ from collections.abc import Callable
 from typing import Any
 
 from emulator import imports, lifecycle, search
-from emulator.models import Backend, MetadataUpdate
+from emulator.models import Backend
 from emulator.resources import Datastore, ImageSet, ImportJob, Version
+from emulator.updates import MetadataUpdate
 
 Params = dict[str, Any]
 Result = dict[str, Any]

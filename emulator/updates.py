@@ -47,6 +47,18 @@ class Action(StrEnum):
 
 
 @dataclass(frozen=True)
+class MetadataUpdate:
+    """An UpdateImageSetMetadata request, as the backend receives it."""
+
+    latest_version_id: str
+    updatable: bytes | None = None
+    removable: bytes | None = None
+    revert_to_version_id: str | None = None
+    force: bool = False
+    include_study_image_sets: bool = False
+
+
+@dataclass(frozen=True)
 class Change:
     """One touched attribute (or a whole series/instance), as the document names it."""
 

@@ -20,7 +20,8 @@ from collections.abc import Callable, Coroutine
 from pathlib import Path
 from typing import Any
 
-from service.config import OpaSettings, load_settings
+from service.config import OpaSettings
+from service.config_loader import load_settings
 
 NOT_HEALTHY = 3
 DATA_ROOTS = ("imaging",)

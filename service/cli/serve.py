@@ -8,7 +8,8 @@ from typing import Any
 
 import structlog
 
-from service.config import Settings, load_settings
+from service.config import Settings
+from service.config_loader import load_settings
 from service.errors import StartupError
 
 

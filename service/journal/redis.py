@@ -27,6 +27,7 @@ import redis.asyncio as aioredis
 import structlog
 
 from service.config import JournalSettings
+from service.journal import redis_scripts as scripts
 from service.journal.codec import RecordEncoder, at_rest, decode, decode_readable, is_stale
 from service.journal.sealing import Sealer
 from service.model import ImageSetKey, OperationRecord
@@ -42,131 +43,6 @@ its data (write back what we hold)."""
 def _text(value: bytes | str) -> str:
     """Replies are str (decode_responses=True); redis-py's types also allow bytes."""
     return value.decode() if isinstance(value, bytes) else value
-
-
-# Every script is safe to send twice (redis-py's Retry re-sends one whose answer was lost): the
-# second run finds its own first run's work and answers the same (CREATE: the key already names
-# this id; SAVE: same body; TAKE_OVER and ADOPT: the `taker` field holds this call's nonce;
-# RENEW: PEXPIRE and SET NX are idempotent).
-
-_CREATE_LUA = """
-if #KEYS == 3 then
-  local earlier = redis.call('GET', KEYS[3])
-  if earlier then
-    local body = redis.call('HGET', ARGV[4] .. earlier, 'body')
-    if body then return {earlier, body} end
-  end
-  redis.call('SET', KEYS[3], ARGV[1], 'PX', ARGV[5])
-end
-redis.call('HSET', KEYS[1], 'body', ARGV[2], 'owner', ARGV[3], 'state', ARGV[6], 'epoch', '1')
-redis.call('SADD', KEYS[2], ARGV[1])
-return {ARGV[1]}
-"""
-
-# 1: saved; 0: another owner or a newer epoch holds it (fenced); 2: the record was gone (Redis
-# lost its data), so its owner wrote it back.
-_SAVE_LUA = """
-local held = redis.call('HMGET', KEYS[1], 'owner', 'epoch')
-local answer = 1
-if not held[1] then
-  answer = 2
-elseif held[1] ~= ARGV[3] or held[2] ~= ARGV[7] then
-  return 0
-end
-redis.call('HSET', KEYS[1], 'body', ARGV[2], 'state', ARGV[6], 'owner', ARGV[3], 'epoch', ARGV[7])
-if ARGV[4] == '1' then
-  redis.call('SREM', KEYS[2], ARGV[1])
-  redis.call('PEXPIRE', KEYS[1], ARGV[5])
-else
-  redis.call('SADD', KEYS[2], ARGV[1])
-end
-return answer
-"""
-
-_TAKE_OVER_LUA = """
-local taken = {}
-for _, id in ipairs(redis.call('SMEMBERS', KEYS[1])) do
-  local op = ARGV[2] .. id
-  local held = redis.call('HMGET', op, 'owner', 'taker')
-  local owner = held[1]
-  if not owner then
-    redis.call('SREM', KEYS[1], id)
-  elseif held[2] == ARGV[4] or
-      (owner ~= ARGV[1] and redis.call('EXISTS', ARGV[3] .. owner) == 0) then
-    if held[2] ~= ARGV[4] then
-      redis.call('HSET', op, 'owner', ARGV[1], 'taker', ARGV[4])
-      redis.call('HINCRBY', op, 'epoch', 1)
-    end
-    table.insert(taken, id)
-    table.insert(taken, redis.call('HGET', op, 'body'))
-    table.insert(taken, redis.call('HGET', op, 'epoch'))
-  end
-end
-return taken
-"""
-
-_ADOPT_LUA = """
-local held = redis.call('HMGET', KEYS[1], 'state', 'taker')
-if held[2] ~= ARGV[2] then
-  if held[1] ~= 'unwatched' then return false end
-  redis.call('HSET', KEYS[1], 'owner', ARGV[1], 'state', 'adopted', 'taker', ARGV[2])
-  redis.call('HINCRBY', KEYS[1], 'epoch', 1)
-end
-return redis.call('HMGET', KEYS[1], 'body', 'epoch')
-"""
-
-_CANCEL_LUA = """
-local state = redis.call('HGET', KEYS[1], 'state')
-if not state then return '' end
-if state ~= 'queued' and state ~= 'awaiting_approval' then return state end
-redis.call('HSET', KEYS[1], 'body', ARGV[2], 'owner', '', 'state', 'cancelled')
-redis.call('SREM', KEYS[2], ARGV[1])
-redis.call('PEXPIRE', KEYS[1], ARGV[3])
-return state
-"""
-"""A queued (or awaiting) operation cancelled by any replica: its owner (now nobody) can no
-longer save it."""
-
-_RELEASE_LUA = """
-if redis.call('HGET', KEYS[1], ARGV[1]) == ARGV[2] then redis.call('HDEL', KEYS[1], ARGV[1]) end
-return 1
-"""
-
-_RESTORE_LUA = """
-if #KEYS == 3 then redis.call('SET', KEYS[3], ARGV[1], 'PX', ARGV[8], 'NX') end
-if redis.call('EXISTS', KEYS[1]) == 1 then return 0 end
-redis.call('HSET', KEYS[1], 'body', ARGV[2], 'owner', ARGV[3], 'state', ARGV[6], 'epoch', ARGV[7])
-if ARGV[4] == '1' then
-  redis.call('PEXPIRE', KEYS[1], ARGV[5])
-else
-  redis.call('SADD', KEYS[2], ARGV[1])
-end
-return 1
-"""
-
-# The lease and the generation marker in one round trip. 'lost': the marker is gone or another
-# one (Redis came back empty); 'lapsed': our lease key expired (someone may have taken our
-# operations over); 'held'. A fresh identity creates its key; an old one only extends it, so a
-# lapse is never hidden by the renewal itself.
-_RENEW_LUA = """
-local generation = redis.call('GET', KEYS[2])
-if not generation then
-  redis.call('SET', KEYS[2], ARGV[3])
-  generation = ARGV[3]
-end
-local held
-if ARGV[4] == '1' then
-  held = redis.call('SET', KEYS[1], '1', 'PX', ARGV[1])
-else
-  held = redis.call('PEXPIRE', KEYS[1], ARGV[1]) == 1
-end
-if generation ~= ARGV[2] then
-  redis.call('SET', KEYS[1], '1', 'PX', ARGV[1])
-  return {'lost', generation}
-end
-if not held then return {'lapsed', generation} end
-return {'held', generation}
-"""
 
 
 class RedisJournal:
@@ -185,14 +61,14 @@ class RedisJournal:
         """The next renewal creates this identity's lease key (never re-creates a lapsed one)."""
         self._generation = ""
         """The generation marker this process last saw (empty: not joined yet)."""
-        self._create = client.register_script(_CREATE_LUA)
-        self._save = client.register_script(_SAVE_LUA)
-        self._take_over = client.register_script(_TAKE_OVER_LUA)
-        self._release = client.register_script(_RELEASE_LUA)
-        self._adopt = client.register_script(_ADOPT_LUA)
-        self._renew = client.register_script(_RENEW_LUA)
-        self._restore = client.register_script(_RESTORE_LUA)
-        self._cancel = client.register_script(_CANCEL_LUA)
+        self._create = client.register_script(scripts.CREATE)
+        self._save = client.register_script(scripts.SAVE)
+        self._take_over = client.register_script(scripts.TAKE_OVER)
+        self._release = client.register_script(scripts.RELEASE)
+        self._adopt = client.register_script(scripts.ADOPT)
+        self._renew = client.register_script(scripts.RENEW)
+        self._restore = client.register_script(scripts.RESTORE)
+        self._cancel = client.register_script(scripts.CANCEL)
         self._bus = _Bus(client)
         self._tasks: list[asyncio.Task[None]] = []
 

@@ -19,7 +19,8 @@ from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanE
 
 from service import app, audit
 from service._proto.imaging.metadata.v1 import metadata_pb2_grpc as pb_grpc
-from service.config import Settings, load_settings
+from service.config import Settings
+from service.config_loader import load_settings
 from service.devstack.stack import LocalStack, StackSpec, running_stack
 from tests.e2e.conftest import EMULATOR_ENV, collect, dev, kinds, study_update
 

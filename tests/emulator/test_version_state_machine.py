@@ -15,9 +15,10 @@ from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, 
 from emulator.config import Progressions, Quotas, Settings
 from emulator.dicom_import import build_document, read_instances
 from emulator.exceptions import ConflictException
-from emulator.models import Backend, MetadataUpdate
+from emulator.models import Backend
 from emulator.seeding import ensure_datastore
 from emulator.state import Progression, Trigger
+from emulator.updates import MetadataUpdate
 from tests.emulator.conftest import DEMO_DATASTORE, sample
 
 NAMES = st.text(alphabet="ABCDEFGH^", min_size=1, max_size=8)

@@ -8,7 +8,8 @@ from typing import Any
 
 import pytest
 
-from service.config import Settings, load_settings
+from service.config import Settings
+from service.config_loader import load_settings
 
 
 @pytest.mark.parametrize(

@@ -15,7 +15,8 @@ from urllib.parse import urlsplit
 import pytest
 import yaml
 
-from service.config import Settings, load_settings
+from service.config import Settings
+from service.config_loader import load_settings
 from service.health import LIVENESS, READINESS
 
 ROOT = Path(__file__).resolve().parents[3]
