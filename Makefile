@@ -11,12 +11,14 @@ HELM_VERSION := v4.3.2
 OPA := $(TOOLS)/opa
 PROTO_SRC := $(shell find protos -name '*.proto')
 PROTO_STAMP := service/_proto/.generated
+# The user's own PATH: the demo's banner prints commands for a shell where .venv/bin is not on it.
+USER_PATH := $(PATH)
 export PATH := $(TOOLS):$(CURDIR)/$(BIN):$(PATH)
 
 .PHONY: run test lint typecheck policy-test pytest install protos dist tools fuzz soak faults chaos bench redis clean manifests
 
 run: install $(OPA)
-	$(BIN)/imaging-proxy demo
+	PATH='$(TOOLS):$(USER_PATH)' $(BIN)/imaging-proxy demo
 
 # grpcurl and ghz: tests/e2e/test_reflection.py runs both against the demo by reflection.
 # helm: tests/deploy renders, lints and runs the chart.
