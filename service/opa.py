@@ -8,8 +8,7 @@ Decisions do not go through it (service/policy.py; docs/POLICIES.md, "The OPA cl
 from __future__ import annotations
 
 import json
-import re
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -110,34 +109,40 @@ async def push(client: OpaAdmin, files: PolicyFiles) -> list[str]:
 
 async def pull(client: OpaAdmin, data_roots: Sequence[str]) -> PolicyFiles:
     """Every policy OPA holds (by id) and the named top-level data documents, without what the
-    policies compute: OPA's data API answers base and rule-made documents as one tree."""
-    policies = {}
+    policies compute: OPA's data API answers base and rule-made documents as one tree, and a
+    package may share its path with base data (`package imaging.approvals` beside
+    `data.imaging.approvals.rules`), so only the rules' own keys are taken out."""
+    policies, computed = {}, []
     for policy_id in await client.get_policies_list():
-        answer = await client.get_policy(policy_id)
-        policies[policy_id] = str(answer["result"]["raw"])
+        answer = (await client.get_policy(policy_id))["result"]
+        policies[policy_id] = str(answer["raw"])
+        computed.append(_rule_keys(answer["ast"]))
     data = {root: (await client.get_data(root))["result"] for root in data_roots}
-    for text in policies.values():
-        _drop(data, _package(text))
+    for package, rules in computed:
+        _drop(data, package, rules)
     return PolicyFiles(policies, data)
 
 
-_PACKAGE = re.compile(r"^package\s+([\w.]+)", re.MULTILINE)
+def _rule_keys(ast: Mapping[str, Any]) -> tuple[list[str], set[str]]:
+    """A parsed module's package path (below `data`) and the names its rules define there."""
+    package = [str(term["value"]) for term in ast["package"]["path"][1:]]
+    rules = {str(rule["head"]["ref"][0]["value"]) for rule in ast.get("rules", [])}
+    return package, rules
 
 
-def _package(rego: str) -> list[str]:
-    found = _PACKAGE.search(rego)
-    return found.group(1).split(".") if found else []
-
-
-def _drop(tree: dict[str, Any], path: list[str]) -> None:
-    """Remove the document at `path` (a package's, computed by its rules) if it is there."""
-    for key in path[:-1]:
-        child = tree.get(key)
+def _drop(tree: dict[str, Any], package: list[str], rules: set[str]) -> None:
+    """Remove the documents `rules` make at `package`, and the folders that leaves empty."""
+    parents = [tree]
+    for key in package:
+        child = parents[-1].get(key)
         if not isinstance(child, dict):
             return
-        tree = child
-    if path:
-        tree.pop(path[-1], None)
+        parents.append(child)
+    for name in rules:
+        parents[-1].pop(name, None)
+    for key, parent in zip(reversed(package), reversed(parents[:-1]), strict=True):
+        if parent.get(key) == {}:
+            del parent[key]
 
 
 async def status(client: OpaAdmin, data_roots: Sequence[str]) -> dict[str, Any]:
