@@ -363,4 +363,4 @@ class Admission:
 
     def _tell(self, waiter: _Waiter, position: int, start: float, moment: float) -> None:
         waiter.position, waiter.told_at = position, moment
-        waiter.notify(position, start)
+        waiter.notify(position, max(start, self._clock()))  # a turn that is due starts now
