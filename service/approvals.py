@@ -12,9 +12,8 @@ made here on whichever replica was called; the owner is then nudged to tell its 
 
 from __future__ import annotations
 
-import asyncio
 from dataclasses import replace
-from typing import Literal, cast
+from typing import Any, Literal, cast
 
 import structlog
 
@@ -27,12 +26,11 @@ from service.errors import (
     InvalidArgument,
     NotFound,
     PermissionDenied,
-    ProxyError,
     WrongState,
 )
 from service.events import record_error
 from service.healthimaging import HealthImaging
-from service.journal import NUDGES, Journal
+from service.journal import NUDGES, Journal, hear_forever
 from service.metrics import Metrics
 from service.model import AuthMethod, Caller, OperationRecord, UpdatePlan
 from service.policy import PolicyClient
@@ -209,18 +207,14 @@ class Approvals:
             self._metrics.approvals.labels("rejected" if verdict == "reject" else "approved").inc()
 
     async def hear_nudges_forever(self) -> None:
-        """Several replicas: wake our operations whose record another replica changed."""
-        while True:
-            try:
-                async with self._journal.subscribe(NUDGES) as heard:
-                    while True:
-                        word = await heard.get()
-                        operation = self._runner.operation(word["operation_id"])
-                        if operation is not None:
-                            operation.nudged.set()
-            except ProxyError as error:  # the owner reads its record every POLL_SECONDS anyway
-                log.warning("nudge_channel_failed", error=error.message)
-                await asyncio.sleep(1.0)
+        """Several replicas: wake our operations whose record another replica changed (the
+        owner reads its record every POLL_SECONDS anyway)."""
+        await hear_forever(self._journal, NUDGES, self._nudged, "nudge_channel_failed")
+
+    async def _nudged(self, word: dict[str, Any]) -> None:
+        operation = self._runner.operation(word["operation_id"])
+        if operation is not None:
+            operation.nudged.set()
 
 
 def _already(record: OperationRecord, principal: str, verdict: Verdict) -> bool:

@@ -17,7 +17,7 @@ import contextlib
 import json
 import time
 from dataclasses import replace
-from typing import get_args
+from typing import Any, get_args
 
 import structlog
 
@@ -31,7 +31,7 @@ from service.errors import (
     ProxyError,
 )
 from service.events import Cancelled, to_payload
-from service.journal import CANCELS, Journal
+from service.journal import CANCELS, Journal, hear_forever
 from service.metrics import Metrics
 from service.model import CANCELLABLE, Caller, OperationQuery, OperationRecord, State
 from service.policy import PolicyClient
@@ -124,17 +124,14 @@ class Steering:
         return cancelled
 
     async def hear_cancels_forever(self) -> None:
-        """Several replicas: stop at once the operations of ours that another one cancelled."""
-        while True:
-            try:
-                async with self._journal.subscribe(CANCELS) as heard:
-                    while True:
-                        word = await heard.get()
-                        with contextlib.suppress(ProxyError):  # past its queue: it goes on
-                            await self._cancel_here(word["operation_id"], word["cancelled_by"])
-            except ProxyError as error:  # a later save tells the owner anyway
-                log.warning("cancel_channel_failed", error=error.message)
-                await asyncio.sleep(1.0)
+        """Several replicas: stop at once the operations of ours that another one cancelled (a
+        later save tells the owner anyway)."""
+        cancelled = self._cancelled_elsewhere
+        await hear_forever(self._journal, CANCELS, cancelled, "cancel_channel_failed")
+
+    async def _cancelled_elsewhere(self, word: dict[str, Any]) -> None:
+        with contextlib.suppress(ProxyError):  # past its queue: it goes on
+            await self._cancel_here(word["operation_id"], word["cancelled_by"])
 
 
 RPC_OF = {"watch": "WatchUpdate", "get": "GetOperation", "cancel": "CancelUpdate"}

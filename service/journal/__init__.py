@@ -10,13 +10,14 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from typing import Any, Protocol
 from urllib.parse import urlsplit
 
 import structlog
 
 from service.config import JournalSettings
+from service.errors import ProxyError
 from service.journal.codec import (
     RESUBMITTABLE,
     at_rest,
@@ -46,6 +47,7 @@ __all__ = [
     "at_rest",
     "fingerprint",
     "followed",
+    "hear_forever",
     "is_stale",
     "key_digest",
     "open_journal",
@@ -119,6 +121,25 @@ class Journal(Protocol):
     def subscribe(
         self, operation_id: str
     ) -> contextlib.AbstractAsyncContextManager[asyncio.Queue[dict[str, Any]]]: ...
+
+
+async def hear_forever(
+    journal: Journal,
+    channel: str,
+    on_word: Callable[[dict[str, Any]], Awaitable[None]],
+    failed: str,
+) -> None:
+    """Hand each word said on `channel` to `on_word` for as long as the replica runs. A failed
+    subscription is logged as `failed` and made again a second later: what was said meanwhile
+    is lost, and the owners learn it from the durable record instead."""
+    while True:
+        try:
+            async with journal.subscribe(channel) as heard:
+                while True:
+                    await on_word(await heard.get())
+        except ProxyError as error:
+            log.warning(failed, error=error.message)
+            await asyncio.sleep(1.0)
 
 
 @contextlib.asynccontextmanager
