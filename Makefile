@@ -10,7 +10,8 @@ GRPCURL_VERSION := v1.9.3
 HELM_VERSION := v4.3.2
 OPA := $(TOOLS)/opa
 PROTO_SRC := $(shell find protos -name '*.proto')
-PROTO_STAMP := service/_proto/.generated
+STUBS := client/imaging_proxy_client/stubs
+PROTO_STAMP := $(STUBS)/.generated
 # The user's own PATH: the demo's banner prints commands for a shell where .venv/bin is not on it.
 USER_PATH := $(PATH)
 export PATH := $(TOOLS):$(CURDIR)/$(BIN):$(PATH)
@@ -27,27 +28,28 @@ test: install $(OPA) $(TOOLS)/grpcurl $(TOOLS)/ghz $(TOOLS)/helm redis
 
 install: $(VENV)/.installed $(PROTO_STAMP)
 
-$(VENV)/.installed: pyproject.toml
+$(VENV)/.installed: pyproject.toml client/pyproject.toml
 	@$(PYTHON) -c 'import sys; assert sys.version_info >= (3, 11), "Python >= 3.11 is required"'
 	test -d $(VENV) || $(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
-	$(BIN)/pip install --quiet -e '.[dev]'
+	$(BIN)/pip install --quiet -e ./client -e '.[dev]'
 	touch $@
 
 # Stubs are generated from the .proto by grpcio-tools (type stubs by mypy-protobuf), never
 # edited by hand. This is for the checkout (an editable install); a wheel generates its own.
 $(PROTO_STAMP): $(PROTO_SRC) $(VENV)/.installed
-	rm -rf service/_proto && mkdir -p service/_proto
-	$(BIN)/python -m grpc_tools.protoc -Iservice/_proto=protos \
+	rm -rf $(STUBS) && mkdir -p $(STUBS)
+	cd client && ../$(BIN)/python -m grpc_tools.protoc -Iimaging_proxy_client/stubs=../protos \
 	  --python_out=. --grpc_python_out=. --mypy_out=. --mypy_grpc_out=. \
-	  $(patsubst protos/%,service/_proto/%,$(PROTO_SRC))
+	  $(patsubst protos/%,imaging_proxy_client/stubs/%,$(PROTO_SRC))
 	touch $@
 
 protos: $(PROTO_STAMP)
 
-# The wheel and sdist in dist/: setup.py generates the stubs into the wheel and adds policies/.
+# The wheels and sdists of both distributions in dist/: client/setup.py generates the stubs into
+# the client's wheel; setup.py adds policies/ to the server's.
 dist: install
-	rm -rf dist && $(BIN)/python -m build --outdir dist
+	rm -rf dist && $(BIN)/python -m build --outdir dist client && $(BIN)/python -m build --outdir dist
 
 # The real OPA server, built from source with the Go toolchain and reused when present.
 # Without Go: download the release binary for your platform into .tools/bin/opa (see README).
@@ -86,14 +88,14 @@ redis:
 	  if [ "$$(id -u)" = 0 ]; then apt-get update -qq && apt-get install -y -qq redis-server >/dev/null; \
 	  else sudo apt-get update -qq && sudo apt-get install -y -qq redis-server >/dev/null; fi; }
 
-PY_DIRS = $(wildcard service emulator medical_imaging_model tests benchmarks)
+PY_DIRS = $(wildcard service devstack emulator medical_imaging_model client tests benchmarks)
 
 lint: install
 	$(BIN)/ruff check $(PY_DIRS)
 	$(BIN)/ruff format --check $(PY_DIRS)
 
 typecheck: install
-	$(BIN)/mypy service emulator medical_imaging_model
+	$(BIN)/mypy service devstack emulator medical_imaging_model client/imaging_proxy_client
 
 # tests/policy/ holds the fact-driven cases (standard_cases.json, made by generate_cases.py) and
 # their Rego test: loaded by `opa test`, never by the OPA server, which loads policies/ only.
@@ -133,4 +135,4 @@ chaos: install $(OPA) redis
 	CHAOS=full $(BIN)/pytest -q -s -p no:cacheprovider tests/chaos
 
 clean:
-	rm -rf $(VENV) service/_proto .tools dist
+	rm -rf $(VENV) $(STUBS) .tools dist

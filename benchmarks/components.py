@@ -16,15 +16,15 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 
 import aiohttp
+from imaging_proxy_client.stubs.imaging.metadata.v1 import metadata_pb2_grpc as pb_grpc
 
 from benchmarks import stack, workload
 from benchmarks.measure import ms, percentile
-from service._proto.imaging.metadata.v1 import metadata_pb2_grpc as pb_grpc
-from service.config import OpaSettings
-from service.model import Caller
-from service.policy_input import build_input
-from service.server import to_update_request
-from service.updates import normalise
+from service.core.config import OpaSettings
+from service.core.model import Caller
+from service.normaliser.updates import normalise
+from service.policy.policy_input import build_input
+from service.transport.server import to_update_request
 
 ROUND = 50
 """Calls of one step in a row, before the next step's turn."""

@@ -21,10 +21,10 @@ from typing import Any
 import aiohttp
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
+from imaging_proxy_client.stubs.imaging.metadata.v1 import metadata_pb2_grpc as pb_grpc
 
 from benchmarks import stack, workload
 from benchmarks.measure import percentile
-from service._proto.imaging.metadata.v1 import metadata_pb2_grpc as pb_grpc
 
 WINDOWS = (1.0, 10.0, 60.0)
 

@@ -24,11 +24,11 @@ from pathlib import Path
 from typing import Any
 
 import uvloop
+from imaging_proxy_client.stubs.imaging.metadata.v1 import metadata_pb2 as pb
+from imaging_proxy_client.stubs.imaging.metadata.v1 import metadata_pb2_grpc as pb_grpc
 
 from benchmarks import goals, measure, stack, stream_holder, trivial_server, waiting, workload
 from benchmarks.measure import mb
-from service._proto.imaging.metadata.v1 import metadata_pb2 as pb
-from service._proto.imaging.metadata.v1 import metadata_pb2_grpc as pb_grpc
 
 TARGET_RATIO = 1.15
 IMPORTS_SHOWN = 15

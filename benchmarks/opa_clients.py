@@ -18,13 +18,13 @@ from pathlib import Path
 from opa_client import AsyncOpaClient
 
 from benchmarks.measure import percentile
-from service.config import OpaSettings
-from service.devstack.processes import free_port
-from service.devstack.servers import start_opa
-from service.model import Caller, UpdateRequest
-from service.policy import PolicyClient
-from service.policy_input import build_input
-from service.updates import normalise
+from devstack.processes import free_port
+from devstack.servers import start_opa
+from service.core.config import OpaSettings
+from service.core.model import Caller, UpdateRequest
+from service.normaliser.updates import normalise
+from service.policy.decisions import PolicyClient
+from service.policy.policy_input import build_input
 
 ROUND = 100
 WARM_UP = 200

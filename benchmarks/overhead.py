@@ -31,6 +31,7 @@ from pathlib import Path
 from typing import Any
 
 import uvloop
+from imaging_proxy_client.stubs.imaging.metadata.v1 import metadata_pb2_grpc as pb_grpc
 
 from benchmarks import (
     components,
@@ -44,7 +45,6 @@ from benchmarks import (
     workload,
 )
 from benchmarks.measure import CpuUse, ms, percentile
-from service._proto.imaging.metadata.v1 import metadata_pb2_grpc as pb_grpc
 
 FIRST_POLL, POLL_INITIAL, POLL_GROWTH, POLL_MAX = 0.001, 0.25, 1.5, 3.0
 PRINCIPAL = stack.PRINCIPALS[0]

@@ -37,7 +37,7 @@ STAGES: tuple[tuple[str, str, str], ...] = (
     ("metrics", "", "service/metrics"),
     ("operation runner", "", "service/runner"),
     ("streams: fan-out, heartbeats", "", "service/streams"),
-    ("health monitor", "", "service/health.py"),
+    ("health monitor", "", "service/transport/health.py"),
     ("gRPC handlers", "", "service/server"),
 )
 LIBRARIES: tuple[tuple[str, str, str], ...] = (

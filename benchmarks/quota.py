@@ -22,7 +22,7 @@ from typing import Any
 import uvloop
 
 from benchmarks import crowd, goals, measure, stack
-from service.devstack.settings import update_quota
+from devstack.settings import update_quota
 
 UPDATE_DELAY = 1.0
 """Seconds the emulator takes to apply an update (HealthImaging takes seconds too)."""

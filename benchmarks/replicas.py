@@ -17,7 +17,7 @@ from typing import Any
 import uvloop
 
 from benchmarks import crowd, measure, quota, stack
-from service.devstack.settings import update_quota
+from devstack.settings import update_quota
 
 RATE, BURST = 2.0, 2.0
 

@@ -1,6 +1,6 @@
 """The system under test as processes: real OPA, the seeded emulator, proxy replicas, Redis.
 
-Started by `service.devstack` (the builder `imaging-proxy demo` uses), plus what a benchmark needs
+Started by `devstack` (the builder `imaging-proxy demo` uses), plus what a benchmark needs
 and the demo does not: grants for ten benchmark principals (a copy of `policies/` with them added
 to `data.json`), emulator quota overrides, several proxy replicas, Redis, and a proxy run under
 pyinstrument. Everything listens on 127.0.0.1 only.
@@ -21,14 +21,14 @@ from pathlib import Path
 from types import FrameType
 from typing import Any, Literal
 
-from service.config import Settings
-from service.devstack.admin import EmulatorAdmin
-from service.devstack.examples import DEMO_DATASTORE_ID
-from service.devstack.processes import Child, stop_all
-from service.devstack.proxies import ProxyProcess
-from service.devstack.servers import EMULATOR_AWS_ENV, find_policies
-from service.devstack.settings import NO_BUDGET, Sections, merged
-from service.devstack.stack import LocalStack, StackSpec, start_stack
+from devstack.admin import EmulatorAdmin
+from devstack.examples import DEMO_DATASTORE_ID
+from devstack.processes import Child, stop_all
+from devstack.proxies import ProxyProcess
+from devstack.servers import EMULATOR_AWS_ENV, find_policies
+from devstack.settings import NO_BUDGET, Sections, merged
+from devstack.stack import LocalStack, StackSpec, start_stack
+from service.core.config import Settings
 
 DATASTORE_ID = DEMO_DATASTORE_ID
 PRINCIPALS = tuple(f"bench-{index:02d}" for index in range(10))
@@ -172,7 +172,7 @@ def _policies_with_grants(log_dir: Path) -> Path:
 
 def _start_proxy(local: LocalStack, options: StackOptions, index: int) -> ProxyProcess:
     """Replica `index`; the first one under a profiler when asked."""
-    command: tuple[str, ...] = ("-m", "service.cli.main")
+    command: tuple[str, ...] = ("-m", "imaging_proxy_client.cli.main")
     if index == 0 and options.profile is not None:
         # pyinstrument samples the event loop's thread every 1 ms; the session is saved on exit.
         profiler = ("-m", "pyinstrument", "--renderer=pyisession", "--outfile")

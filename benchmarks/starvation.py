@@ -31,11 +31,11 @@ from typing import Any
 
 import grpc
 import uvloop
+from imaging_proxy_client.stubs.imaging.metadata.v1 import metadata_pb2 as pb
+from imaging_proxy_client.stubs.imaging.metadata.v1 import metadata_pb2_grpc as pb_grpc
 
 from benchmarks import measure, stack, workload
 from benchmarks.measure import percentile
-from service._proto.imaging.metadata.v1 import metadata_pb2 as pb
-from service._proto.imaging.metadata.v1 import metadata_pb2_grpc as pb_grpc
 
 FLOODER, VICTIM = stack.PRINCIPALS[0], stack.PRINCIPALS[1]
 MODES = ("alone", "paced", "unpaced", "evaluate")

@@ -27,11 +27,11 @@ from typing import Any
 
 import grpc
 import uvloop
+from imaging_proxy_client.stubs.imaging.metadata.v1 import metadata_pb2 as pb
+from imaging_proxy_client.stubs.imaging.metadata.v1 import metadata_pb2_grpc as pb_grpc
 
 from benchmarks import measure, workload
-from service._proto.imaging.metadata.v1 import metadata_pb2 as pb
-from service._proto.imaging.metadata.v1 import metadata_pb2_grpc as pb_grpc
-from service.readyfile import read_json, write_json_atomically
+from service.cli.readyfile import read_json, write_json_atomically
 
 
 @dataclass

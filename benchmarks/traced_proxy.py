@@ -65,7 +65,7 @@ def main() -> None:
     tracemalloc.start(FRAMES)
 
     signal.signal(signal.SIGUSR1, HeapReports(report).on_signal)
-    from service.cli.main import main as cli
+    from imaging_proxy_client.cli.main import main as cli
 
     cli(serve_args)
 

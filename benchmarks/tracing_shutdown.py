@@ -19,8 +19,8 @@ from pathlib import Path
 
 import grpc
 
-from service.devstack.processes import free_port
-from service.devstack.servers import start_proxy
+from devstack.processes import free_port
+from devstack.servers import start_proxy
 
 EVALUATE = "/imaging.metadata.v1.MetadataUpdateService/EvaluateUpdate"
 

@@ -2,7 +2,8 @@
 
 `python -m benchmarks.trivial_server --port P --ready-file F` serves
 imaging.metadata.v1.MetadataUpdateService with grpc.aio on uvloop and the server options the
-proxy uses by default (`ServerSettings.grpc_options`, as `service.server` does). EvaluateUpdate
+proxy uses by default (`ServerSettings.grpc_options`, as `service.transport.server` does).
+EvaluateUpdate
 returns a fixed Evaluation without work; WatchUpdate yields one `authorized` event (what the
 proxy replays first) and is then silent until the client cancels. UpdateImageSetMetadata
 answers UNIMPLEMENTED. It imports grpc, uvloop, the generated stubs and the settings only, so
@@ -21,14 +22,14 @@ from typing import TYPE_CHECKING, Any
 
 import grpc
 import uvloop
+from imaging_proxy_client.stubs.imaging.metadata.v1 import metadata_pb2 as pb
+from imaging_proxy_client.stubs.imaging.metadata.v1 import metadata_pb2_grpc as pb_grpc
 
-from service._proto.imaging.metadata.v1 import metadata_pb2 as pb
-from service._proto.imaging.metadata.v1 import metadata_pb2_grpc as pb_grpc
-from service.config import ServerSettings
-from service.readyfile import write_json_atomically
+from service.cli.readyfile import write_json_atomically
+from service.core.config import ServerSettings
 
 if TYPE_CHECKING:
-    from service.devstack.processes import Child
+    from devstack.processes import Child
 
 EVALUATION = pb.Evaluation(
     decision=pb.Decision(allow=True, decision_id="trivial"), kind="dicom_updates"
@@ -70,7 +71,7 @@ async def serve(port: int, ready_file: Path) -> None:
 @contextmanager
 def running(log_dir: Path) -> Iterator[tuple[Child, str]]:
     """The trivial server as a child process on a free port: (child, endpoint), stopped after."""
-    from service.devstack.processes import free_port, spawn, wait_for_json  # not in the server
+    from devstack.processes import free_port, spawn, wait_for_json  # not in the server
 
     ready_file = log_dir / "trivial-server.ready.json"
     argv = [sys.executable, "-m", "benchmarks.trivial_server", "--port", str(free_port())]

@@ -34,12 +34,12 @@ from typing import Any
 
 import grpc
 import uvloop
+from imaging_proxy_client.stubs.imaging.metadata.v1 import metadata_pb2_grpc as pb_grpc
 
 from benchmarks import measure, stack, stream_holder, workload
 from benchmarks.measure import mb, percentile
-from service._proto.imaging.metadata.v1 import metadata_pb2_grpc as pb_grpc
-from service.devstack.settings import update_quota
-from service.readyfile import read_json
+from devstack.settings import update_quota
+from service.cli.readyfile import read_json
 
 REPO = Path(__file__).resolve().parents[1]
 HEAP_LINES = 20

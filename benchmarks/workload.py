@@ -15,10 +15,10 @@ from typing import Any
 import aioboto3
 import grpc
 from aiobotocore.config import AioConfig
+from imaging_proxy_client.stubs.imaging.metadata.v1 import metadata_pb2 as pb
 
 import medical_imaging_model
-from service._proto.imaging.metadata.v1 import metadata_pb2 as pb
-from service.model import TERMINAL_WORKFLOW_STATUSES
+from service.core.model import TERMINAL_WORKFLOW_STATUSES
 
 TERMINAL = TERMINAL_WORKFLOW_STATUSES
 UPDATE = "UpdateImageSetMetadata"

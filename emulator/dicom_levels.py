@@ -19,7 +19,8 @@ class Level(StrEnum):
 # The normalization page's module lists (Patient with the Issuer of Patient ID and Patient Group
 # macros, Clinical Trial Subject; General Study, Patient Study, Clinical Trial Study; General
 # Series, Clinical Trial Series, General Equipment, Frame of Reference); keywords missing from
-# pydicom's dictionary are dropped below. Must equal service/dicom.py's *_LEVEL_KEYWORDS (checked
+# pydicom's dictionary are dropped below. Must equal service/normaliser/dicom.py's *_LEVEL_KEYWORDS
+# (checked
 # by tests/test_level_lists_agree.py; the emulator does not import the service).
 _PATIENT = """
 PatientName PatientID IssuerOfPatientID IssuerOfPatientIDQualifiersSequence TypeOfPatientID

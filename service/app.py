@@ -20,28 +20,28 @@ from typing import TYPE_CHECKING
 import aiohttp
 import structlog
 
-from service import audit, tracing
-from service.admission import Admission
-from service.approvals import Approvals
-from service.budget import Budget
-from service.config import Settings
-from service.health import Health, PingProbe, Probe
-from service.healthimaging import BackendProbe, CredentialsProbe, HealthImaging
-from service.identity import Authenticator
+from service.admission.budget import Budget
+from service.admission.stages import shared_stages
+from service.admission.write_queue import Admission
+from service.approvals.verdicts import Approvals
+from service.backend.healthimaging import BackendProbe, CredentialsProbe, HealthImaging
+from service.backend.references import References
+from service.core.config import Settings
+from service.identity.callers import Authenticator
 from service.journal import open_journal
-from service.listeners import Listeners, listeners
-from service.metrics import Metrics
-from service.opa import OpaAdmin
-from service.ownership import Leased, Ownership
-from service.pipeline import Pipeline
-from service.policy import PolicyClient
-from service.references import References
-from service.runner import Runner
-from service.server import SERVICE_NAME
-from service.stages import shared_stages
-from service.steering import Steering
-from service.streams import Streams
-from service.watch import Watcher
+from service.observability import audit, tracing
+from service.observability.metrics import Metrics
+from service.operations.event_streams import Streams
+from service.operations.image_set_polls import Watcher
+from service.operations.ownership import Leased, Ownership
+from service.operations.pipeline import Pipeline
+from service.operations.runner import Runner
+from service.operations.steering import Steering
+from service.policy.decisions import PolicyClient
+from service.policy.opa_admin import OpaAdmin
+from service.transport.health import Health, PingProbe, Probe
+from service.transport.listeners import Listeners, listeners
+from service.transport.server import SERVICE_NAME
 
 if TYPE_CHECKING:
     from opentelemetry.sdk.trace import TracerProvider

@@ -20,8 +20,8 @@ from collections.abc import Callable, Coroutine
 from pathlib import Path
 from typing import Any
 
-from service.config import OpaSettings
-from service.config_loader import load_settings
+from service.core.config import OpaSettings
+from service.core.config_loader import load_settings
 
 NOT_HEALTHY = 3
 DATA_ROOTS = ("imaging",)
@@ -71,7 +71,7 @@ def run_policy(args: argparse.Namespace) -> int:
 
 
 async def _status(settings: OpaSettings, args: argparse.Namespace) -> int:
-    from service.opa import OpaAdmin, status
+    from service.policy.opa_admin import OpaAdmin, status
 
     async with OpaAdmin(settings, args.timeout) as client:
         await _wait(client, args.wait)
@@ -81,7 +81,7 @@ async def _status(settings: OpaSettings, args: argparse.Namespace) -> int:
 
 
 async def _push(settings: OpaSettings, args: argparse.Namespace) -> int:
-    from service.opa import OpaAdmin, PolicyFiles, push
+    from service.policy.opa_admin import OpaAdmin, PolicyFiles, push
 
     files = PolicyFiles.read(args.folder)
     async with OpaAdmin(settings, args.timeout) as client:
@@ -91,7 +91,7 @@ async def _push(settings: OpaSettings, args: argparse.Namespace) -> int:
 
 
 async def _pull(settings: OpaSettings, args: argparse.Namespace) -> int:
-    from service.opa import OpaAdmin, pull
+    from service.policy.opa_admin import OpaAdmin, pull
 
     async with OpaAdmin(settings, args.timeout) as client:
         await _wait(client, args.wait)

@@ -1,4 +1,4 @@
-"""Server verbs: `serve` (the proxy), `emulator` (local HealthImaging) and `demo` (all three)."""
+"""The `serve` verb: the proxy itself (an `imaging_proxy.verbs` entry point of the server)."""
 
 from __future__ import annotations
 
@@ -8,28 +8,21 @@ from typing import Any
 
 import structlog
 
-from service.config import Settings
-from service.config_loader import load_settings
-from service.errors import StartupError
+from service.core.config import Settings
+from service.core.config_loader import load_settings
+from service.core.errors import StartupError
 
 
-def add_server_verbs(verbs: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+def add_serve_verb(verbs: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     serve = verbs.add_parser("serve", help="run the proxy", description=_SERVE_HELP)
     _add_serve_options(serve)
     serve.set_defaults(run=run_serve)
 
-    # Listed for `imaging-proxy --help` only: main() hands `emulator …` to the emulator's own
-    # parser before argparse sees it (REMAINDER would refuse a first argument like `--port`).
-    verbs.add_parser("emulator", help="run the local HealthImaging emulator (its own --help)")
-
-    from service.cli import demo
-
-    demo.add_demo_verb(verbs)
-
 
 _SERVE_HELP = """Run the policy-enforcing gRPC proxy. Settings come from --config (TOML; sections
 [server], [identity], [opa], [backend], [limits], [watch], [admission], [budget], [journal],
-[tracing], [audit] as in service/config.py) overridden by options. Logs are JSON lines on standard
+[tracing], [audit] as in service/core/config.py) overridden by options. Logs are JSON lines on
+standard
 error; the audit trail goes to [audit] path (default: standard output).
 AWS credentials and region come from the usual AWS sources (environment, profile, instance role)."""
 
@@ -109,8 +102,9 @@ def settings_from_args(args: argparse.Namespace) -> Settings:
 
 
 def run_serve(args: argparse.Namespace) -> int:
-    from service import app, logs
-    from service.readyfile import write_json_atomically
+    from service import app
+    from service.cli.readyfile import write_json_atomically
+    from service.observability import logs
 
     logs.configure(args.log_level)
     log = structlog.get_logger("imaging_proxy.serve")  # JSON on stderr, like every other line
@@ -142,9 +136,3 @@ def _run(coroutine: Any) -> None:
     import uvloop  # imported here: the client verbs never need it
 
     uvloop.run(coroutine)
-
-
-def run_emulator_args(argv: list[str]) -> int:
-    from emulator.cli import main as emulator_main
-
-    return emulator_main(argv)

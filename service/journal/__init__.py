@@ -16,8 +16,9 @@ from urllib.parse import urlsplit
 
 import structlog
 
-from service.config import JournalSettings
-from service.errors import ProxyError
+from service.core.config import JournalSettings
+from service.core.errors import ProxyError
+from service.core.model import ImageSetKey, OperationRecord
 from service.journal.codec import (
     RESUBMITTABLE,
     at_rest,
@@ -28,7 +29,6 @@ from service.journal.codec import (
 )
 from service.journal.sealing import Sealer, UnreadableRecord
 from service.journal.sqlite import SqliteJournal
-from service.model import ImageSetKey, OperationRecord
 
 NUDGES = "nudges"
 """The pub/sub channel on which a replica that changed another's operation (an approval, a
@@ -59,7 +59,8 @@ log = structlog.get_logger(__name__)
 class Journal(Protocol):
     """What operations need from a journal (SQLite or Redis).
 
-    A Redis journal raises domain errors only (`service.redis.translated`): callers catch
+    A Redis journal raises domain errors only (`service.journal.redis_client.translated`): callers
+    catch
     `ProxyError`, never a driver's exception.
     """
 

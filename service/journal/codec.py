@@ -21,8 +21,7 @@ from typing import Any, cast, get_args
 
 import structlog
 
-from service.journal.sealing import Sealer, UnreadableRecord
-from service.model import (
+from service.core.model import (
     Action,
     Approval,
     ApprovalNeed,
@@ -35,6 +34,7 @@ from service.model import (
     UpdatePlan,
     UpdateRequest,
 )
+from service.journal.sealing import Sealer, UnreadableRecord
 
 log = structlog.get_logger(__name__)
 

@@ -8,7 +8,8 @@ channel per operation so any replica can stream any operation.
 Records are stored as `codec.encode` makes them (sealed when keys are set; without their
 document once submitted); the hash's `owner` and `state` fields, the idempotency key's SHA-256
 and the pub/sub events (no document) stay in clear. The connection (TLS, ACL user) comes from
-`service.redis`; every call the journal answers goes through its `translated` edge, so a Redis
+`service.journal.redis_client`; every call the journal answers goes through its `translated` edge,
+so a Redis
 failure reaches callers as a domain error (`RedisUnavailable`, or `Internal` for a refused command).
 """
 
@@ -26,12 +27,12 @@ from typing import Any, Literal, cast
 import redis.asyncio as aioredis
 import structlog
 
-from service.config import JournalSettings
+from service.core.config import JournalSettings
+from service.core.model import ImageSetKey, OperationRecord
 from service.journal import redis_scripts as scripts
 from service.journal.codec import RecordEncoder, at_rest, decode, decode_readable, is_stale
+from service.journal.redis_client import blocking_redis, translated
 from service.journal.sealing import Sealer
-from service.model import ImageSetKey, OperationRecord
-from service.redis import blocking_redis, translated
 
 log = structlog.get_logger(__name__)
 
@@ -85,7 +86,7 @@ class RedisJournal:
             yield journal
 
     async def _join(self) -> None:
-        """Take a lease (a refused connection stops the start here); `service.ownership`
+        """Take a lease (a refused connection stops the start here); `service.operations.ownership`
         keeps it."""
         await self.renew()
         self._tasks = [asyncio.create_task(self._bus.send_forever(), name="journal-publish")]

@@ -20,7 +20,7 @@ from typing import Any
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
-from service.errors import Internal
+from service.core.errors import Internal
 
 SETTING = "journal.encryption_keys"
 KEY_BYTES = 32  # AES-256

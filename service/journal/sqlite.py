@@ -25,8 +25,9 @@ from typing import Any
 
 import structlog
 
-from service.config import JournalSettings
-from service.errors import ProxyError
+from service.core.config import JournalSettings
+from service.core.errors import ProxyError
+from service.core.model import CANCELLABLE, ImageSetKey, OperationRecord
 from service.journal.codec import (
     RESUBMITTABLE,
     RecordEncoder,
@@ -38,7 +39,6 @@ from service.journal.codec import (
 )
 from service.journal.sealing import Sealer
 from service.journal.sqlite_batches import Writer
-from service.model import CANCELLABLE, ImageSetKey, OperationRecord
 
 log = structlog.get_logger(__name__)
 

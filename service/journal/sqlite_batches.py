@@ -20,7 +20,7 @@ from typing import Any, NamedTuple, TypeVar
 
 import structlog
 
-from service.errors import Unavailable
+from service.core.errors import Unavailable
 
 log = structlog.get_logger(__name__)
 

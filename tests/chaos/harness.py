@@ -24,8 +24,7 @@ from typing import Any
 
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
-
-from service.client import (
+from imaging_proxy_client import (
     Authorized,
     ClientError,
     Credentials,
@@ -35,10 +34,11 @@ from service.client import (
     Retrying,
     RpcError,
 )
-from service.devstack.processes import Child, free_port, spawn, wait_until
-from service.devstack.proxies import ProxyProcess
-from service.devstack.servers import _pong
-from service.devstack.settings import Sections
+
+from devstack.processes import Child, free_port, spawn, wait_until
+from devstack.proxies import ProxyProcess
+from devstack.servers import _pong
+from devstack.settings import Sections
 from tests.e2e.conftest import QuotaStack
 from tests.support.stack import emulator_client, require_redis_server
 

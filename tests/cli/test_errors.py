@@ -8,13 +8,13 @@ import botocore.exceptions
 import grpc
 import grpc.aio
 import pytest
+from imaging_proxy_client.cli.connection import retry_plan, translate
+from imaging_proxy_client.cli.errors import EndpointError, ServiceError
+from imaging_proxy_client.cli.main import main
 
-from service import errors
-from service.cli.client.connection import retry_plan, translate
-from service.cli.client.errors import EndpointError, ServiceError
-from service.cli.main import main
-from service.healthimaging import _from_client_error
-from service.status import to_status
+from service.backend.healthimaging import _from_client_error
+from service.core import errors
+from service.transport.grpc_errors import to_status
 
 
 def rpc_error(

@@ -18,13 +18,13 @@ import pytest
 from google.rpc import error_details_pb2
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_status import rpc_status
+from imaging_proxy_client.stubs.imaging.metadata.v1 import metadata_pb2 as pb
+from imaging_proxy_client.stubs.imaging.metadata.v1 import metadata_pb2_grpc as pb_grpc
 from pydicom.data import get_testdata_file
 
-from service._proto.imaging.metadata.v1 import metadata_pb2 as pb
-from service._proto.imaging.metadata.v1 import metadata_pb2_grpc as pb_grpc
-from service.devstack.examples import DEMO_DATASTORE_ID  # the one policies/data.json grants on
-from service.devstack.processes import free_port, spawn, stop_all, wait_for_json
-from service.devstack.servers import start_emulator, start_opa
+from devstack.examples import DEMO_DATASTORE_ID  # the one policies/data.json grants on
+from devstack.processes import free_port, spawn, stop_all, wait_for_json
+from devstack.servers import start_emulator, start_opa
 
 pytestmark = pytest.mark.e2e
 SERVING = health_pb2.HealthCheckResponse.SERVING
@@ -70,7 +70,14 @@ async def test_missing_credentials_show_in_health_and_refuse_updates_as_unavaila
         monkeypatch.delenv(name)
     monkeypatch.setenv("HOME", str(tmp_path))  # no ~/.aws/credentials or config
     ready = tmp_path / "proxy-ready.json"
-    argv = [sys.executable, "-m", "service.cli.main", "serve", "--ready-file", str(ready)]
+    argv = [
+        sys.executable,
+        "-m",
+        "imaging_proxy_client.cli.main",
+        "serve",
+        "--ready-file",
+        str(ready),
+    ]
     argv += ["--insecure-dev-identity", "--port", "0", "--no-budget"]
     argv += ["--endpoint-url", emulator.url, "--opa-url", f"http://127.0.0.1:{opa_port}"]
     argv += ["--data-dir", str(tmp_path / "journal")]

@@ -17,11 +17,10 @@ import pytest
 from awscli.formatter import JSONFormatter, TableFormatter  # type: ignore[import-untyped]
 from awscli.text import format_text as aws_format_text  # type: ignore[import-untyped]
 from google.protobuf import timestamp_pb2
-
-from service._proto.imaging.metadata.v1 import metadata_pb2
-from service.cli.client import output
-from service.cli.client.errors import ConfigError, ParamError
-from service.cli.client.output import OutputSettings
+from imaging_proxy_client.cli import output
+from imaging_proxy_client.cli.errors import ConfigError, ParamError
+from imaging_proxy_client.cli.output import OutputSettings
+from imaging_proxy_client.stubs.imaging.metadata.v1 import metadata_pb2
 
 GOLDEN = Path(__file__).parent / "golden"
 

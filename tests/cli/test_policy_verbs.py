@@ -12,8 +12,8 @@ from pathlib import Path
 
 import pytest
 
-from service.devstack.processes import free_port
-from service.devstack.servers import start_opa
+from devstack.processes import free_port
+from devstack.servers import start_opa
 
 pytestmark = [pytest.mark.e2e]
 
@@ -22,7 +22,7 @@ POLICIES = ROOT / "policies"
 
 
 def policy(*argv: str) -> subprocess.CompletedProcess[str]:
-    command = [sys.executable, "-m", "service.cli.main", "policy", *argv]
+    command = [sys.executable, "-m", "imaging_proxy_client.cli.main", "policy", *argv]
     return subprocess.run(command, capture_output=True, text=True, timeout=60)
 
 

@@ -15,13 +15,13 @@ import grpc
 import grpc.aio
 import pytest
 from grpc_status import rpc_status
+from imaging_proxy_client.cli.connection import Connection, Tracker, follow_update
+from imaging_proxy_client.cli.errors import EndpointError, ServiceError
+from imaging_proxy_client.cli.progress import Progress
+from imaging_proxy_client.stubs.imaging.metadata.v1 import metadata_pb2 as pb
+from imaging_proxy_client.stubs.imaging.metadata.v1 import metadata_pb2_grpc as pb_grpc
 
-from service._proto.imaging.metadata.v1 import metadata_pb2 as pb
-from service._proto.imaging.metadata.v1 import metadata_pb2_grpc as pb_grpc
-from service.cli.client.connection import Connection, Tracker, follow_update
-from service.cli.client.errors import EndpointError, ServiceError
-from service.cli.client.progress import Progress
-from service.errors import (
+from service.core.errors import (
     FieldViolation,
     InvalidArgument,
     PermissionDenied,
@@ -29,7 +29,7 @@ from service.errors import (
     ResourceExhausted,
     Unavailable,
 )
-from service.status import to_status
+from service.transport.grpc_errors import to_status
 
 Script = Callable[[Any, grpc.aio.ServicerContext[Any, Any]], AsyncIterator[pb.UpdateEvent]]
 

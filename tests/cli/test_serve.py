@@ -11,10 +11,10 @@ from pathlib import Path
 
 import pytest
 
-from service.devstack.processes import free_port
-from service.devstack.servers import EMULATOR_AWS_ENV, start_proxy
+from devstack.processes import free_port
+from devstack.servers import EMULATOR_AWS_ENV, start_proxy
 
-COMMAND = [sys.executable, "-m", "service.cli.main"]
+COMMAND = [sys.executable, "-m", "imaging_proxy_client.cli.main"]
 
 
 def test_emulator_help_lists_its_options() -> None:

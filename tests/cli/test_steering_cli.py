@@ -17,12 +17,12 @@ import grpc.aio
 import pytest
 from grpc_health.v1 import health, health_pb2_grpc
 
-from service.cli import demo
-from service.config import IdentitySettings
-from service.devstack.pki import Pki, write_pki
-from service.tls import server_credentials
+from devstack import demo
+from service.core.config import IdentitySettings
+from service.transport.tls import server_credentials
 from tests.cli.test_e2e_cli import CLI, Result, cli, faults, patient_name, target
 from tests.e2e.conftest import Stack
+from tests.support.pki import Pki, write_pki
 
 pytestmark = pytest.mark.e2e
 

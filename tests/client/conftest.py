@@ -5,8 +5,8 @@ from __future__ import annotations
 from collections.abc import AsyncIterator
 
 import pytest
+from imaging_proxy_client import Credentials, MetadataUpdateClient
 
-from service.client import Credentials, MetadataUpdateClient
 from tests.e2e.faults.conftest import (
     emulator,
     fault_dir,

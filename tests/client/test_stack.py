@@ -6,8 +6,7 @@ from pathlib import Path
 
 import grpc
 import pytest
-
-from service.client import (
+from imaging_proxy_client import (
     Authorized,
     Credentials,
     DeadlineExceeded,
@@ -20,8 +19,9 @@ from service.client import (
     SyncMetadataUpdateClient,
     UpdateEvent,
 )
-from service.devstack.processes import free_port
-from service.devstack.stack import LocalStack
+
+from devstack.processes import free_port
+from devstack.stack import LocalStack
 from tests.e2e.faults.harness import PROXY_ARGS, RAISED_BUDGETS, Emulator, Proxy
 
 pytestmark = pytest.mark.e2e

@@ -5,12 +5,7 @@ from __future__ import annotations
 import grpc
 import grpc.aio
 import pytest
-from opentelemetry import trace
-from opentelemetry.sdk.trace import TracerProvider
-
-from service import errors
-from service._proto.imaging.metadata.v1 import metadata_pb2 as pb
-from service.client import (
+from imaging_proxy_client import (
     Authorized,
     Credentials,
     FieldViolation,
@@ -20,10 +15,15 @@ from service.client import (
     RpcError,
     TransportError,
 )
-from service.client.errors import from_rpc_error
-from service.client.events import from_proto
-from service.client.tracing import with_trace_context
-from service.status import to_status
+from imaging_proxy_client.errors import from_rpc_error
+from imaging_proxy_client.events import from_proto
+from imaging_proxy_client.stubs.imaging.metadata.v1 import metadata_pb2 as pb
+from imaging_proxy_client.tracing import with_trace_context
+from opentelemetry import trace
+from opentelemetry.sdk.trace import TracerProvider
+
+from service.core import errors
+from service.transport.grpc_errors import to_status
 
 
 def _sent(error: errors.ProxyError) -> grpc.aio.AioRpcError:

@@ -23,7 +23,7 @@ from typing import Any
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from service.devstack.processes import Child
+from devstack.processes import Child
 from tests.deploy import kubelet
 
 Objects = Mapping[tuple[str, str], Mapping[str, bytes]]

@@ -14,7 +14,7 @@ from typing import Any
 import pytest
 import yaml
 
-from service.metrics import Metrics
+from service.observability.metrics import Metrics
 from tests.deploy.chart import (
     CHART,
     MANIFEST,

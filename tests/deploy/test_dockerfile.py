@@ -10,9 +10,9 @@ from pathlib import Path
 
 import pytest
 
-from service.devstack.processes import free_port, wait_until
-from service.devstack.servers import EMULATOR_AWS_ENV
-from service.devstack.settings import write_toml
+from devstack.processes import free_port, wait_until
+from devstack.servers import EMULATOR_AWS_ENV
+from devstack.settings import write_toml
 from tests.deploy.image import DOCKERFILE, Image, copy_set
 from tests.deploy.pod import grpc_health
 
@@ -87,7 +87,7 @@ def test_entrypoint_and_cmd_serve_as_the_image_user(image: Image, shared_tmp: Pa
             env={**image.env, **EMULATOR_AWS_ENV},
         )
     try:
-        from service.devstack.processes import Child
+        from devstack.processes import Child
 
         wait_until(lambda: grpc_health(health, "liveness"), Child("serve", process, log), 60)
         status = Path(f"/proc/{process.pid}/status").read_text()

@@ -23,13 +23,13 @@ import grpc
 import pytest
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
+from imaging_proxy_client.stubs.imaging.metadata.v1 import metadata_pb2 as pb
+from imaging_proxy_client.stubs.imaging.metadata.v1 import metadata_pb2_grpc as pb_grpc
 
-from service._proto.imaging.metadata.v1 import metadata_pb2 as pb
-from service._proto.imaging.metadata.v1 import metadata_pb2_grpc as pb_grpc
-from service.devstack.polling import eventually_sync
-from service.devstack.processes import free_port, wait_until
-from service.devstack.servers import EMULATOR_AWS_ENV, EmulatorProcess, find_opa, start_emulator
-from service.devstack.stack import StackSpec, emulator_args
+from devstack.polling import eventually_sync
+from devstack.processes import free_port, wait_until
+from devstack.servers import EMULATOR_AWS_ENV, EmulatorProcess, find_opa, start_emulator
+from devstack.stack import StackSpec, emulator_args
 from tests.deploy.chart import find, render
 from tests.deploy.image import Image
 from tests.deploy.pod import Pod, rendered_objects

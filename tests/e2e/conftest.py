@@ -1,7 +1,7 @@
 """End-to-end helpers: the shared `stack` fixtures live in tests/support/stack.py (a plugin
 registered by tests/conftest.py, so every suite shares one demo); the helpers are re-exported.
 
-Below them, what the concurrency suites need on top (built by `service.devstack`): stacks whose
+Below them, what the concurrency suites need on top (built by `devstack`): stacks whose
 emulator enforces chosen quotas, with proxies started on chosen settings."""
 
 from __future__ import annotations
@@ -15,14 +15,14 @@ from typing import Any
 
 import grpc
 import pytest
+from imaging_proxy_client.stubs.imaging.metadata.v1 import metadata_pb2 as pb
 
-from service._proto.imaging.metadata.v1 import metadata_pb2 as pb
-from service.devstack import polling
-from service.devstack.processes import Child, free_port
-from service.devstack.proxies import ProxyProcess
-from service.devstack.settings import Sections, merged
-from service.devstack.settings import update_quota as write_quota
-from service.devstack.stack import LocalStack, StackSpec, running_stack
+from devstack import polling
+from devstack.processes import Child, free_port
+from devstack.proxies import ProxyProcess
+from devstack.settings import Sections, merged
+from devstack.settings import update_quota as write_quota
+from devstack.stack import LocalStack, StackSpec, running_stack
 from tests.support.stack import (
     EMULATOR_ENV,
     SEEDED_IMAGE_SETS,

@@ -3,7 +3,7 @@
 `running_secure_stack` runs what a hospital would deploy: a proxy whose listener requires client
 certificates from the test CA (SPIFFE IDs) and also accepts JWT bearer tokens (the token names the
 caller when present), in front of a real OPA with `policies/` and the emulator. Fixtures wrapping
-it live in `tests/e2e/security/conftest.py`; the processes (started by `service.devstack`),
+it live in `tests/e2e/security/conftest.py`; the processes (started by `devstack`),
 channels, credentials and polling helpers here are shared by the security and the fuzz tests.
 """
 
@@ -19,12 +19,18 @@ from pathlib import Path
 from typing import Any
 
 import grpc
+from imaging_proxy_client.stubs.imaging.metadata.v1 import metadata_pb2_grpc as pb_grpc
 
-from service._proto.imaging.metadata.v1 import metadata_pb2_grpc as pb_grpc
-from service.devstack import servers
-from service.devstack.admin import EmulatorAdmin
-from service.devstack.examples import DEMO_DATASTORE_ID
-from service.devstack.pki import (
+from devstack import servers
+from devstack.admin import EmulatorAdmin
+from devstack.examples import DEMO_DATASTORE_ID
+from devstack.polling import eventually as eventually
+from devstack.processes import Child
+from devstack.proxies import ProxyProcess, launch_proxy
+from devstack.seeds import two_series_studies
+from devstack.settings import Sections
+from devstack.stack import StackSpec, running_stack
+from tests.support.pki import (
     CertificateFiles,
     JwtKeys,
     Pki,
@@ -34,12 +40,6 @@ from service.devstack.pki import (
     write_jwt_keys,
     write_pki,
 )
-from service.devstack.polling import eventually as eventually
-from service.devstack.processes import Child
-from service.devstack.proxies import ProxyProcess, launch_proxy
-from service.devstack.seeds import two_series_studies
-from service.devstack.settings import Sections
-from service.devstack.stack import StackSpec, running_stack
 
 DATASTORE_ID = DEMO_DATASTORE_ID
 """The emulator's data store: the demo id, so the `demo-*` grants in policies/data.json apply."""

@@ -24,10 +24,10 @@ from typing import Any
 import grpc
 import jsonschema
 import pytest
+from imaging_proxy_client.stubs.imaging.metadata.v1 import metadata_pb2 as pb
+from imaging_proxy_client.stubs.imaging.metadata.v1 import metadata_pb2_grpc as pb_grpc
 
-from service._proto.imaging.metadata.v1 import metadata_pb2 as pb
-from service._proto.imaging.metadata.v1 import metadata_pb2_grpc as pb_grpc
-from service.devstack.stack import StackSpec, running_stack
+from devstack.stack import StackSpec, running_stack
 from tests.e2e.conftest import (
     ProxyProcess,
     QuotaStack,

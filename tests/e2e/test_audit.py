@@ -12,14 +12,14 @@ import grpc
 import jsonschema
 import pytest
 from fhir.resources.auditevent import AuditEvent
+from imaging_proxy_client.stubs.imaging.metadata.v1 import metadata_pb2 as pb
+from imaging_proxy_client.stubs.imaging.metadata.v1 import metadata_pb2_grpc as pb_grpc
 
-from service._proto.imaging.metadata.v1 import metadata_pb2 as pb
-from service._proto.imaging.metadata.v1 import metadata_pb2_grpc as pb_grpc
-from service.devstack.polling import eventually
-from service.devstack.processes import free_port
-from service.devstack.proxies import ProxyProcess
-from service.devstack.servers import start_opa
-from service.devstack.stack import LocalStack, StackSpec, running_stack
+from devstack.polling import eventually
+from devstack.processes import free_port
+from devstack.proxies import ProxyProcess
+from devstack.servers import start_opa
+from devstack.stack import LocalStack, StackSpec, running_stack
 from tests.e2e.conftest import collect, dev, kinds, study_update
 
 pytestmark = pytest.mark.e2e

@@ -19,8 +19,8 @@ from typing import Any
 
 import pytest
 
-from service.devstack.admin import EmulatorAdmin
-from service.devstack.examples import (
+from devstack.admin import EmulatorAdmin
+from devstack.examples import (
     DEMO_DATASTORE_ID,
     EXAMPLE_SERIES,
     EXAMPLE_SERIES_7,

@@ -10,9 +10,9 @@ from pathlib import Path
 
 import grpc
 import pytest
+from imaging_proxy_client.stubs.imaging.metadata.v1 import metadata_pb2_grpc as pb_grpc
 
-from service._proto.imaging.metadata.v1 import metadata_pb2_grpc as pb_grpc
-from service.devstack.processes import spawn, wait_for_json
+from devstack.processes import spawn, wait_for_json
 from tests.e2e.conftest import collect, dev, kinds, study_update
 
 pytestmark = pytest.mark.e2e
@@ -20,7 +20,15 @@ pytestmark = pytest.mark.e2e
 
 async def test_every_line_of_a_demo_runs_proxy_log_is_json(tmp_path: Path) -> None:
     ready_file, log_dir = tmp_path / "ready.json", tmp_path / "logs"
-    argv = [sys.executable, "-m", "service.cli.main", "demo", "--port", "0", "--no-quotas"]
+    argv = [
+        sys.executable,
+        "-m",
+        "imaging_proxy_client.cli.main",
+        "demo",
+        "--port",
+        "0",
+        "--no-quotas",
+    ]
     argv += ["--image-sets", "1", "--ready-file", str(ready_file), "--log-dir", str(log_dir)]
     # traces too, to stderr: the console exporter's spans are JSON lines like the logs
     config = tmp_path / "tracing.toml"

@@ -25,12 +25,12 @@ import yaml
 from cryptography import x509
 from cryptography.x509.oid import ExtendedKeyUsageOID
 from grpc_health.v1 import health_pb2, health_pb2_grpc
+from imaging_proxy_client.stubs.imaging.metadata.v1 import metadata_pb2 as pb
+from imaging_proxy_client.stubs.imaging.metadata.v1 import metadata_pb2_grpc as pb_grpc
 
-from service._proto.imaging.metadata.v1 import metadata_pb2 as pb
-from service._proto.imaging.metadata.v1 import metadata_pb2_grpc as pb_grpc
-from service.devstack.polling import eventually
-from service.devstack.processes import free_port
-from service.devstack.stack import StackSpec, running_stack
+from devstack.polling import eventually
+from devstack.processes import free_port
+from devstack.stack import StackSpec, running_stack
 from tests.support.stack import require_redis_server
 
 pytestmark = [pytest.mark.e2e, pytest.mark.redis]
@@ -200,7 +200,7 @@ async def test_the_cli_calls_it_with_the_client_certificate(
 ) -> None:
     await ready(health_channel)
     document = json.dumps({"SchemaVersion": 1.1, "Study": {"DICOM": {"StudyDescription": "CHEST"}}})
-    argv = [sys.executable, "-m", "service.cli.main", "evaluate-update"]
+    argv = [sys.executable, "-m", "imaging_proxy_client.cli.main", "evaluate-update"]
     argv += [
         "--endpoint-url",
         f"https://{deployed.api}",

@@ -18,13 +18,13 @@ from unittest import mock
 import botocore.exceptions
 import pytest
 
-from service.config import BackendSettings
-from service.devstack.admin import EmulatorAdmin
-from service.devstack.polling import eventually
-from service.devstack.seeds import sample_path
-from service.devstack.servers import EMULATOR_AWS_ENV, EmulatorProcess, start_emulator
-from service.healthimaging import HealthImaging
-from service.lean_calls import LeanOperation
+from devstack.admin import EmulatorAdmin
+from devstack.polling import eventually
+from devstack.seeds import sample_path
+from devstack.servers import EMULATOR_AWS_ENV, EmulatorProcess, start_emulator
+from service.backend.healthimaging import HealthImaging
+from service.backend.hot_calls import LeanOperation
+from service.core.config import BackendSettings
 
 FROZEN = datetime.datetime(2025, 3, 4, 5, 6, 7)
 HEADERS = ("Authorization", "X-Amz-Date", "Content-Type", "Host", "X-Amz-Security-Token")

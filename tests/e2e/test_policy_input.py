@@ -10,10 +10,10 @@ from pathlib import Path
 
 import grpc
 import pytest
+from imaging_proxy_client.stubs.imaging.metadata.v1 import metadata_pb2 as pb
+from imaging_proxy_client.stubs.imaging.metadata.v1 import metadata_pb2_grpc as pb_grpc
 
-from service._proto.imaging.metadata.v1 import metadata_pb2 as pb
-from service._proto.imaging.metadata.v1 import metadata_pb2_grpc as pb_grpc
-from service.devstack.servers import find_opa
+from devstack.servers import find_opa
 from tests.e2e.conftest import Stack, dev
 
 pytestmark = pytest.mark.e2e

@@ -12,16 +12,17 @@ from typing import Any
 import grpc
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
+from imaging_proxy_client.stubs.imaging.metadata.v1 import metadata_pb2_grpc as pb_grpc
 from opentelemetry.sdk.resources import Resource
 from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 
-from service import app, audit
-from service._proto.imaging.metadata.v1 import metadata_pb2_grpc as pb_grpc
-from service.config import Settings
-from service.config_loader import load_settings
-from service.devstack.stack import LocalStack, StackSpec, running_stack
+from devstack.stack import LocalStack, StackSpec, running_stack
+from service import app
+from service.core.config import Settings
+from service.core.config_loader import load_settings
+from service.observability import audit
 from tests.e2e.conftest import EMULATOR_ENV, collect, dev, kinds, study_update
 
 pytestmark = pytest.mark.e2e

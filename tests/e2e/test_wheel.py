@@ -19,10 +19,10 @@ import grpc
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from service.devstack.polling import eventually_sync
-from service.devstack.processes import Child, free_port, spawn, wait_for_json
-from service.devstack.servers import EMULATOR_AWS_ENV, find_opa
-from service.health import LIVENESS
+from devstack.polling import eventually_sync
+from devstack.processes import Child, free_port, spawn, wait_for_json
+from devstack.servers import EMULATOR_AWS_ENV, find_opa
+from service.transport.health import LIVENESS
 
 # Building and installing may download the build requirements and dependencies on a clean
 # machine: more than the suite's 300 s default.
@@ -84,10 +84,10 @@ def test_wheel_carries_generated_stubs_policies_and_data(installed: Installed) -
         names = set(wheel.namelist())
         (metadata,) = (n for n in names if n.endswith(".dist-info/METADATA"))
         requires = Parser().parsestr(wheel.read(metadata).decode()).get_all("Requires-Dist") or []
-    stubs = "service/_proto/imaging/metadata/v1/metadata_pb2"
+    stubs = "client/imaging_proxy_client/stubs/imaging/metadata/v1/metadata_pb2"
     assert {f"{stubs}.py", f"{stubs}_grpc.py"} <= names
     policies = {p.relative_to(ROOT).as_posix() for p in (ROOT / "policies").rglob("*.*")}
-    assert {f"service/devstack/{policy}" for policy in policies} <= names
+    assert {f"devstack/{policy}" for policy in policies} <= names
     assert any(n.startswith("medical_imaging_model/data/") for n in names)
     assert "emulator/__main__.py" in names
     runtime = [r for r in requires if "extra ==" not in r]
@@ -96,7 +96,7 @@ def test_wheel_carries_generated_stubs_policies_and_data(installed: Installed) -
 
 def test_imports_come_from_the_venv(installed: Installed) -> None:
     result = installed.run(
-        "python", "-c", "import service._proto, emulator; print(service.__file__)"
+        "python", "-c", "import imaging_proxy_client.stubs, emulator; print(service.__file__)"
     )
     _check(result)
     assert Path(result.stdout.strip()).is_relative_to(installed.bin.parent)

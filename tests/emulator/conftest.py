@@ -22,18 +22,18 @@ from botocore.config import Config
 from pydicom.uid import UID
 
 import medical_imaging_model
-from emulator.config import Quotas, Settings, with_update_delay
-from emulator.models import Backend
-from emulator.server import running
-from service.devstack.admin import EmulatorAdmin
-from service.devstack.examples import (
+from devstack.admin import EmulatorAdmin
+from devstack.examples import (
     DEMO_DATASTORE_ID,
     EXAMPLE_SERIES,
     EXAMPLE_SERIES_7,
     EXAMPLE_SOP_7,
 )
-from service.devstack.polling import eventually_sync
-from service.devstack.seeds import sample_path
+from devstack.polling import eventually_sync
+from devstack.seeds import sample_path
+from emulator.config import Quotas, Settings, with_update_delay
+from emulator.models import Backend
+from emulator.server import running
 
 DEMO_DATASTORE = DEMO_DATASTORE_ID
 EXAMPLE_STUDY = "1.2.826.0.1.3680043.8.498.1"

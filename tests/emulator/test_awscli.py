@@ -15,7 +15,7 @@ from typing import Any
 
 import pytest
 
-from service.devstack.examples import (
+from devstack.examples import (
     EXAMPLE_SERIES,
     EXAMPLE_SERIES_7,
     EXAMPLE_SOP_7,
@@ -218,7 +218,7 @@ def _check_effect(number: int, doc: dict[str, Any]) -> None:
 
 @pytest.fixture
 def page_image_sets(emulator: Emulator, tmp_path: Path) -> list[str]:
-    """A clean account holding the demo's seeds for the page (`service.devstack.examples`)."""
+    """A clean account holding the demo's seeds for the page (`devstack.examples`)."""
     emulator.admin("POST", "reset")
     return seed_examples(emulator, DEMO_DATASTORE, tmp_path / "page")
 

@@ -8,7 +8,7 @@ from typing import Any
 
 import pytest
 
-from service.devstack.examples import EXAMPLE_SERIES
+from devstack.examples import EXAMPLE_SERIES
 from tests.emulator.conftest import (
     DEMO_DATASTORE,
     EXAMPLE_STUDY,

@@ -7,7 +7,7 @@ from typing import Any
 
 import pytest
 
-from service.devstack.examples import EXAMPLE_SERIES, EXAMPLE_SERIES_7, EXAMPLE_SOP_7
+from devstack.examples import EXAMPLE_SERIES, EXAMPLE_SERIES_7, EXAMPLE_SOP_7
 from tests.emulator.conftest import (
     DEMO_DATASTORE,
     Emulator,

@@ -2,7 +2,8 @@
 
 For one attribute of every PS3.15 Table E.1-1 action code, UI attributes at every level and the
 attributes issue 10 names, each written by keyword, upper- and lower-case hex, this writes the
-OPA input the proxy would send (service.updates.normalise + service.policy_input.build_input)
+OPA input the proxy would send (service.normaliser.updates.normalise +
+service.policy.policy_input.build_input)
 and the decision the allow-list promises, worked out here from the facts in that input. `opa
 test policies/ tests/policy/` checks every case (standard_cases_test.rego); a pytest test fails
 when the committed fixture is stale. Run `python -m tests.policy.generate_cases` to refresh it.
@@ -16,11 +17,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Final
 
-from service import dicom
-from service.errors import InvalidArgument
-from service.model import Caller, UpdatePlan, UpdateRequest
-from service.policy_input import build_input
-from service.updates import normalise
+from service.core.errors import InvalidArgument
+from service.core.model import Caller, UpdatePlan, UpdateRequest
+from service.normaliser import dicom
+from service.normaliser.updates import normalise
+from service.policy.policy_input import build_input
 
 FIXTURE: Final = Path(__file__).with_name("standard_cases.json")
 DATA: Final = Path(__file__).parents[2] / "policies" / "data.json"

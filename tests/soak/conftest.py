@@ -8,10 +8,10 @@ from typing import Any
 
 import grpc
 import pytest
+from imaging_proxy_client.stubs.imaging.metadata.v1 import metadata_pb2_grpc as pb_grpc
 
-from service._proto.imaging.metadata.v1 import metadata_pb2_grpc as pb_grpc
-from service.devstack.processes import free_port
-from service.devstack.stack import LocalStack, running_stack
+from devstack.processes import free_port
+from devstack.stack import LocalStack, running_stack
 from tests.e2e.faults.harness import (
     PROXY_ARGS,
     RAISED_BUDGETS,

@@ -18,9 +18,9 @@ from typing import Any
 
 import botocore.exceptions
 import grpc
+from imaging_proxy_client.stubs.imaging.metadata.v1 import metadata_pb2 as pb
+from imaging_proxy_client.stubs.imaging.metadata.v1 import metadata_pb2_grpc as pb_grpc
 
-from service._proto.imaging.metadata.v1 import metadata_pb2 as pb
-from service._proto.imaging.metadata.v1 import metadata_pb2_grpc as pb_grpc
 from tests.e2e.faults.harness import Emulator, Outcome, dev, drain, name_update, watch
 
 # Fault profiles the chaos task picks from; per-call faults hit only the proxy's own calls.

@@ -14,9 +14,9 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from imaging_proxy_client.stubs.imaging.metadata.v1 import metadata_pb2_grpc as pb_grpc
 from prometheus_client.parser import text_string_to_metric_families
 
-from service._proto.imaging.metadata.v1 import metadata_pb2_grpc as pb_grpc
 from tests.e2e.faults.harness import (
     Emulator,
     Proxy,

@@ -20,13 +20,13 @@ import aioboto3
 import grpc
 import pytest
 from aiobotocore.config import AioConfig
+from imaging_proxy_client.stubs.imaging.metadata.v1 import metadata_pb2 as pb
+from imaging_proxy_client.stubs.imaging.metadata.v1 import metadata_pb2_grpc as pb_grpc
 
 import medical_imaging_model
-from service._proto.imaging.metadata.v1 import metadata_pb2 as pb
-from service._proto.imaging.metadata.v1 import metadata_pb2_grpc as pb_grpc
-from service.devstack.admin import EmulatorAdmin
-from service.devstack.processes import spawn, wait_for_json
-from service.devstack.servers import EMULATOR_AWS_ENV, start_redis
+from devstack.admin import EmulatorAdmin
+from devstack.processes import spawn, wait_for_json
+from devstack.servers import EMULATOR_AWS_ENV, start_redis
 
 SEEDED_IMAGE_SETS = 96
 EMULATOR_ENV = EMULATOR_AWS_ENV
@@ -69,10 +69,10 @@ DEMO_OPTIONS = (
 
 @pytest.fixture(scope="session")
 def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
-    """`imaging-proxy demo` itself, as a user runs it (the demo is a caller of service.devstack)."""
+    """`imaging-proxy demo` itself, as a user runs it (the demo is a caller of devstack)."""
     work = tmp_path_factory.mktemp("stack")
     ready_file, log_dir = work / "ready.json", work / "logs"
-    argv = [sys.executable, "-m", "service.cli.main", "demo", "--port", "0"]
+    argv = [sys.executable, "-m", "imaging_proxy_client.cli.main", "demo", "--port", "0"]
     argv += ["--ready-file", str(ready_file), "--log-dir", str(log_dir), *DEMO_OPTIONS]
     demo = spawn("demo", argv, work)
     try:

@@ -8,9 +8,9 @@ from typing import Any, Protocol
 
 import grpc
 import pytest
+from imaging_proxy_client.stubs.imaging.metadata.v1 import metadata_pb2_grpc as pb_grpc
 
-from service._proto.imaging.metadata.v1 import metadata_pb2_grpc as pb_grpc
-from service.devstack.stack import LocalStack, running_stack
+from devstack.stack import LocalStack, running_stack
 from tests.e2e.faults.harness import (
     PROXY_ARGS,
     RAISED_BUDGETS,

@@ -1,7 +1,7 @@
 """Fault-injection harness: OPA, the emulator and the proxy as real processes, and their knobs.
 
 Shared by the fault tests (`tests/e2e/faults/`) and the soak (`tests/soak/`). Processes are started
-by `service.devstack`, the builder `imaging-proxy demo` uses; the emulator's faults are changed at
+by `devstack`, the builder `imaging-proxy demo` uses; the emulator's faults are changed at
 run time through its admin endpoint (`PUT /_emulator/faults`).
 """
 
@@ -21,17 +21,17 @@ from typing import Any, TypeVar
 import grpc
 from google.rpc import error_details_pb2
 from grpc_status import rpc_status
+from imaging_proxy_client.stubs.imaging.metadata.v1 import metadata_pb2 as pb
+from imaging_proxy_client.stubs.imaging.metadata.v1 import metadata_pb2_grpc as pb_grpc
 from prometheus_client.parser import text_string_to_metric_families
 
-from service._proto.imaging.metadata.v1 import metadata_pb2 as pb
-from service._proto.imaging.metadata.v1 import metadata_pb2_grpc as pb_grpc
-from service.devstack import polling
-from service.devstack.admin import EmulatorAdmin
-from service.devstack.examples import DEMO_DATASTORE_ID
-from service.devstack.proxies import ProxyProcess
-from service.devstack.servers import EMULATOR_AWS_ENV
-from service.devstack.settings import Sections
-from service.devstack.stack import LocalStack, StackSpec
+from devstack import polling
+from devstack.admin import EmulatorAdmin
+from devstack.examples import DEMO_DATASTORE_ID
+from devstack.proxies import ProxyProcess
+from devstack.servers import EMULATOR_AWS_ENV
+from devstack.settings import Sections
+from devstack.stack import LocalStack, StackSpec
 
 T = TypeVar("T")
 DATASTORE_ID = DEMO_DATASTORE_ID
@@ -84,7 +84,7 @@ Proxy = ProxyProcess
 """A running `imaging-proxy serve` process."""
 
 Config = Sections
-"""A settings file's sections (as in service/config.py): section → field → value."""
+"""A settings file's sections (as in service/core/config.py): section → field → value."""
 
 RAISED_BUDGETS: Config = {"budget": {"update_rate": 50.0, "update_burst": 50.0}}
 """The emulator runs without quotas here; the proxy's budgets must not be the bottleneck either."""
@@ -247,7 +247,7 @@ async def cli_update(
     process = await asyncio.create_subprocess_exec(
         sys.executable,
         "-m",
-        "service.cli.main",
+        "imaging_proxy_client.cli.main",
         *argv,
         stdout=asyncio.subprocess.PIPE,
         stderr=asyncio.subprocess.PIPE,

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import grpc
 import pytest
+from imaging_proxy_client.stubs.imaging.metadata.v1 import metadata_pb2_grpc as pb_grpc
 
-from service._proto.imaging.metadata.v1 import metadata_pb2_grpc as pb_grpc
 from tests.e2e.faults.harness import STREAM_TIMEOUT, Emulator, name_update, update
 
 pytestmark = pytest.mark.e2e

@@ -5,10 +5,10 @@ from __future__ import annotations
 import asyncio
 
 import pytest
+from imaging_proxy_client.stubs.imaging.metadata.v1 import metadata_pb2 as pb
+from imaging_proxy_client.stubs.imaging.metadata.v1 import metadata_pb2_grpc as pb_grpc
 
-from service._proto.imaging.metadata.v1 import metadata_pb2 as pb
-from service._proto.imaging.metadata.v1 import metadata_pb2_grpc as pb_grpc
-from service.devstack import processes
+from devstack import processes
 from tests.e2e.faults.conftest import ProxyFactory
 from tests.e2e.faults.harness import (
     Emulator,

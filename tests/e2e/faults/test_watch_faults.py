@@ -8,8 +8,8 @@ from typing import Any
 
 import grpc
 import pytest
+from imaging_proxy_client.stubs.imaging.metadata.v1 import metadata_pb2_grpc as pb_grpc
 
-from service._proto.imaging.metadata.v1 import metadata_pb2_grpc as pb_grpc
 from tests.e2e.conftest import image_set_metadata
 from tests.e2e.faults.harness import STREAM_TIMEOUT, Emulator, eventually, name_update, update
 

@@ -16,9 +16,8 @@ from typing import Any
 import grpc
 import pytest
 from hypothesis import HealthCheck, settings
+from imaging_proxy_client.stubs.imaging.metadata.v1 import metadata_pb2_grpc as pb_grpc
 
-from service._proto.imaging.metadata.v1 import metadata_pb2_grpc as pb_grpc
-from service.devstack.pki import AUDIENCE, ISSUER, JwtKeys, write_jwt_keys
 from tests.e2e.fuzz.documents import Layout
 from tests.e2e.secure_stack import (
     DATASTORE_ID,
@@ -27,6 +26,7 @@ from tests.e2e.secure_stack import (
     running_backend,
     start_proxy,
 )
+from tests.support.pki import AUDIENCE, ISSUER, JwtKeys, write_jwt_keys
 
 FUZZ_IMAGE_SETS = 8
 

@@ -12,7 +12,7 @@ from hypothesis import strategies as st
 from pydicom import config, valuerep
 from pydicom._dicom_dict import DicomDictionary  # what datadict itself reads
 
-from service import dicom
+from service.normaliser import dicom
 
 Document = dict[str, Any]
 Values = st.SearchStrategy[Any]

@@ -1,6 +1,7 @@
 """Mostly valid update documents for one real image set: its UIDs, the dictionary, good values.
 
-Each attribute is placed at the level HealthImaging keeps it (service/dicom.py's lists), spelled as
+Each attribute is placed at the level HealthImaging keeps it (service/normaliser/dicom.py's lists),
+spelled as
 keyword or upper/lower hex, with a value valid for its VR (checked by pydicom's own validators) and
 its VM. Sequences, multiple values, UIDs and private tags appear too (they need `force`), as do
 removals of present attributes (with their current values) and of whole series or instances.
@@ -16,11 +17,11 @@ from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
 from hypothesis import strategies as st
+from imaging_proxy_client.stubs.imaging.metadata.v1 import metadata_pb2 as pb
 from pydicom import datadict
 from pydicom._dicom_dict import DicomDictionary  # what datadict itself reads
 
-from service import dicom
-from service._proto.imaging.metadata.v1 import metadata_pb2 as pb
+from service.normaliser import dicom
 from tests.e2e.fuzz.dicom_values import (
     IDENTIFIERS,
     POOLS,

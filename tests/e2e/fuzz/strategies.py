@@ -13,11 +13,11 @@ import re
 from typing import Any
 
 from hypothesis import strategies as st
+from imaging_proxy_client.stubs.imaging.metadata.v1 import metadata_pb2 as pb
 from pydicom import datadict
 from pydicom._dicom_dict import DicomDictionary  # what datadict itself reads
 
-from service import dicom
-from service._proto.imaging.metadata.v1 import metadata_pb2 as pb
+from service.normaliser import dicom
 from tests.e2e.fuzz.dicom_values import MARKER as MARKER  # re-exported: tests read s.MARKER
 from tests.e2e.fuzz.documents import plans, sample_layout
 from tests.e2e.secure_stack import DATASTORE_ID, OTHER_DATASTORE_ID

@@ -22,13 +22,13 @@ from google.rpc import error_details_pb2
 from grpc_status import rpc_status
 from hypothesis import event, given
 from hypothesis import strategies as st
+from imaging_proxy_client.stubs.imaging.metadata.v1 import metadata_pb2 as pb
 
-from service._proto.imaging.metadata.v1 import metadata_pb2 as pb
-from service.devstack.pki import make_token, standard_claims
 from tests.e2e.fuzz import strategies as s
 from tests.e2e.fuzz.conftest import Target, cases
 from tests.e2e.fuzz.documents import Plan, plans
 from tests.e2e.secure_stack import DATASTORE_ID
+from tests.support.pki import make_token, standard_claims
 
 pytestmark = pytest.mark.e2e
 

@@ -16,9 +16,8 @@ from dataclasses import dataclass
 from typing import Literal
 
 import pytest
+from imaging_proxy_client.stubs.imaging.metadata.v1 import metadata_pb2 as pb
 
-from service._proto.imaging.metadata.v1 import metadata_pb2 as pb
-from service.devstack.pki import ISSUER
 from tests.e2e.secure_stack import (
     DATASTORE_ID,
     OTHER_DATASTORE_ID,
@@ -43,6 +42,7 @@ from tests.e2e.security.calls import (
     study,
     update,
 )
+from tests.support.pki import ISSUER
 
 pytestmark = pytest.mark.e2e
 

@@ -27,10 +27,10 @@ import pytest
 from botocore.config import Config
 from hypothesis import HealthCheck, Phase, given, settings
 from hypothesis import strategies as st
+from imaging_proxy_client.stubs.imaging.metadata.v1 import metadata_pb2 as pb
+from imaging_proxy_client.stubs.imaging.metadata.v1 import metadata_pb2_grpc as pb_grpc
 
 import medical_imaging_model
-from service._proto.imaging.metadata.v1 import metadata_pb2 as pb
-from service._proto.imaging.metadata.v1 import metadata_pb2_grpc as pb_grpc
 from tests.e2e.fuzz.documents import Case, Layout, Plan, plans
 from tests.e2e.fuzz.oracle import touched, uncovered
 from tests.e2e.secure_stack import write_seed_studies

@@ -35,12 +35,12 @@ import pytest
 from google.rpc import error_details_pb2
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_status import rpc_status
+from imaging_proxy_client.stubs.imaging.metadata.v1 import metadata_pb2 as pb
+from imaging_proxy_client.stubs.imaging.metadata.v1 import metadata_pb2_grpc as pb_grpc
 
-from service._proto.imaging.metadata.v1 import metadata_pb2 as pb
-from service._proto.imaging.metadata.v1 import metadata_pb2_grpc as pb_grpc
-from service.config import LimitSettings
-from service.health import LIVENESS, READINESS
-from service.server import SERVICE_NAME
+from service.core.config import LimitSettings
+from service.transport.health import LIVENESS, READINESS
+from service.transport.server import SERVICE_NAME
 from tests.e2e.secure_stack import (
     CHANNEL_OPTIONS,
     RPC_TIMEOUT,

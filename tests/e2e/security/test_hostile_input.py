@@ -14,16 +14,9 @@ from typing import Any, Literal, get_args
 
 import grpc
 import pytest
+from imaging_proxy_client.stubs.imaging.metadata.v1 import metadata_pb2 as pb
+from imaging_proxy_client.stubs.imaging.metadata.v1 import metadata_pb2_grpc as pb_grpc
 
-from service._proto.imaging.metadata.v1 import metadata_pb2 as pb
-from service._proto.imaging.metadata.v1 import metadata_pb2_grpc as pb_grpc
-from service.devstack.pki import (
-    AUDIENCE,
-    ISSUER,
-    generate_signing_key,
-    make_token,
-    standard_claims,
-)
 from tests.e2e.secure_stack import (
     RPC_TIMEOUT,
     Credentials,
@@ -46,6 +39,13 @@ from tests.e2e.security.calls import (
     series,
     study,
     update,
+)
+from tests.support.pki import (
+    AUDIENCE,
+    ISSUER,
+    generate_signing_key,
+    make_token,
+    standard_claims,
 )
 from tests.support.tokens import forge_hs256_token, make_unsigned_token
 

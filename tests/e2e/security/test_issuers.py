@@ -12,16 +12,7 @@ from collections.abc import Iterator
 import grpc
 import pytest
 
-from service.devstack.pki import (
-    AUDIENCE,
-    ISSUER,
-    SigningKey,
-    generate_signing_key,
-    make_token,
-    standard_claims,
-    write_jwks,
-)
-from service.devstack.settings import merged
+from devstack.settings import merged
 from tests.e2e.secure_stack import (
     RPC_TIMEOUT,
     TEST_SETTINGS,
@@ -34,6 +25,15 @@ from tests.e2e.secure_stack import (
     start_proxy,
 )
 from tests.e2e.security.calls import assert_denied, refusal, study, update
+from tests.support.pki import (
+    AUDIENCE,
+    ISSUER,
+    SigningKey,
+    generate_signing_key,
+    make_token,
+    standard_claims,
+    write_jwks,
+)
 
 pytestmark = pytest.mark.e2e
 

@@ -18,9 +18,9 @@ import aiohttp
 import grpc
 import pytest
 
-from service.devstack import processes, servers
-from service.health import LIVENESS, READINESS
-from service.server import SERVICE_NAME
+from devstack import processes, servers
+from service.transport.health import LIVENESS, READINESS
+from service.transport.server import SERVICE_NAME
 from tests.e2e.secure_stack import (
     RPC_TIMEOUT,
     TEST_SETTINGS,

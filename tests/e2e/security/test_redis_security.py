@@ -16,15 +16,15 @@ import pytest
 import redis
 import redis.asyncio as aioredis
 
-from service.budget import UPDATE, Budget
-from service.config import BackendSettings, BudgetSettings, JournalSettings
-from service.devstack import processes
-from service.devstack.pki import CertificateAuthority
+from devstack import processes
+from service.admission.budget import UPDATE, Budget
+from service.core.config import BackendSettings, BudgetSettings, JournalSettings
 from service.journal import open_journal
 from service.journal.codec import at_rest
 from service.journal.redis import RedisJournal
-from service.metrics import Metrics
-from service.redis import RedisUnavailable
+from service.journal.redis_client import RedisUnavailable
+from service.observability.metrics import Metrics
+from tests.support.pki import CertificateAuthority
 from tests.support.stack import require_redis_server
 from tests.unit.journal.test_journal import LOCKED, record
 

@@ -14,8 +14,11 @@ from pathlib import Path
 import grpc
 import pytest
 
-from service.config import IdentitySettings
-from service.devstack.pki import (
+from service.core.config import IdentitySettings
+from service.core.errors import Unauthenticated
+from service.identity.callers import Authenticator
+from service.transport.tls import server_credentials
+from tests.support.pki import (
     ADMIN_SPIFFE_ID,
     ISSUER,
     CertificateAuthority,
@@ -29,9 +32,6 @@ from service.devstack.pki import (
     write_jwt_keys,
     write_pki,
 )
-from service.errors import Unauthenticated
-from service.identity import Authenticator
-from service.tls import server_credentials
 
 Context = grpc.aio.ServicerContext[bytes, bytes]
 RPC_TIMEOUT = 10.0

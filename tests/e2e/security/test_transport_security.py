@@ -20,9 +20,8 @@ from pathlib import Path
 import grpc
 import pytest
 
-from service.devstack import processes
-from service.devstack.pki import ISSUER, CertificateFiles
-from service.health import LIVENESS, READINESS
+from devstack import processes
+from service.transport.health import LIVENESS, READINESS
 from tests.e2e.secure_stack import (
     RPC_TIMEOUT,
     TEST_SETTINGS,
@@ -56,6 +55,7 @@ from tests.e2e.security.calls import (
     study,
     update,
 )
+from tests.support.pki import ISSUER, CertificateFiles
 
 pytestmark = pytest.mark.e2e
 

@@ -10,7 +10,10 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from service.admission import (
+from service.admission.buckets import LocalStore
+from service.admission.budget import Budget
+from service.admission.fairness import Flows
+from service.admission.write_queue import (
     Admission,
     Draining,
     Notify,
@@ -18,13 +21,10 @@ from service.admission import (
     TicketQueue,
     estimated_start,
 )
-from service.buckets import LocalStore
-from service.budget import Budget
-from service.config import AdmissionSettings, BudgetSettings
-from service.errors import DeadlineExceeded, ResourceExhausted
-from service.fairness import Flows
-from service.metrics import Metrics
-from service.model import ImageSetKey
+from service.core.config import AdmissionSettings, BudgetSettings
+from service.core.errors import DeadlineExceeded, ResourceExhausted
+from service.core.model import ImageSetKey
+from service.observability.metrics import Metrics
 
 
 def ticket(principal: str, n: int, image_set: str = "", deadline: float | None = None) -> Ticket:
@@ -262,7 +262,7 @@ async def test_closing_tells_waiters_to_go_elsewhere() -> None:
 async def test_a_hold_left_by_an_operation_that_ended_is_swept_away(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    monkeypatch.setattr("service.admission._SWEEP_SECONDS", 0.0)
+    monkeypatch.setattr("service.admission.write_queue._SWEEP_SECONDS", 0.0)
     queue, held = admission()
     # its process died between finishing and releasing
     held.keys[ImageSetKey("ds", "same")] = "crashed"

@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import asyncio
 
-from service.admission import Admission, TicketQueue
-from service.buckets import LocalStore
-from service.budget import Budget
-from service.config import AdmissionSettings, BudgetSettings
-from service.fairness import Flows
-from service.metrics import Metrics
+from service.admission.buckets import LocalStore
+from service.admission.budget import Budget
+from service.admission.fairness import Flows
+from service.admission.write_queue import Admission, TicketQueue
+from service.core.config import AdmissionSettings, BudgetSettings
+from service.observability.metrics import Metrics
 from tests.unit.admission.test_admission import Held, admission, ids, queue_of, ticket
 
 

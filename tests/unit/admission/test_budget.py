@@ -9,7 +9,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 import pytest
 import redis.asyncio as aioredis
 
-from service.buckets import (
+from service.admission.buckets import (
     LocalStore,
     Quota,
     Slot,
@@ -21,12 +21,12 @@ from service.buckets import (
     schedule,
     tokens,
 )
-from service.budget import UPDATE, Budget
-from service.budget_redis import RedisStore
-from service.config import BackendSettings, BudgetSettings
-from service.errors import DeadlineExceeded, ResourceExhausted
-from service.metrics import Metrics
-from service.redis import RedisUnavailable
+from service.admission.budget import UPDATE, Budget
+from service.admission.budget_redis import RedisStore
+from service.core.config import BackendSettings, BudgetSettings
+from service.core.errors import DeadlineExceeded, ResourceExhausted
+from service.journal.redis_client import RedisUnavailable
+from service.observability.metrics import Metrics
 from tests.e2e.conftest import redis_server
 
 WRITES = Quota(rate=0.25, burst=1.0)

@@ -11,13 +11,13 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from service.buckets import LocalStore
-from service.budget import GET_IMAGE_SET_METADATA, Budget
-from service.config import BudgetSettings
-from service.errors import ResourceExhausted
-from service.fairness import PRINCIPAL_FULL, FairQueue, Flows
-from service.metrics import Metrics
-from service.stages import DEADLINE, FairStage, PacedCalls
+from service.admission.buckets import LocalStore
+from service.admission.budget import GET_IMAGE_SET_METADATA, Budget
+from service.admission.fairness import PRINCIPAL_FULL, FairQueue, Flows
+from service.admission.stages import DEADLINE, FairStage, PacedCalls
+from service.core.config import BudgetSettings
+from service.core.errors import ResourceExhausted
+from service.observability.metrics import Metrics
 
 Item = tuple[str, int]
 

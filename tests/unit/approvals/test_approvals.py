@@ -11,17 +11,17 @@ from typing import Any
 
 import pytest
 
-from service.approvals import Approvals
-from service.awaiting import news
-from service.config import JournalSettings, LimitSettings
-from service.documents import Violations
-from service.errors import PermissionDenied, PolicyUnavailable, WrongState
-from service.events import Approved, Authorized, Expired, Rejected
+from service.approvals.awaiting import news
+from service.approvals.verdicts import Approvals
+from service.core.config import JournalSettings, LimitSettings
+from service.core.errors import PermissionDenied, PolicyUnavailable, WrongState
+from service.core.model import Approval, Caller, Decision, OperationRecord
 from service.journal import open_journal
-from service.metrics import Metrics
-from service.model import Approval, Caller, Decision, OperationRecord
-from service.policy import parse_result
-from service.purpose import check_why
+from service.normaliser.documents import Violations
+from service.normaliser.purpose import check_why
+from service.observability.metrics import Metrics
+from service.operations.events import Approved, Authorized, Expired, Rejected
+from service.policy.decisions import parse_result
 from tests.unit.journal.test_journal import record, request
 
 REQUESTER = Caller("dev:patient", "dev")

@@ -6,10 +6,14 @@ import botocore.exceptions
 import pytest
 from google.rpc.error_details_pb2 import ErrorInfo
 
-from service.errors import NoCredentials, ProxyError, ResourceExhausted
-from service.events import error_from, record_error
-from service.healthimaging import THROTTLE_RETRY_SECONDS, _from_client_error, _translate_errors
-from service.status import to_status
+from service.backend.healthimaging import (
+    THROTTLE_RETRY_SECONDS,
+    _from_client_error,
+    _translate_errors,
+)
+from service.core.errors import NoCredentials, ProxyError, ResourceExhausted
+from service.operations.events import error_from, record_error
+from service.transport.grpc_errors import to_status
 
 
 def client_error(code: str) -> botocore.exceptions.ClientError:

@@ -10,11 +10,11 @@ from dataclasses import replace
 
 import pytest
 
-from service import references
-from service.errors import Aborted, InvalidArgument, NotFound, ProxyError, Unavailable
-from service.model import ImageSetStatus, UpdatePlan, UpdateRequest
-from service.references import check, check_version, contents, missing, named
-from service.updates import normalise
+from service.backend import references
+from service.backend.references import check, check_version, contents, missing, named
+from service.core.errors import Aborted, InvalidArgument, NotFound, ProxyError, Unavailable
+from service.core.model import ImageSetStatus, UpdatePlan, UpdateRequest
+from service.normaliser.updates import normalise
 
 SERIES, OTHER_SERIES, INSTANCE = "1.2.3", "1.2.4", "1.2.3.1"
 METADATA = {

@@ -9,8 +9,8 @@ from botocore.utils import parse_timestamp
 from hypothesis import given
 from hypothesis import strategies as st
 
-from service.config import BackendSettings
-from service.healthimaging import HealthImaging, parse_epoch_first
+from service.backend.healthimaging import HealthImaging, parse_epoch_first
+from service.core.config import BackendSettings
 
 EPOCHS = st.one_of(
     st.integers(min_value=0, max_value=4_102_444_800),

@@ -15,8 +15,12 @@ import pytest
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ed25519, rsa
 
-from service.config import IdentitySettings, JwtIssuerSettings
-from service.devstack.pki import (
+from service.core.config import IdentitySettings, JwtIssuerSettings
+from service.core.errors import Unauthenticated
+from service.core.model import Caller
+from service.identity.callers import AuthContext, Authenticator
+from service.transport.tls import ListenerFiles, load_configuration, server_credentials
+from tests.support.pki import (
     ADMIN_SPIFFE_ID,
     AUDIENCE,
     ISSUER,
@@ -31,10 +35,6 @@ from service.devstack.pki import (
     write_jwt_keys,
     write_pki,
 )
-from service.errors import Unauthenticated
-from service.identity import AuthContext, Authenticator
-from service.model import Caller
-from service.tls import ListenerFiles, load_configuration, server_credentials
 from tests.support.tokens import forge_hs256_token, make_unsigned_token
 
 SVC = f"jwt:{ISSUER}#svc"

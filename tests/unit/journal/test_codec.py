@@ -12,9 +12,7 @@ from typing import get_args
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from service.journal.codec import RecordEncoder, at_rest, decode, encode, fingerprint
-from service.journal.sealing import Sealer
-from service.model import (
+from service.core.model import (
     Decision,
     ImageSetStatus,
     OperationRecord,
@@ -22,6 +20,8 @@ from service.model import (
     State,
     UpdateRequest,
 )
+from service.journal.codec import RecordEncoder, at_rest, decode, encode, fingerprint
+from service.journal.sealing import Sealer
 
 CLEAR = Sealer({})
 SEALED = Sealer.from_settings(["k1:" + base64.b64encode(bytes(range(32))).decode()])

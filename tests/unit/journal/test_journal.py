@@ -12,14 +12,8 @@ from typing import Any, cast
 
 import pytest
 
-from service.config import JournalSettings
-from service.events import Queued, from_payload, replay, to_payload
-from service.journal import Journal, open_journal
-from service.journal.codec import at_rest, decode, encode, fingerprint
-from service.journal.redis import RedisJournal
-from service.journal.sealing import Sealer
-from service.journal.sqlite import SqliteJournal
-from service.model import (
+from service.core.config import JournalSettings
+from service.core.model import (
     Approval,
     Decision,
     ImageSetKey,
@@ -29,7 +23,13 @@ from service.model import (
     State,
     UpdateRequest,
 )
-from service.redis import RedisUnavailable
+from service.journal import Journal, open_journal
+from service.journal.codec import at_rest, decode, encode, fingerprint
+from service.journal.redis import RedisJournal
+from service.journal.redis_client import RedisUnavailable
+from service.journal.sealing import Sealer
+from service.journal.sqlite import SqliteJournal
+from service.operations.events import Queued, from_payload, replay, to_payload
 from tests.e2e.conftest import redis_server
 
 CLEAR = Sealer({})

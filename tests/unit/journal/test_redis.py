@@ -6,13 +6,13 @@ import pytest
 import redis.asyncio as aioredis
 from redis import exceptions
 
-from service.buckets import Quota
-from service.budget_redis import RedisStore
-from service.config import BudgetSettings, JournalSettings
-from service.devstack.processes import free_port
-from service.errors import Internal, ProxyError
+from devstack.processes import free_port
+from service.admission.buckets import Quota
+from service.admission.budget_redis import RedisStore
+from service.core.config import BudgetSettings, JournalSettings
+from service.core.errors import Internal, ProxyError
 from service.journal import open_journal
-from service.redis import RedisUnavailable, blocking_redis, translated
+from service.journal.redis_client import RedisUnavailable, blocking_redis, translated
 
 SECRET = "s3cret-Pa55"
 

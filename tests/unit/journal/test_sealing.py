@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from service.config import JournalSettings
+from service.core.config import JournalSettings
 from service.journal import open_journal
 from service.journal.codec import decode, encode
 from service.journal.sealing import Sealer, UnreadableRecord

@@ -14,8 +14,8 @@ from typing import Any
 
 import pytest
 
-from service.config import JournalSettings
-from service.errors import Unavailable
+from service.core.config import JournalSettings
+from service.core.errors import Unavailable
 from service.journal import open_journal
 from service.journal.sqlite import SqliteJournal
 from tests.unit.journal.test_journal import record

@@ -12,7 +12,7 @@ from typing import Any
 import pytest
 from structlog.testing import capture_logs
 
-from service.errors import Unavailable
+from service.core.errors import Unavailable
 from service.journal.sqlite_batches import Writer
 
 

@@ -12,11 +12,11 @@ import jsonschema
 import pytest
 from fhir.resources.auditevent import AuditEvent
 
-from service import audit
-from service.audit_fhir import to_fhir_json
-from service.config import AuditSettings
-from service.model import Caller, Decision, RecordedError
-from tests.unit.runner.inmemory import CALLER, new_record, plan_of, update_request
+from service.core.config import AuditSettings
+from service.core.model import Caller, Decision, RecordedError
+from service.observability import audit
+from service.observability.audit_fhir import to_fhir_json
+from tests.unit.operations.inmemory import CALLER, new_record, plan_of, update_request
 
 SCHEMA = json.loads((Path(__file__).parents[3] / "docs" / "audit.schema.json").read_text())
 ADMIN = Caller("spiffe://hospital.example/ns/ops/sa/admin", "mtls")

@@ -9,12 +9,12 @@ from pathlib import Path
 
 from prometheus_client import generate_latest
 
-from service.config import LimitSettings
-from service.errors import PermissionDenied
-from service.fairness import Flows
-from service.gate import Gate
-from service.metrics import Metrics
-from service.stages import FairStage
+from service.admission.fairness import Flows
+from service.admission.stages import FairStage
+from service.core.config import LimitSettings
+from service.core.errors import PermissionDenied
+from service.observability.metrics import Metrics
+from service.policy.decision_gate import Gate
 from tests.unit.policy.test_gate import DATASTORE, EDITOR, IMAGE_SET, NOBODY, Opa
 
 OPERATIONS = Path(__file__).parents[3] / "docs" / "OPERATIONS.md"

@@ -6,8 +6,8 @@ import json
 
 import pytest
 
-from service import tracing
-from service.config import TracingSettings
+from service.core.config import TracingSettings
+from service.observability import tracing
 
 
 def test_console_spans_are_json_lines_on_stderr(capsys: pytest.CaptureFixture[str]) -> None:

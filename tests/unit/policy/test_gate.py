@@ -7,15 +7,15 @@ from collections.abc import Iterator
 
 import pytest
 
-from service.config import LimitSettings
-from service.errors import PermissionDenied
-from service.fairness import Flows
-from service.gate import NO_ROLE, Gate, RoleCache
-from service.health import Reachability
-from service.metrics import Metrics
-from service.model import Caller
-from service.policy import RoleAnswer
-from service.stages import FairStage
+from service.admission.fairness import Flows
+from service.admission.stages import FairStage
+from service.core.config import LimitSettings
+from service.core.errors import PermissionDenied
+from service.core.model import Caller
+from service.observability.metrics import Metrics
+from service.policy.decision_gate import NO_ROLE, Gate, RoleCache
+from service.policy.decisions import RoleAnswer
+from service.transport.health import Reachability
 
 DATASTORE = "1" * 32
 IMAGE_SET = "a" * 32

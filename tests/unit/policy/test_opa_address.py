@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from service.config import OpaSettings
-from service.policy import opa_address
+from service.core.config import OpaSettings
+from service.policy.decisions import opa_address
 
 
 @pytest.mark.parametrize(

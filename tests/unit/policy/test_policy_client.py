@@ -11,12 +11,12 @@ from typing import Any
 import pytest
 from aiohttp import web
 
-from service.config import OpaSettings
-from service.errors import PolicyUnavailable
-from service.model import Caller
-from service.policy import PolicyClient
-from service.updates import normalise
-from tests.unit.runner.inmemory import update_request
+from service.core.config import OpaSettings
+from service.core.errors import PolicyUnavailable
+from service.core.model import Caller
+from service.normaliser.updates import normalise
+from service.policy.decisions import PolicyClient
+from tests.unit.operations.inmemory import update_request
 
 ALLOW = {"result": {"allow": True, "reasons": []}, "decision_id": "d-1"}
 CALLER = Caller("dev:alice", "dev")

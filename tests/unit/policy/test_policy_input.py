@@ -8,11 +8,11 @@ from typing import Any
 
 import pytest
 
-from service.errors import PolicyUnavailable
-from service.model import Caller, Decision, UpdatePlan, UpdateRequest
-from service.policy import parse_result
-from service.policy_input import FACT_FIELDS, build_input
-from service.updates import normalise
+from service.core.errors import PolicyUnavailable
+from service.core.model import Caller, Decision, UpdatePlan, UpdateRequest
+from service.normaliser.updates import normalise
+from service.policy.decisions import parse_result
+from service.policy.policy_input import FACT_FIELDS, build_input
 
 CALLER = Caller("jwt:https://idp.example#svc", "jwt", ("metadata-editor",), {"email": "a@b.c"})
 

@@ -1,0 +1,49 @@
+"""The `imaging-proxy` command: the client's AWS-CLI-style verbs, plus every verb another installed
+distribution adds through the `imaging_proxy.verbs` entry-point group (the server adds `serve`,
+`policy`, `emulator` and `demo`). Installing only the client gives the client verbs."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Sequence
+from importlib.metadata import entry_points
+
+from imaging_proxy_client.cli import approvals, steering, verbs
+from imaging_proxy_client.cli.help import version_string
+
+VERB_GROUP = "imaging_proxy.verbs"
+"""Entry points of this group are `add(subparsers) -> None` functions that add verbs."""
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="imaging-proxy",
+        description="A policy-enforcing gRPC front door for AWS HealthImaging metadata updates.",
+        formatter_class=argparse.RawDescriptionHelpFormatter,  # --version on one line
+    )
+    parser.add_argument("--version", action="version", version=version_string())
+    subparsers = parser.add_subparsers(dest="verb", metavar="VERB", required=True)
+    verbs.add_client_verbs(subparsers)
+    steering.add_steering_verbs(subparsers)
+    approvals.add_approval_verbs(subparsers)
+    for plugin in sorted(entry_points(group=VERB_GROUP), key=lambda e: e.name):
+        plugin.load()(subparsers)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    parser = build_parser()
+    # A verb that parses its own options (the emulator's) takes what argparse did not recognise,
+    # including a first argument that looks like an option (`emulator --port 0`).
+    # Such a verb declares it with `set_defaults(rest=[])`.
+    args, rest = parser.parse_known_args(sys.argv[1:] if argv is None else argv)
+    if rest and not hasattr(args, "rest"):
+        parser.error(f"unrecognized arguments: {' '.join(rest)}")
+    if rest:
+        args.rest = rest
+    sys.exit(args.run(args))
+
+
+if __name__ == "__main__":
+    main()

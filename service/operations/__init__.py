@@ -1,0 +1,7 @@
+"""An operation's life: `pipeline` (the request path as one function), `runner` (queue, submit,
+follow, recover, take over), `operation` (one operation's record and what was observed of it),
+`ownership` (the replica's lease), `landed` (did a write whose answer was lost land?),
+`image_set_polls` (one GetImageSet loop per image set), `event_streams` and `stream_wakeup` (the
+streams that read an operation), `events` (what a stream tells, pure), `steering` (list,
+inspect, cancel).
+"""
