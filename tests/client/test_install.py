@@ -182,7 +182,7 @@ def test_the_wheel_holds_only_imaging_proxy_client(installed: Installed) -> None
 def test_the_sdist_carries_the_protos_and_no_generated_stubs(installed: Installed) -> None:
     with tarfile.open(installed.sdist) as sdist:
         names = {name.split("/", 1)[-1] for name in sdist.getnames()}
-    assert "protos/imaging/metadata/v1/metadata.proto" in names
+    assert {"README.md", "protos/imaging/metadata/v1/metadata.proto"} <= names
     assert not [name for name in names if "_pb2" in name]
 
 

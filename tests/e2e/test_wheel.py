@@ -1,13 +1,17 @@
-"""The wheel as a new user gets it: built by `python -m build`, installed into a fresh venv, run
-from a folder outside the checkout, so nothing is imported from the working tree."""
+"""The two wheels as a new user gets them: the client (client/) and the server (the root), each
+built by `python -m build` (sdist, then the wheel from it), installed together into a fresh venv and
+run from a folder outside the checkout, so nothing is imported from the working tree."""
 
 from __future__ import annotations
 
+import ast
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
+import tomllib
 import urllib.request
 import zipfile
 from collections.abc import Iterator
@@ -31,13 +35,18 @@ pytestmark = [pytest.mark.e2e, pytest.mark.slow, pytest.mark.timeout(900)]
 ROOT = Path(__file__).resolve().parents[2]
 DATASTORE = "12345678901234567890123456789012"
 NEWCOMER = "dev:demo-newcomer"
+HARNESS = {"emulator", "devstack", "tests"}
+"""What the production packages (service) never import."""
 
 
 @dataclass(frozen=True)
 class Installed:
-    """A fresh venv holding only the wheel and its dependencies, and a folder outside the tree."""
+    """A fresh venv holding only the two wheels and their dependencies, and a folder outside
+    the tree."""
 
     wheel: Path
+    """The server's."""
+    client_wheel: Path
     bin: Path
     outside: Path
 
@@ -61,48 +70,116 @@ class Installed:
 @pytest.fixture(scope="module")
 def installed(tmp_path_factory: pytest.TempPathFactory) -> Installed:
     work = tmp_path_factory.mktemp("wheel")
-    build = [sys.executable, "-m", "build", "--outdir", str(work / "dist"), str(ROOT)]
-    _check(subprocess.run(build, capture_output=True, text=True, timeout=300))
-    (wheel,) = (work / "dist").glob("imaging_proxy-*.whl")  # built from the sdist
+    dist = work / "dist"
+    for source in (ROOT / "client", ROOT):
+        build = [sys.executable, "-m", "build", "--outdir", str(dist), str(source)]
+        _check(subprocess.run(build, capture_output=True, text=True, timeout=300))
+    (client_wheel,) = dist.glob("imaging_proxy_client-*.whl")  # each built from its sdist
+    (wheel,) = dist.glob("imaging_proxy-*.whl")
     venv = work / "venv"
     _check(
         subprocess.run([sys.executable, "-m", "venv", str(venv)], capture_output=True, text=True)
     )
-    install = [str(venv / "bin" / "pip"), "install", "--quiet", str(wheel)]
+    # Both files named: the server's `imaging-proxy-client` requirement is this client wheel.
+    install = [str(venv / "bin" / "pip"), "install", "--quiet", str(client_wheel), str(wheel)]
     _check(subprocess.run(install, capture_output=True, text=True, timeout=600))
     outside = work / "outside"
     outside.mkdir()
-    return Installed(wheel, venv / "bin", outside)
+    return Installed(wheel, client_wheel, venv / "bin", outside)
 
 
 def _check(result: subprocess.CompletedProcess[str]) -> None:
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
 
 
-def test_wheel_carries_generated_stubs_policies_and_data(installed: Installed) -> None:
+def _version(pyproject: Path) -> str:
+    return str(tomllib.loads(pyproject.read_text())["project"]["version"])
+
+
+def test_server_wheel_carries_policies_and_data_and_no_client_or_test_material(
+    installed: Installed,
+) -> None:
     with zipfile.ZipFile(installed.wheel) as wheel:
         names = set(wheel.namelist())
         (metadata,) = (n for n in names if n.endswith(".dist-info/METADATA"))
         requires = Parser().parsestr(wheel.read(metadata).decode()).get_all("Requires-Dist") or []
-    stubs = "client/imaging_proxy_client/stubs/imaging/metadata/v1/metadata_pb2"
-    assert {f"{stubs}.py", f"{stubs}_grpc.py"} <= names
     policies = {p.relative_to(ROOT).as_posix() for p in (ROOT / "policies").rglob("*.*")}
     assert {f"devstack/{policy}" for policy in policies} <= names
     assert any(n.startswith("medical_imaging_model/data/") for n in names)
     assert "emulator/__main__.py" in names
+    tops = {name.split("/")[0] for name in names if not name.split("/")[0].endswith(".dist-info")}
+    assert tops == {"service", "devstack", "emulator", "medical_imaging_model"}
+    assert not [n for n in names if re.search(r"(^|/)(tests?|pki)(/|\.py$)", n)], "no test PKI"
+    assert not [n for n in names if n.endswith((".pem", ".key", ".crt"))]
+    client = f"imaging-proxy-client=={_version(ROOT / 'client' / 'pyproject.toml')}"
+    assert client in requires, "the server runs on exactly the client it was released with"
     runtime = [r for r in requires if "extra ==" not in r]
     assert not [r for r in runtime if r.startswith("grpcio-tools")], "a build dependency only"
 
 
-def test_imports_come_from_the_venv(installed: Installed) -> None:
-    result = installed.run(
-        "python", "-c", "import imaging_proxy_client.stubs, emulator; print(service.__file__)"
-    )
+def test_client_wheel_carries_the_generated_stubs(installed: Installed) -> None:
+    with zipfile.ZipFile(installed.client_wheel) as wheel:
+        names = set(wheel.namelist())
+    stubs = "imaging_proxy_client/stubs/imaging/metadata/v1/metadata_pb2"
+    assert {f"{stubs}.py", f"{stubs}_grpc.py"} <= names
+
+
+def test_service_never_imports_the_emulator_or_the_harness(installed: Installed) -> None:
+    """Every import statement in the wheel's service/ (including those inside functions), then
+    what importing the composition root and the server's verbs really loads."""
+    with zipfile.ZipFile(installed.wheel) as wheel:
+        sources = {n: wheel.read(n) for n in wheel.namelist() if re.match(r"service/.*\.py$", n)}
+    assert "service/app.py" in sources
+    imported = {(name, top) for name, source in sources.items() for top in _imports(source)}
+    assert {(name, top) for name, top in imported if top in HARNESS} == set()
+    probe = "import service.app, service.cli.serve, service.cli.policy"
+    result = installed.run("python", "-X", "importtime", "-c", probe)
     _check(result)
-    assert Path(result.stdout.strip()).is_relative_to(installed.bin.parent)
+    loaded = {line.split("|")[-1].strip() for line in result.stderr.splitlines()}
+    assert "service.app" in loaded
+    assert {module for module in loaded if module.split(".")[0] in HARNESS} == set()
 
 
-@pytest.mark.parametrize("verb", [[], ["serve"], ["emulator"], ["demo"]], ids=lambda v: str(v))
+def _imports(source: bytes) -> set[str]:
+    """The top-level packages a module's absolute import statements name."""
+    found = set()
+    for node in ast.walk(ast.parse(source)):
+        if isinstance(node, ast.Import):
+            found |= {alias.name.split(".")[0] for alias in node.names}
+        elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+            found.add(node.module.split(".")[0])
+    return found
+
+
+def test_imports_come_from_the_venv(installed: Installed) -> None:
+    probe = "import emulator, service; "
+    probe += "from imaging_proxy_client.stubs.imaging.metadata.v1 import metadata_pb2 as pb; "
+    probe += "print(pb.__file__, service.__file__, emulator.__file__)"
+    result = installed.run("python", "-c", probe)
+    _check(result)
+    for where in result.stdout.split():
+        assert Path(where).is_relative_to(installed.bin.parent)
+
+
+def test_version_names_both_distributions(installed: Installed) -> None:
+    result = installed.run("imaging-proxy", "--version")
+    _check(result)
+    products = dict(part.split("/", 1) for part in result.stdout.split())
+    assert products["imaging-proxy-client"] == _version(ROOT / "client" / "pyproject.toml")
+    assert products["imaging-proxy"] == _version(ROOT / "pyproject.toml")
+
+
+def test_one_command_has_the_client_and_the_server_verbs(installed: Installed) -> None:
+    result = installed.run("imaging-proxy", "--help")
+    _check(result)
+    listed = set(re.findall(r"^    (\S+)", result.stdout, re.MULTILINE))
+    assert {"update-image-set-metadata", "evaluate-update", "serve", "policy", "demo"} <= listed
+    assert "emulator" in listed
+
+
+@pytest.mark.parametrize(
+    "verb", [[], ["serve"], ["emulator"], ["demo"], ["policy"]], ids=lambda v: str(v)
+)
 def test_help_works(installed: Installed, verb: list[str]) -> None:
     result = installed.run("imaging-proxy", *verb, "--help")
     _check(result)
