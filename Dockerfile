@@ -9,12 +9,15 @@ ENV PATH=/opt/imaging-proxy/bin:$PATH
 COPY pyproject.toml setup.py MANIFEST.in README.md ./
 COPY protos/ protos/
 COPY policies/ policies/
+COPY client/ client/
 COPY service/ service/
+COPY devstack/ devstack/
 COPY emulator/ emulator/
 COPY medical_imaging_model/ medical_imaging_model/
-# Building the wheel generates the gRPC stubs from protos/ (setup.py; grpcio-tools is a build
-# requirement only), exactly as `python -m build` does outside Docker.
-RUN pip install . \
+# Both distributions: the client's wheel generates the gRPC stubs from protos/ (client/setup.py;
+# grpcio-tools is a build requirement only), exactly as `python -m build` does outside Docker;
+# the server's requires that client and adds its verbs (serve, policy, demo, emulator).
+RUN pip install ./client . \
  && pip uninstall --yes pip
 
 FROM python:3.11-slim-bookworm

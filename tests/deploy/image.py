@@ -1,11 +1,14 @@
-"""The Dockerfile without an engine: its build stage's COPY set, `pip install .` into the same
-venv path layout, and the final stage's USER, WORKDIR, ENV, ENTRYPOINT and CMD."""
+"""The Dockerfile without an engine: its build stage's COPY set (less what .dockerignore drops),
+its `pip install` into the same venv path layout, and the final stage's USER, WORKDIR, ENV,
+ENTRYPOINT and CMD."""
 
 from __future__ import annotations
 
+import fnmatch
 import json
 import os
 import re
+import shlex
 import shutil
 import subprocess
 import sys
@@ -14,6 +17,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[2]
 DOCKERFILE = ROOT / "Dockerfile"
+DOCKERIGNORE = ROOT / ".dockerignore"
 
 
 def instructions(text: str) -> list[tuple[str, str]]:
@@ -46,6 +50,33 @@ def copy_set(text: str) -> list[tuple[str, str]]:
     return pairs
 
 
+def pip_install(text: str) -> list[str]:
+    """The arguments of the build stage's `pip install` (`RUN pip install ./client . && …`)."""
+    for op, args in instructions(text):
+        for command in args.split("&&") if op == "RUN" else []:
+            argv = shlex.split(command)
+            if argv[:2] == ["pip", "install"]:
+                return argv[2:]
+    raise AssertionError("the Dockerfile installs nothing with pip")
+
+
+def ignore_patterns(text: str) -> list[str]:
+    patterns = [line.strip() for line in text.splitlines()]
+    patterns = [p for p in patterns if p and not p.startswith("#")]
+    assert not [p for p in patterns if p.startswith("!")], "exceptions are not modelled here"
+    return patterns
+
+
+def dockerignored(relative: str, patterns: list[str]) -> bool:
+    """Whether .dockerignore drops this context path (a dropped folder drops what it holds;
+    `**/` also matches no folder at all)."""
+    return any(
+        fnmatch.fnmatchcase(relative, pattern)
+        or (pattern.startswith("**/") and fnmatch.fnmatchcase(relative, pattern[3:]))
+        for pattern in patterns
+    )
+
+
 @dataclass(frozen=True)
 class Image:
     """The final stage, as far as a process needs it."""
@@ -68,15 +99,22 @@ def build(work: Path) -> Image:
     """Copy exactly the COPY set into a context, install it as the build stage's RUN does,
     and hand back the final stage's settings. The tree is root's and read-only to others."""
     text = DOCKERFILE.read_text()
+    patterns = ignore_patterns(DOCKERIGNORE.read_text())
+
+    def ignore(folder: str, names: list[str]) -> set[str]:
+        here = Path(folder).relative_to(ROOT)
+        return {name for name in names if dockerignored((here / name).as_posix(), patterns)}
+
     context = work / "src"
     for source, destination in copy_set(text):
         origin, target = ROOT / source, context / destination
+        assert not dockerignored(source.rstrip("/"), patterns), f"{source} is never sent"
         if origin.is_dir():
             shutil.copytree(
                 origin,
                 target / "" if destination.endswith("/") else target,
                 dirs_exist_ok=True,
-                ignore=shutil.ignore_patterns("__pycache__"),
+                ignore=ignore,
             )
         else:
             target = target / origin.name if destination.endswith("/") else target
@@ -85,7 +123,8 @@ def build(work: Path) -> Image:
     copied = frozenset(p.name for p in context.iterdir())
     venv = work / "opt" / "imaging-proxy"
     _run([base_python(), "-m", "venv", str(venv)])
-    _run([str(venv / "bin" / "pip"), "install", "--quiet", "."], cwd=context, timeout=900)
+    install = [str(venv / "bin" / "pip"), "install", "--quiet", *pip_install(text)]
+    _run(install, cwd=context, timeout=900)
     final = stages(text)[-1]
     entrypoint = tuple(json.loads(next(a for op, a in final if op == "ENTRYPOINT")))
     cmd = tuple(json.loads(next(a for op, a in final if op == "CMD")))
@@ -94,7 +133,7 @@ def build(work: Path) -> Image:
     env: dict[str, str] = {}
     for op, args in final:
         if op == "ENV":
-            env.update(pair.split("=", 1) for pair in args.split())
+            env.update(pair.partition("=")[::2] for pair in args.split())
     env["PATH"] = (
         env["PATH"]
         .replace("/opt/imaging-proxy/bin", str(venv / "bin"))
@@ -111,8 +150,8 @@ def build(work: Path) -> Image:
 def base_python() -> str:
     """A Python 3.11 the image's user can run (as the image's /usr/local/bin/python is): ours if
     every folder above it is open to others, else the system's."""
-    candidates = [os.path.realpath(sys._base_executable), "/usr/local/bin/python3.11"]
-    candidates.append("/usr/bin/python3.11")
+    ours = os.path.realpath(getattr(sys, "_base_executable", sys.executable))
+    candidates = [ours, "/usr/local/bin/python3.11", "/usr/bin/python3.11"]
     for candidate in candidates:
         path = Path(candidate)
         if path.is_file() and all(os.stat(p).st_mode & 0o001 for p in path.parents):

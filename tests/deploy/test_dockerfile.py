@@ -1,5 +1,5 @@
-"""The Dockerfile without an engine: the wheel built from its COPY set alone, then its
-ENTRYPOINT and CMD run as its USER, in its WORKDIR, on a tree that user cannot write."""
+"""The Dockerfile without an engine: both wheels (client and server) built from its COPY set alone,
+then its ENTRYPOINT and CMD run as its USER, in its WORKDIR, on a tree that user cannot write."""
 
 from __future__ import annotations
 
@@ -30,14 +30,26 @@ def as_user(image: Image) -> list[str]:
     return ["setpriv", f"--reuid={uid}", f"--regid={gid}", "--clear-groups", "--"]
 
 
-def test_the_build_context_is_the_copy_set_and_the_wheel_generated_its_stubs(image: Image) -> None:
+def test_the_build_context_is_the_copy_set_and_the_wheels_generated_the_stubs(image: Image) -> None:
     copied = {source.rstrip("/") for source, _ in copy_set(DOCKERFILE.read_text())}
     assert image.copied == copied
+    assert not (image.context / "client" / "imaging_proxy_client" / "stubs").exists(), (
+        "the checkout's stubs are never sent: the client's wheel generates its own"
+    )
     site = next((image.venv / "lib").glob("python3*/site-packages"))
-    assert (
-        site / "service" / "_proto" / "imaging" / "metadata" / "v1" / "metadata_pb2.py"
-    ).is_file()
-    assert (site / "service" / "devstack" / "policies" / "data.json").is_file()
+    stubs = site / "imaging_proxy_client" / "stubs" / "imaging" / "metadata" / "v1"
+    assert (stubs / "metadata_pb2.py").is_file()
+    assert (site / "devstack" / "policies" / "data.json").is_file()
+    version = subprocess.run(
+        [image.program("imaging-proxy"), "--version"],
+        capture_output=True,
+        text=True,
+        env=image.env,
+        timeout=60,
+    )
+    assert version.returncode == 0, version.stderr
+    products = {part.split("/")[0] for part in version.stdout.split()}
+    assert {"imaging-proxy-client", "imaging-proxy"} <= products, "both distributions"
 
 
 @pytest.mark.skipif(os.geteuid() != 0, reason="switching to the image's user needs root")

@@ -54,17 +54,21 @@ def test_every_copied_path_exists() -> None:
 
 
 def test_every_packaged_package_is_copied() -> None:
+    """The server's packages, and the client's distribution folder whole."""
     found = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]["packages"]
     packages = {pattern.rstrip("*") for pattern in found["find"]["include"]}
     copied = {args.split()[0].rstrip("/") for op, args in _instructions() if op == "COPY"}
-    assert packages <= copied
+    assert packages | {"client"} <= copied
 
 
 def test_entry_point_is_the_installed_console_script() -> None:
-    scripts = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["scripts"]
+    """`imaging-proxy` is the client's script; the server adds `serve` to it."""
+    client = tomllib.loads((ROOT / "client" / "pyproject.toml").read_text())["project"]
+    server = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
     entrypoints = [args for op, args in _instructions() if op == "ENTRYPOINT"]
     assert entrypoints == ['["imaging-proxy"]']
-    assert "imaging-proxy" in scripts
+    assert "imaging-proxy" in client["scripts"]
+    assert "serve" in server["entry-points"]["imaging_proxy.verbs"]
 
 
 def test_final_stage_runs_as_non_root_without_build_tools() -> None:
@@ -81,15 +85,17 @@ def test_final_stage_runs_as_non_root_without_build_tools() -> None:
 
 
 def test_stubs_are_generated_in_the_image_by_the_wheel_build() -> None:
-    """The image installs the project, so setup.py generates the stubs from protos/."""
+    """The image installs both distributions, so client/setup.py generates the stubs from
+    protos/ and setup.py copies policies/."""
     sources = {
         part
         for op, args in _instructions()
         if op == "COPY" and "--from=" not in args
         for part in args.split()[:-1]
     }
-    assert {"setup.py", "MANIFEST.in", "protos/", "policies/"} <= sources
-    assert any(op == "RUN" and "pip install . " in args + " " for op, args in _instructions())
+    assert {"setup.py", "MANIFEST.in", "protos/", "policies/", "client/"} <= sources
+    runs = [args + " " for op, args in _instructions() if op == "RUN"]
+    assert any("pip install ./client . " in run for run in runs)
 
 
 @pytest.mark.parametrize(
