@@ -33,7 +33,7 @@ OUTSIDE = frozenset({".venv", ".tools", "dist", "build", ".soak", ".."})
 PLACEHOLDER = re.compile(r"[*<>…{}$\s]|://")
 SPAN = re.compile(r"`([^`]+)`")
 LINK = re.compile(r"\]\(([^)\s]+)\)")
-RUN_MODULE = re.compile(r"python3? -m ([\w.]+)(<?)")
+RUN_MODULE = re.compile(r"python3? -m\s+([\w.]+)(<?)")
 MODULE = re.compile(r"^[A-Za-z_]\w*(\.[A-Za-z_]\w*)*$")
 
 
