@@ -169,7 +169,7 @@ def _one(method: str) -> Any:
 
 async def call(conn: Connection, method: str, request: Any) -> Any:
     try:
-        return await engine.unary(conn.settings(), method, request)
+        return await engine.unary(conn.settings, method, request)
     except ClientError as error:
         raise conn.error(error, method) from None
 
