@@ -17,7 +17,7 @@ import pytest
 from grpc_status import rpc_status
 from imaging_proxy_client.cli.connection import Connection, Tracker, follow_update
 from imaging_proxy_client.cli.errors import EndpointError, ServiceError
-from imaging_proxy_client.cli.progress import Progress
+from imaging_proxy_client.cli.printing.progress import Progress
 from imaging_proxy_client.engine import Settings
 from imaging_proxy_client.stubs.imaging.metadata.v1 import metadata_pb2 as pb
 from imaging_proxy_client.stubs.imaging.metadata.v1 import metadata_pb2_grpc as pb_grpc
