@@ -34,6 +34,8 @@ PLACEHOLDER = re.compile(r"[*<>…{}$\s]|://")
 SPAN = re.compile(r"`([^`]+)`")
 LINK = re.compile(r"\]\(([^)\s]+)\)")
 RUN_MODULE = re.compile(r"python3? -m\s+([\w.]+)(<?)")
+_FOLDERS = "|".join(re.escape(top) for top in sorted(TOP_LEVEL) if "." not in top[1:])
+IN_COMMAND = re.compile(rf"(?<![\w./@=-])((?:{_FOLDERS})/[\w./-]*)")
 MODULE = re.compile(r"^[A-Za-z_]\w*(\.[A-Za-z_]\w*)*$")
 
 
@@ -53,15 +55,16 @@ def _name(doc: Path) -> str:
     return doc.relative_to(ROOT).as_posix()
 
 
-def prose(markdown: str) -> str:
-    """The text outside fenced code blocks, the blocks blanked so line numbers stay."""
+def prose(markdown: str, *, code: bool = False) -> str:
+    """The text outside fenced code blocks (or, with `code`, inside them), the rest blanked so
+    line numbers stay."""
     lines, fenced = [], False
     for line in markdown.splitlines():
         if line.lstrip().startswith("```"):
             fenced = not fenced
             lines.append("")
         else:
-            lines.append("" if fenced else line)
+            lines.append(line if fenced == code else "")
     return "\n".join(lines)
 
 
@@ -86,6 +89,15 @@ def backticked_paths(doc: Path) -> Iterator[Named]:
         path = repo_path(match.group(1))
         if path is not None:
             yield Named(_name(doc), text.count("\n", 0, match.start()) + 1, path)
+
+
+def commanded_paths(doc: Path) -> Iterator[Named]:
+    """Paths in code blocks that start with a folder of the repository (`pytest tests/unit/…`);
+    one after `=` or `@` is a command's output or option value and is left alone."""
+    text = prose(doc.read_text(encoding="utf-8"), code=True)
+    for match in IN_COMMAND.finditer(text):
+        path = match.group(1).rstrip(".,;:")
+        yield Named(_name(doc), text.count("\n", 0, match.start()) + 1, path)
 
 
 def linked_paths(doc: Path) -> Iterator[Named]:
@@ -138,9 +150,13 @@ def module_is_there(module: str) -> bool:
 
 def test_the_docs_name_only_paths_that_exist() -> None:
     python_files = _python_files()
-    named = [n for doc in DOCS for n in (*backticked_paths(doc), *linked_paths(doc))]
+    named = [
+        n
+        for doc in DOCS
+        for n in (*backticked_paths(doc), *linked_paths(doc), *commanded_paths(doc))
+    ]
     # The reading itself must work: a regex that finds nothing would pass every time.
-    assert {"service/operations/runner.py", "policies/data.json", "docs/CLI.md"} <= {
+    assert {"service/operations/runner.py", "docs/CLI.md", "tests/e2e/test_fairness.py"} <= {
         n.text for n in named
     }
     missing = [str(n) for n in named if not exists(n.text, python_files)]
