@@ -33,6 +33,21 @@ def test_the_servers_verbs_join_the_clients_command() -> None:
     assert {"update-image-set-metadata", "serve", "policy", "demo", "emulator"} <= listed
 
 
+@pytest.mark.parametrize(("argv", "loads_the_server"), [(["list-updates"], False), ([], True)])
+def test_a_client_verb_loads_none_of_the_servers_verbs(
+    argv: list[str], loads_the_server: bool
+) -> None:
+    script = (
+        "import sys; from imaging_proxy_client.cli.main import build_parser\n"
+        f"build_parser({argv!r})\n"
+        "roots = {m.split('.')[0] for m in sys.modules}\n"
+        "print(sorted(roots & {'service', 'devstack', 'emulator'}))"
+    )
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    assert (done.stdout.strip() != "[]") is loads_the_server, done.stdout
+
+
 def test_a_verb_that_takes_no_extra_arguments_refuses_them() -> None:
     done = subprocess.run([*COMMAND, "serve", "--no-such-option"], capture_output=True, text=True)
     assert done.returncode == 2
