@@ -33,7 +33,12 @@ def build_parser(argv: Sequence[str] = ()) -> argparse.ArgumentParser:
     if argv[:1] and (argv[0] in subparsers.choices or argv[0] == "--version"):
         return parser
     for plugin in sorted(entry_points(group=VERB_GROUP), key=lambda e: e.name):
-        plugin.load()(subparsers)
+        try:
+            add_verbs = plugin.load()
+        except (ImportError, AttributeError) as error:  # a broken install: the rest still works
+            sys.stderr.write(f"imaging-proxy: verb {plugin.name!r} not loaded ({error})\n")
+            continue
+        add_verbs(subparsers)
     return parser
 
 
