@@ -93,6 +93,7 @@ PY_DIRS = $(wildcard service devstack emulator medical_imaging_model client test
 lint: install
 	$(BIN)/ruff check $(PY_DIRS)
 	$(BIN)/ruff format --check $(PY_DIRS)
+	$(BIN)/lint-imports --no-cache  # the architecture: pyproject.toml's [tool.importlinter]
 
 typecheck: install
 	$(BIN)/mypy service devstack emulator medical_imaging_model client/imaging_proxy_client

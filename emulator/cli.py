@@ -20,13 +20,6 @@ from emulator.server import running
 _FAULT_FLAGS = [f.name for f in dataclasses.fields(Faults) if f.name != "operations"]
 
 
-def add_emulator_verb(verbs: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
-    """`imaging-proxy emulator …` (an `imaging_proxy.verbs` entry point): the options, --help
-    included, are this module's own, handed over as given (`rest`)."""
-    verb = verbs.add_parser("emulator", help="run the local HealthImaging emulator", add_help=False)
-    verb.set_defaults(run=lambda args: main(args.rest), rest=[])
-
-
 def main(argv: list[str] | None = None) -> int:
     args = list(sys.argv[1:] if argv is None else argv)
     if args[:1] == ["seed"]:

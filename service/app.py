@@ -23,7 +23,6 @@ import structlog
 from service.admission.budget import Budget
 from service.admission.stages import shared_stages
 from service.admission.write_queue import Admission
-from service.approvals.verdicts import Approvals
 from service.backend.healthimaging import BackendProbe, CredentialsProbe, HealthImaging
 from service.backend.references import References
 from service.core.config import Settings
@@ -31,6 +30,7 @@ from service.identity.callers import Authenticator
 from service.journal import open_journal
 from service.observability import audit, tracing
 from service.observability.metrics import Metrics
+from service.operations.approvals import Approvals
 from service.operations.event_streams import Streams
 from service.operations.image_set_polls import Watcher
 from service.operations.ownership import Leased, Ownership

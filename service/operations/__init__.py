@@ -3,5 +3,7 @@ follow, recover, take over), `operation` (one operation's record and what was ob
 `ownership` (the replica's lease), `landed` (did a write whose answer was lost land?),
 `image_set_polls` (one GetImageSet loop per image set), `event_streams` and `stream_wakeup` (the
 streams that read an operation), `events` (what a stream tells, pure), `steering` (list,
-inspect, cancel).
+inspect, cancel). Four eyes: `awaiting` (an operation waiting for approval, holding no queue
+place, until approved, rejected or expired) and `approvals` (ApproveUpdate, RejectUpdate,
+ReviewUpdate as journal transitions).
 """

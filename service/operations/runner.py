@@ -26,7 +26,6 @@ import structlog
 
 from service.admission.budget import UPDATE, Budget
 from service.admission.write_queue import Admission, Draining, Ticket
-from service.approvals import awaiting
 from service.backend.healthimaging import HealthImaging
 from service.core.config import LimitSettings, WatchSettings
 from service.core.errors import (
@@ -53,6 +52,7 @@ from service.journal import RESUBMITTABLE, Journal, followed
 from service.normaliser.updates import normalise
 from service.observability import audit, tracing
 from service.observability.metrics import Metrics
+from service.operations import awaiting
 from service.operations import operation as ops
 from service.operations.events import (
     Finished,

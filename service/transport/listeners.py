@@ -11,11 +11,11 @@ import structlog
 from grpc_health.v1 import health, health_pb2_grpc
 from imaging_proxy_client.stubs.imaging.metadata.v1 import metadata_pb2_grpc as pb_grpc
 
-from service.approvals.verdicts import Approvals
 from service.core.config import ServerSettings, Settings
 from service.core.errors import StartupError
 from service.identity.callers import Authenticator
 from service.observability.metrics import Metrics
+from service.operations.approvals import Approvals
 from service.operations.pipeline import Pipeline
 from service.operations.steering import Steering
 from service.transport import reflection

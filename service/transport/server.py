@@ -13,7 +13,6 @@ from grpc_status import rpc_status
 from imaging_proxy_client.stubs.imaging.metadata.v1 import metadata_pb2 as pb
 from imaging_proxy_client.stubs.imaging.metadata.v1 import metadata_pb2_grpc as pb_grpc
 
-from service.approvals.verdicts import Approvals
 from service.core.errors import Internal, ProxyError
 from service.core.model import (
     Caller,
@@ -28,6 +27,7 @@ from service.identity.callers import Authenticator
 from service.normaliser.updates import operation_id
 from service.observability import audit
 from service.observability.metrics import Metrics
+from service.operations.approvals import Approvals
 from service.operations.events import (
     ApprovalRequired,
     Approved,

@@ -17,9 +17,9 @@ import pytest
 from awscli.formatter import JSONFormatter, TableFormatter  # type: ignore[import-untyped]
 from awscli.text import format_text as aws_format_text  # type: ignore[import-untyped]
 from google.protobuf import timestamp_pb2
-from imaging_proxy_client.cli import output
 from imaging_proxy_client.cli.errors import ConfigError, ParamError
-from imaging_proxy_client.cli.output import OutputSettings
+from imaging_proxy_client.cli.printing import output
+from imaging_proxy_client.cli.printing.output import OutputSettings
 from imaging_proxy_client.stubs.imaging.metadata.v1 import metadata_pb2
 
 GOLDEN = Path(__file__).parent / "golden"

@@ -9,8 +9,8 @@ from typing import Any
 
 import pytest
 import yaml
-from imaging_proxy_client.cli import params, shapes
 from imaging_proxy_client.cli.errors import ParamError, ParamValidationError
+from imaging_proxy_client.cli.parameters import params, shapes
 
 DOCUMENT = '{"SchemaVersion":1.1,"Patient":{"DICOM":{"PatientName":"MX^MX"}}}'
 # The v1 page's example blob: the same document, base64 encoded.

@@ -17,7 +17,8 @@ import pytest
 from grpc_status import rpc_status
 from imaging_proxy_client.cli.connection import Connection, Tracker, follow_update
 from imaging_proxy_client.cli.errors import EndpointError, ServiceError
-from imaging_proxy_client.cli.progress import Progress
+from imaging_proxy_client.cli.printing.progress import Progress
+from imaging_proxy_client.engine import Settings
 from imaging_proxy_client.stubs.imaging.metadata.v1 import metadata_pb2 as pb
 from imaging_proxy_client.stubs.imaging.metadata.v1 import metadata_pb2_grpc as pb_grpc
 
@@ -102,8 +103,7 @@ def connection(
     attempts: int = 5,
     retry_timeout: float | None = None,
 ) -> Connection:
-    return Connection(
-        endpoint_url=f"http://127.0.0.1:{port}",
+    settings = Settings(
         target=f"127.0.0.1:{port}",
         credentials=None,
         channel_options=(),
@@ -113,6 +113,7 @@ def connection(
         max_attempts=attempts,
         retry_timeout=retry_timeout,
     )
+    return Connection(endpoint_url=f"http://127.0.0.1:{port}", settings=settings)
 
 
 REQUEST = pb.UpdateImageSetMetadataRequest(

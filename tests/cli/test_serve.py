@@ -1,4 +1,5 @@
-"""Server verbs (`serve.py`) as typed: `emulator` takes its own options, bad settings exit 253."""
+"""Server verbs (`serve.py`) as typed: `emulator` takes its own options, bad settings exit 253;
+the command's `--version` and the verbs the server adds through its entry points."""
 
 from __future__ import annotations
 
@@ -15,6 +16,42 @@ from devstack.processes import free_port
 from devstack.servers import EMULATOR_AWS_ENV, start_proxy
 
 COMMAND = [sys.executable, "-m", "imaging_proxy_client.cli.main"]
+
+
+def test_version_names_both_distributions_of_the_checkout() -> None:
+    done = subprocess.run([*COMMAND, "--version"], capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    words = done.stdout.split()
+    assert words[:2] == ["imaging-proxy-client/0.1.0", "imaging-proxy/0.1.0"], done.stdout
+    assert words[2].startswith("Python/")
+
+
+def test_the_servers_verbs_join_the_clients_command() -> None:
+    done = subprocess.run([*COMMAND, "--help"], capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    listed = {line.split()[0] for line in done.stdout.splitlines() if line.startswith("    ")}
+    assert {"update-image-set-metadata", "serve", "policy", "demo", "emulator"} <= listed
+
+
+@pytest.mark.parametrize(("argv", "loads_the_server"), [(["list-updates"], False), ([], True)])
+def test_a_client_verb_loads_none_of_the_servers_verbs(
+    argv: list[str], loads_the_server: bool
+) -> None:
+    script = (
+        "import sys; from imaging_proxy_client.cli.main import build_parser\n"
+        f"build_parser({argv!r})\n"
+        "roots = {m.split('.')[0] for m in sys.modules}\n"
+        "print(sorted(roots & {'service', 'devstack', 'emulator'}))"
+    )
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    assert (done.stdout.strip() != "[]") is loads_the_server, done.stdout
+
+
+def test_a_verb_that_takes_no_extra_arguments_refuses_them() -> None:
+    done = subprocess.run([*COMMAND, "serve", "--no-such-option"], capture_output=True, text=True)
+    assert done.returncode == 2
+    assert "unrecognized arguments: --no-such-option" in done.stderr
 
 
 def test_emulator_help_lists_its_options() -> None:

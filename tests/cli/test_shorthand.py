@@ -9,8 +9,8 @@ from awscli.shorthand import (  # type: ignore[import-untyped]
     ShorthandParseError as AwsShorthandParseError,
 )
 from awscli.shorthand import ShorthandParser as AwsShorthandParser
-from imaging_proxy_client.cli.params import load_paramfile
-from imaging_proxy_client.cli.shorthand import ShorthandParseError, ShorthandParser
+from imaging_proxy_client.cli.parameters.params import load_paramfile
+from imaging_proxy_client.cli.parameters.shorthand import ShorthandParseError, ShorthandParser
 
 SAME_AS_AWS = [
     "DICOMUpdates={updatableAttributes=eyJTY2hlbWFWZXJzaW9uIjoxLjF9}",

@@ -8,10 +8,10 @@ import os
 from typing import Any
 
 from imaging_proxy_client.cli import help as client_help
-from imaging_proxy_client.cli import shapes
 from imaging_proxy_client.cli.config import resolve_connection
 from imaging_proxy_client.cli.errors import INTERRUPTED_RC
-from imaging_proxy_client.cli.output import print_response
+from imaging_proxy_client.cli.parameters import shapes
+from imaging_proxy_client.cli.printing.output import print_response
 from imaging_proxy_client.cli.steering import call, interruptible, summary
 from imaging_proxy_client.cli.verbs import (
     add_common_options,

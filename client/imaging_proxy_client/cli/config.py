@@ -23,6 +23,7 @@ from cryptography import x509
 
 from imaging_proxy_client.cli.connection import Connection
 from imaging_proxy_client.cli.errors import ConfigError, ParamError
+from imaging_proxy_client.engine import Settings
 
 DEFAULT_ENDPOINT = "127.0.0.1:50051"
 DEFAULT_MAX_ATTEMPTS = 5
@@ -169,8 +170,7 @@ def resolve_connection(args: argparse.Namespace, environ: Mapping[str, str]) -> 
     metadata = identity_metadata(args, environ)
     if not use_tls and any(k == "authorization" for k, _ in metadata):
         _warn_plaintext_token(endpoint)
-    return Connection(
-        endpoint_url=endpoint.url,
+    settings = Settings(
         target=endpoint.target,
         credentials=credentials,
         channel_options=options,
@@ -179,8 +179,9 @@ def resolve_connection(args: argparse.Namespace, environ: Mapping[str, str]) -> 
         read_timeout=_timeout(args.cli_read_timeout),
         max_attempts=_max_attempts(environ),
         retry_timeout=_retry_timeout(args, environ),
-        client_cert=bool(use_tls and tls is not None and tls.chain),
     )
+    client_cert = bool(use_tls and tls is not None and tls.chain)
+    return Connection(endpoint_url=endpoint.url, settings=settings, client_cert=client_cert)
 
 
 def _warn_plaintext_token(endpoint: Endpoint) -> None:

@@ -47,47 +47,20 @@ class Observer(Protocol):
 
 @dataclass(frozen=True)
 class Connection:
-    """Where the proxy is and how to reach it."""
+    """Where the proxy is, as the user named it, and the library's settings for reaching it."""
 
     endpoint_url: str
     """The address as the user gave it (for messages)."""
-    target: str
-    """host:port for gRPC."""
-    credentials: grpc.ChannelCredentials | None
-    """TLS credentials; None for a plaintext channel."""
-    channel_options: tuple[tuple[str, str | int], ...]
-    """gRPC channel arguments (e.g. the TLS target name override of --no-verify-ssl)."""
-    metadata: tuple[tuple[str, str], ...]
-    """Identity headers sent with every call (x-dev-principal, authorization)."""
-    connect_timeout: float | None
-    """Bound on establishing the connection; None for no bound."""
-    read_timeout: float | None
-    """The longest silence tolerated on a status stream; None for no bound."""
-    max_attempts: int
-    """Attempts per call when the proxy is unreachable or the stream is lost."""
-    retry_timeout: float | None = None
-    """The longest time spent retrying without progress before giving up; None for no bound."""
+    settings: engine.Settings
+    """Target, TLS, identity headers, timeouts and attempts: what the library's engine needs."""
     client_cert: bool = False
     """A client certificate is presented (mutual TLS): names a refused handshake."""
 
     def error(self, error: ClientError, operation: str) -> CliError:
         """The library's error as the AWS CLI's line, a failed handshake named for this
         connection (TLS or not, with a client certificate or not)."""
-        tls = self.credentials is not None
+        tls = self.settings.credentials is not None
         return cli_error(error, operation, self.endpoint_url, tls, self.client_cert)
-
-    def settings(self) -> engine.Settings:
-        """The library's settings for this connection."""
-        return engine.Settings(
-            target=self.target,
-            credentials=self.credentials,
-            channel_options=self.channel_options,
-            metadata=self.metadata,
-            connect_timeout=self.connect_timeout,
-            read_timeout=self.read_timeout,
-            max_attempts=self.max_attempts,
-            retry_timeout=self.retry_timeout,
-        )
 
 
 async def follow_update(
@@ -100,7 +73,7 @@ async def follow_update(
     """Submit (or re-attach to) an update; return the finished state, or the submitted one."""
     operation = "UpdateImageSetMetadata" if request is not None else "WatchUpdate"
     try:
-        async for item in engine.stream_update(conn.settings(), request, tracker, until_submitted):
+        async for item in engine.stream_update(conn.settings, request, tracker, until_submitted):
             if isinstance(item, Retrying):
                 observer.note(_retry_note(item, conn.endpoint_url))
                 continue
@@ -144,7 +117,7 @@ async def evaluate(
 ) -> metadata_pb2.Evaluation:
     """The dry run; retried like a submit while the proxy is unreachable."""
     try:
-        return await engine.evaluate(conn.settings(), request)
+        return await engine.evaluate(conn.settings, request)
     except ClientError as error:
         raise conn.error(error, "EvaluateUpdate") from None
 

@@ -15,11 +15,11 @@ from typing import Any
 
 from imaging_proxy_client import engine
 from imaging_proxy_client.cli import help as client_help
-from imaging_proxy_client.cli import shapes
 from imaging_proxy_client.cli.config import resolve_connection
 from imaging_proxy_client.cli.connection import Connection
 from imaging_proxy_client.cli.errors import INTERRUPTED_RC, ParamValidationError
-from imaging_proxy_client.cli.output import epoch_seconds, image_set_state, print_response
+from imaging_proxy_client.cli.parameters import shapes
+from imaging_proxy_client.cli.printing.output import epoch_seconds, image_set_state, print_response
 from imaging_proxy_client.cli.verbs import (
     add_common_options,
     add_verb,
@@ -169,7 +169,7 @@ def _one(method: str) -> Any:
 
 async def call(conn: Connection, method: str, request: Any) -> Any:
     try:
-        return await engine.unary(conn.settings(), method, request)
+        return await engine.unary(conn.settings, method, request)
     except ClientError as error:
         raise conn.error(error, method) from None
 

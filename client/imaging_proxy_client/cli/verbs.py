@@ -20,7 +20,6 @@ from collections.abc import Callable, Coroutine, Mapping, Sequence
 from typing import Any, NoReturn, TypeVar
 
 from imaging_proxy_client.cli import help as client_help
-from imaging_proxy_client.cli import params, shapes, why
 from imaging_proxy_client.cli.config import resolve_connection
 from imaging_proxy_client.cli.connection import Connection, Tracker, evaluate, follow_update
 from imaging_proxy_client.cli.errors import (
@@ -30,7 +29,9 @@ from imaging_proxy_client.cli.errors import (
     ServiceError,
     UsageError,
 )
-from imaging_proxy_client.cli.output import (
+from imaging_proxy_client.cli.parameters import params, shapes
+from imaging_proxy_client.cli.printing import why
+from imaging_proxy_client.cli.printing.output import (
     OutputSettings,
     compile_query,
     evaluation,
@@ -39,7 +40,7 @@ from imaging_proxy_client.cli.output import (
     resolve_output,
     resolve_pager,
 )
-from imaging_proxy_client.cli.progress import Progress
+from imaging_proxy_client.cli.printing.progress import Progress
 from imaging_proxy_client.client import build_request
 from imaging_proxy_client.stubs.imaging.metadata.v1 import metadata_pb2
 

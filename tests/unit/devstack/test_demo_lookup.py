@@ -7,8 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from devstack import servers
-from devstack import demo
+from devstack import demo, servers
 
 READY: dict[str, object] = {
     "endpoint": "127.0.0.1:50051",

@@ -19,8 +19,8 @@ from typing import Any, Literal
 import yaml
 
 from imaging_proxy_client.cli.errors import ParamError, ParamValidationError
-from imaging_proxy_client.cli.shapes import UPDATE_INPUT, prune, validate
-from imaging_proxy_client.cli.shorthand import ShorthandParseError, ShorthandParser
+from imaging_proxy_client.cli.parameters.shapes import UPDATE_INPUT, prune, validate
+from imaging_proxy_client.cli.parameters.shorthand import ShorthandParseError, ShorthandParser
 
 BinaryFormat = Literal["base64", "raw-in-base64-out"]
 BINARY_FORMATS: tuple[BinaryFormat, ...] = ("base64", "raw-in-base64-out")

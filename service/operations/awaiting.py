@@ -2,9 +2,10 @@
 approvers decide, or its approval expires.
 
 Approvers change the journal record themselves, on whichever replica they call
-(service/approvals/verdicts.py), then nudge the operation's owner; the owner's task reads the record
-again and tells its streams what happened (`approved`, then `authorized`; or the end). A nudge
-that goes missing (another replica's word lost) is made up for by a read every `POLL_SECONDS`.
+(service/operations/approvals.py), then nudge the operation's owner; the owner's task reads the
+record again and tells its streams what happened (`approved`, then `authorized`; or the end). A
+nudge that goes missing (another replica's word lost) is made up for by a read every
+`POLL_SECONDS`.
 The owner itself only expires the approval. Every change is a `Journal.transition`: it lands
 only on the record its writer read, so an approval, a rejection and an expiry cannot cross.
 """

@@ -11,8 +11,6 @@ from typing import Any
 
 import pytest
 
-from service.approvals.awaiting import news
-from service.approvals.verdicts import Approvals
 from service.core.config import JournalSettings, LimitSettings
 from service.core.errors import PermissionDenied, PolicyUnavailable, WrongState
 from service.core.model import Approval, Caller, Decision, OperationRecord
@@ -20,6 +18,8 @@ from service.journal import open_journal
 from service.normaliser.documents import Violations
 from service.normaliser.purpose import check_why
 from service.observability.metrics import Metrics
+from service.operations.approvals import Approvals
+from service.operations.awaiting import news
 from service.operations.events import Approved, Authorized, Expired, Rejected
 from service.policy.decisions import parse_result
 from tests.unit.journal.test_journal import record, request

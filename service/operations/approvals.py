@@ -1,6 +1,6 @@
 """Approvals: ApproveUpdate, RejectUpdate and ReviewUpdate, with protobuf-free values.
 
-An update the policy wants approved waits as `awaiting_approval` (service/approvals/awaiting.py),
+An update the policy wants approved waits as `awaiting_approval` (service/operations/awaiting.py),
 holding
 nothing. Who may approve or reject it, and who may review a break-glass update, is the policy's
 to say (`data.imaging.operations.decision`, actions "approve", "reject", "review", given the
@@ -19,7 +19,6 @@ from typing import Any, Literal, cast
 import structlog
 
 from service.admission.budget import GET_IMAGE_SET, Budget
-from service.approvals import awaiting
 from service.backend.healthimaging import HealthImaging
 from service.core.config import LimitSettings
 from service.core.errors import (
@@ -36,6 +35,7 @@ from service.normaliser.purpose import text_problem
 from service.normaliser.updates import normalise
 from service.observability import audit
 from service.observability.metrics import Metrics
+from service.operations import awaiting
 from service.operations.events import record_error
 from service.operations.runner import Runner
 from service.policy.decisions import PolicyClient

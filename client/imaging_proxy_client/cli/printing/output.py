@@ -22,7 +22,7 @@ import yaml
 from google.protobuf import timestamp_pb2
 
 from imaging_proxy_client.cli.errors import ConfigError, ParamError
-from imaging_proxy_client.cli.table import ColorStyler, MultiTable, Styler, build_table
+from imaging_proxy_client.cli.printing.table import ColorStyler, MultiTable, Styler, build_table
 from imaging_proxy_client.stubs.imaging.metadata.v1 import metadata_pb2
 
 OutputFormat = Literal["json", "text", "table", "yaml", "yaml-stream"]
