@@ -4,6 +4,7 @@ then its ENTRYPOINT and CMD run as its USER, in its WORKDIR, on a tree that user
 from __future__ import annotations
 
 import os
+import re
 import subprocess
 import tomllib
 from pathlib import Path
@@ -40,16 +41,21 @@ def test_the_build_context_is_the_copy_set_and_the_wheels_generated_the_stubs(im
     stubs = site / "imaging_proxy_client" / "stubs" / "imaging" / "metadata" / "v1"
     assert (stubs / "metadata_pb2.py").is_file()
     assert (site / "devstack" / "policies" / "data.json").is_file()
-    version = subprocess.run(
-        [image.program("imaging-proxy"), "--version"],
-        capture_output=True,
-        text=True,
-        env=image.env,
-        timeout=60,
+    version, usage = (
+        subprocess.run(
+            [image.program("imaging-proxy"), option],
+            capture_output=True,
+            text=True,
+            env=image.env,
+            timeout=60,
+        )
+        for option in ("--version", "--help")
     )
-    assert version.returncode == 0, version.stderr
+    assert version.returncode == usage.returncode == 0, version.stderr + usage.stderr
     products = {part.split("/")[0] for part in version.stdout.split()}
     assert {"imaging-proxy-client", "imaging-proxy"} <= products, "both distributions"
+    assert "not loaded" not in usage.stderr, "every verb's entry point loads"
+    assert {"serve", "demo", "emulator"} <= set(re.findall(r"^    (\S+)", usage.stdout, re.M))
 
 
 @pytest.mark.skipif(os.geteuid() != 0, reason="switching to the image's user needs root")

@@ -175,6 +175,7 @@ def test_one_command_has_the_client_and_the_server_verbs(installed: Installed) -
     listed = set(re.findall(r"^    (\S+)", result.stdout, re.MULTILINE))
     assert {"update-image-set-metadata", "evaluate-update", "serve", "policy", "demo"} <= listed
     assert "emulator" in listed
+    assert "not loaded" not in result.stderr, "every verb's entry point loads"
 
 
 @pytest.mark.parametrize(
