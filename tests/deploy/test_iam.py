@@ -12,7 +12,7 @@ ROOT = Path(__file__).resolve().parents[2]
 def _operations_called() -> set[str]:
     """Every HealthImaging operation in service/: by name (`_call("X")`) or by botocore's
     snake_case client method (`self._client.get_x(`)."""
-    text = (ROOT / "service" / "healthimaging.py").read_text()
+    text = (ROOT / "service" / "backend" / "healthimaging.py").read_text()
     named = set(re.findall(r'_call\("(\w+)"', text))
     methods = re.findall(r"self\._client\.([a-z][a-z_]+)\(", text)  # not _make_api_call
     camel = {"".join(part.title() for part in method.split("_")) for method in methods}
