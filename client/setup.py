@@ -30,7 +30,9 @@ def generate_stubs(build_lib: Path) -> None:
     include = files("grpc_tools") / "_proto"  # google/protobuf/*.proto (Timestamp)
     sources = sorted(f"{STUBS}/{p.relative_to(PROTOS).as_posix()}" for p in PROTOS.rglob("*.proto"))
     argv = ["protoc", f"-I{STUBS}={PROTOS}", f"-I{include}"]
-    argv += [f"--python_out={build_lib}", f"--grpc_python_out={build_lib}", *sources]
+    argv += [f"--python_out={build_lib}", f"--grpc_python_out={build_lib}"]
+    # Type stubs too (mypy-protobuf's plugins, build requirements): a service's mypy sees types.
+    argv += [f"--mypy_out={build_lib}", f"--mypy_grpc_out={build_lib}", *sources]
     if protoc.main(argv) != 0:
         raise RuntimeError(f"protoc failed on {sources}")
 

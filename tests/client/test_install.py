@@ -170,6 +170,8 @@ def test_the_wheel_holds_only_imaging_proxy_client(installed: Installed) -> None
     assert tops == {"imaging_proxy_client", dist_info}, "no server package, no test material"
     stubs = "imaging_proxy_client/stubs/imaging/metadata/v1/metadata_pb2"
     assert {f"{stubs}.py", f"{stubs}_grpc.py"} <= set(record), "generated at build time"
+    typed = {"imaging_proxy_client/py.typed", f"{stubs}.pyi", f"{stubs}_grpc.pyi"}
+    assert typed <= set(record), "a service's mypy sees the client's types"
     probe = "import sys, imaging_proxy_client, imaging_proxy_client.cli.main; "
     probe += "print(imaging_proxy_client.__file__); print(*sorted(sys.modules))"
     result = installed.run("python", "-c", probe)
