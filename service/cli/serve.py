@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 from pathlib import Path
 from typing import Any
 
@@ -11,6 +12,9 @@ import structlog
 from service.core.config import Settings
 from service.core.config_loader import load_settings
 from service.core.errors import StartupError
+
+JOURNAL_URL_ENV = "IMAGING_PROXY_JOURNAL_URL"
+BUDGET_URL_ENV = "IMAGING_PROXY_BUDGET_URL"
 
 
 def add_serve_verb(verbs: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -58,8 +62,19 @@ def _add_serve_options(parser: argparse.ArgumentParser) -> None:
     add("--jwt-audience", help="required aud claim of --jwt-issuer's tokens")
     add("--watch-timeout", type=float, help="seconds to follow an update before giving up")
     add("--data-dir", help="directory of the SQLite journal (operations survive restarts)")
-    add("--journal", help="journal URL: redis://host:port/db shares operations between replicas")
-    add("--budget", help="Redis URL of the shared quota budgets (default: the journal's Redis)")
+    # From the environment too: a URL with a password in argv is in every process listing.
+    add(
+        "--journal",
+        default=os.environ.get(JOURNAL_URL_ENV),
+        help="journal URL: redis://host:port/db shares operations between replicas "
+        f"(default: ${JOURNAL_URL_ENV})",
+    )
+    add(
+        "--budget",
+        default=os.environ.get(BUDGET_URL_ENV),
+        help="Redis URL of the shared quota budgets (default: "
+        f"${BUDGET_URL_ENV}, else the journal's Redis)",
+    )
     add(
         "--no-budget",
         dest="budget_enabled",

@@ -11,9 +11,11 @@ import time
 from pathlib import Path
 
 import pytest
+from imaging_proxy_client.cli.main import build_parser
 
 from devstack.processes import free_port
 from devstack.servers import EMULATOR_AWS_ENV, start_proxy
+from service.cli.serve import settings_from_args
 
 COMMAND = [sys.executable, "-m", "imaging_proxy_client.cli.main"]
 
@@ -52,6 +54,19 @@ def test_a_verb_that_takes_no_extra_arguments_refuses_them() -> None:
     done = subprocess.run([*COMMAND, "serve", "--no-such-option"], capture_output=True, text=True)
     assert done.returncode == 2
     assert "unrecognized arguments: --no-such-option" in done.stderr
+
+
+def test_the_redis_urls_come_from_the_environment_when_not_given(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv("IMAGING_PROXY_JOURNAL_URL", "redis://:secret@127.0.0.1:6379/0")
+    monkeypatch.setenv("IMAGING_PROXY_BUDGET_URL", "redis://:other@127.0.0.1:6379/1")
+    parser = build_parser(["serve"])
+    settings = settings_from_args(parser.parse_args(["serve"]))
+    assert settings.journal.url == "redis://:secret@127.0.0.1:6379/0"
+    assert settings.budget.url == "redis://:other@127.0.0.1:6379/1"
+    given = parser.parse_args(["serve", "--journal", "redis://127.0.0.1:6380/2"])
+    assert settings_from_args(given).journal.url == "redis://127.0.0.1:6380/2"
 
 
 def test_emulator_help_lists_its_options() -> None:

@@ -21,6 +21,7 @@ from typing import Any
 
 import grpc
 import pytest
+import redis
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 from imaging_proxy_client.stubs.imaging.metadata.v1 import metadata_pb2 as pb
@@ -250,6 +251,13 @@ def test_the_pod_serves_the_spiffe_admin_refuses_the_editor_and_reloads_policies
     kinds = [event.WhichOneof("event") for event in events]
     assert kinds[0] == "authorized" and kinds[-1] == "finished", kinds
     assert events[-1].finished.state.image_set_state == "ACTIVE"
+    # The journal is the pod's Redis, its URL (password and all) read from the environment:
+    # never in the process list, where anyone in the pod could read it.
+    with redis.Redis(port=cluster.redis_port, password=cluster.redis_password) as shared:
+        assert shared.dbsize() > 0
+    proxy = proxy_pod.children["imaging-proxy"]
+    command_line = Path(f"/proc/{proxy.pid}/cmdline").read_bytes()
+    assert b"serve" in command_line and cluster.redis_password.encode() not in command_line
 
     with channel(cluster, "editor") as ch, pytest.raises(grpc.RpcError) as refused:
         stub = pb_grpc.MetadataUpdateServiceStub(ch)
