@@ -15,7 +15,7 @@ from service.core.config import LimitSettings
 from service.core.errors import PermissionDenied
 from service.observability.metrics import Metrics
 from service.policy.decision_gate import Gate
-from tests.unit.policy.test_gate import DATASTORE, EDITOR, IMAGE_SET, NOBODY, Opa
+from tests.unit.policy.test_decision_gate import DATASTORE, EDITOR, IMAGE_SET, NOBODY, Opa
 
 OPERATIONS = Path(__file__).parents[3] / "docs" / "OPERATIONS.md"
 
