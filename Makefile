@@ -33,6 +33,9 @@ $(VENV)/.installed: pyproject.toml client/pyproject.toml
 	test -d $(VENV) || $(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
 	$(BIN)/pip install --quiet -e ./client -e '.[dev]'
+	@# A venv from before the client was its own distribution: uninstalling the old server took
+	@# the `imaging-proxy` script the client had just written.
+	test -x $(BIN)/imaging-proxy || $(BIN)/pip install --quiet --no-deps --force-reinstall -e ./client
 	touch $@
 
 # Stubs are generated from the .proto by grpcio-tools (type stubs by mypy-protobuf), never
