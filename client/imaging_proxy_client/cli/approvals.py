@@ -4,21 +4,15 @@ RejectUpdate, ReviewUpdate), with the AWS CLI's output options and return codes.
 from __future__ import annotations
 
 import argparse
-import os
 from typing import Any
 
 from imaging_proxy_client.cli import help as client_help
-from imaging_proxy_client.cli.config import resolve_connection
-from imaging_proxy_client.cli.errors import INTERRUPTED_RC
 from imaging_proxy_client.cli.parameters import shapes
-from imaging_proxy_client.cli.printing.output import print_response
-from imaging_proxy_client.cli.steering import call, interruptible, summary
+from imaging_proxy_client.cli.steering import one_operation
 from imaging_proxy_client.cli.verbs import (
     add_common_options,
     add_verb,
     guarded,
-    merged_input,
-    output_settings,
 )
 from imaging_proxy_client.stubs.imaging.metadata.v1 import metadata_pb2
 
@@ -94,21 +88,19 @@ def add_approval_verbs(subparsers: argparse._SubParsersAction) -> None:  # type:
 
 
 def _verdict(method: str) -> Any:
+    request_type = getattr(metadata_pb2, f"{method}Request")
+
     def run(args: argparse.Namespace) -> int:
-        out = output_settings(args, os.environ)
         given = {"operationId": args.operation_id, "comment": args.comment}
         command_line = {k: v for k, v in given.items() if v is not None}
-        merged = shapes.prune(merged_input(args, command_line, _VERDICT_INPUT), _VERDICT_INPUT)
-        shapes.validate(merged, _VERDICT_INPUT)
-        conn = resolve_connection(args, os.environ)
-        request_type = getattr(metadata_pb2, f"{method}Request")
-        request = request_type(
-            operation_id=merged["operationId"], comment=merged.get("comment", "")
+        return one_operation(
+            args,
+            method,
+            _VERDICT_INPUT,
+            command_line,
+            lambda merged: request_type(
+                operation_id=merged["operationId"], comment=merged.get("comment", "")
+            ),
         )
-        answer = interruptible(call(conn, method, request))
-        if answer is None:
-            return INTERRUPTED_RC
-        print_response(summary(answer), method, out)
-        return 0
 
     return run

@@ -11,6 +11,7 @@ import argparse
 import asyncio
 import os
 import sys
+from collections.abc import Callable
 from typing import Any
 
 from imaging_proxy_client import engine
@@ -147,24 +148,41 @@ async def _pages(
 
 def _one(method: str) -> Any:
     def run(args: argparse.Namespace) -> int:
-        out = output_settings(args, os.environ)
         command_line = {} if args.operation_id is None else {"operationId": args.operation_id}
-        shape = shapes.WATCH_INPUT
-        merged = shapes.prune(merged_input(args, command_line, shape), shape)
-        shapes.validate(merged, shape)
-        conn = resolve_connection(args, os.environ)
-        request: Any = (
-            metadata_pb2.GetOperationRequest(operation_id=merged["operationId"])
+        request_type = (
+            metadata_pb2.GetOperationRequest
             if method == "GetOperation"
-            else metadata_pb2.CancelUpdateRequest(operation_id=merged["operationId"])
+            else metadata_pb2.CancelUpdateRequest
         )
-        answer = interruptible(call(conn, method, request))
-        if answer is None:
-            return INTERRUPTED_RC
-        print_response(summary(answer), method, out)
-        return 0
+        return one_operation(
+            args,
+            method,
+            shapes.WATCH_INPUT,
+            command_line,
+            lambda merged: request_type(operation_id=merged["operationId"]),
+        )
 
     return run
+
+
+def one_operation(
+    args: argparse.Namespace,
+    method: str,
+    shape: shapes.Shape,
+    command_line: dict[str, Any],
+    request_of: Callable[[dict[str, Any]], Any],
+) -> int:
+    """A verb on one operation: its input merged and validated against `shape`, one call, the
+    operation's summary printed."""
+    out = output_settings(args, os.environ)
+    merged = shapes.prune(merged_input(args, command_line, shape), shape)
+    shapes.validate(merged, shape)
+    conn = resolve_connection(args, os.environ)
+    answer = interruptible(call(conn, method, request_of(merged)))
+    if answer is None:
+        return INTERRUPTED_RC
+    print_response(summary(answer), method, out)
+    return 0
 
 
 async def call(conn: Connection, method: str, request: Any) -> Any:
