@@ -38,6 +38,7 @@ from service.observability.metrics import Metrics
 from service.operations import awaiting
 from service.operations.events import record_error
 from service.operations.runner import Runner
+from service.operations.steering import denied, operation_facts
 from service.policy.decisions import PolicyClient
 
 log = structlog.get_logger(__name__)
@@ -109,10 +110,7 @@ class Approvals:
         request, approval = record.request, record.approval
         facts = {
             "operation": {
-                "principal": record.principal,
-                "datastore_id": request.datastore_id,
-                "image_set_id": request.image_set_id,
-                "state": record.state,
+                **operation_facts(record),
                 "touched": list(record.touched),
                 "purpose_of_use": request.purpose_of_use,
                 "ticket": request.ticket,
@@ -129,10 +127,7 @@ class Approvals:
         }
         decision = await self._policy.permits(caller, verdict, request.datastore_id, facts)
         if not decision.allow:
-            said = "; ".join(decision.reasons or ("no reason given",))
-            raise PermissionDenied(
-                f"policy denied {verdict}: {said}", decision.decision_id, decision.reasons
-            )
+            raise denied(verdict, decision.reasons, decision.decision_id)
 
     async def _changed(
         self, caller: Caller, record: OperationRecord, verdict: Verdict

@@ -80,7 +80,7 @@ class Steering:
             outcome = "allowed" if decision.allow else "denied"
             self._metrics.decisions.labels(outcome, "policy").inc()
             if not decision.allow and query.principal:
-                raise _denied("list", decision.reasons, decision.decision_id)
+                raise denied("list", decision.reasons, decision.decision_id)
             if not decision.allow:
                 query = replace(query, principal=caller.principal)
         records = [r for r in await self._journal.records() if _matches(r, query)]
@@ -146,14 +146,7 @@ async def may_act_on(
     if caller.principal == record.principal:
         return
     request = record.request
-    facts = {
-        "operation": {
-            "principal": record.principal,
-            "datastore_id": request.datastore_id,
-            "image_set_id": request.image_set_id,
-            "state": record.state,
-        }
-    }
+    facts = {"operation": operation_facts(record)}
     rpc = RPC_OF[action]
     try:
         decision = await policy.permits(caller, action, request.datastore_id, facts)
@@ -164,13 +157,21 @@ async def may_act_on(
     metrics.decisions.labels("allowed" if decision.allow else "denied", "policy").inc()
     audit.access_decided(caller, record, decision, rpc)
     if not decision.allow:
-        raise _denied(action, decision.reasons, decision.decision_id)
+        raise denied(action, decision.reasons, decision.decision_id)
 
 
-_RPCS = {"watch": "WatchUpdate", "get": "GetOperation", "cancel": "CancelUpdate"}
+def operation_facts(record: OperationRecord) -> dict[str, Any]:
+    """What the policy sees of the operation someone other than its owner acts on."""
+    request = record.request
+    return {
+        "principal": record.principal,
+        "datastore_id": request.datastore_id,
+        "image_set_id": request.image_set_id,
+        "state": record.state,
+    }
 
 
-def _denied(action: str, reasons: tuple[str, ...], decision_id: str) -> PermissionDenied:
+def denied(action: str, reasons: tuple[str, ...], decision_id: str) -> PermissionDenied:
     said = "; ".join(reasons or ("no reason given",))
     return PermissionDenied(f"policy denied {action}: {said}", decision_id, reasons)
 
