@@ -88,5 +88,7 @@ def __getattr__(name: str) -> object:
         for home in _HOMES:
             module = importlib.import_module(f"{__name__}.{home}")
             if hasattr(module, name):
-                return getattr(module, name)
+                value: object = getattr(module, name)
+                globals()[name] = value  # found once: later lookups are plain attributes
+                return value
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
