@@ -39,12 +39,10 @@ $(VENV)/.installed: pyproject.toml client/pyproject.toml
 	touch $@
 
 # Stubs are generated from the .proto by grpcio-tools (type stubs by mypy-protobuf), never
-# edited by hand. This is for the checkout (an editable install); a wheel generates its own.
+# edited by hand: for the checkout (an editable install) by the same function a wheel build runs.
 $(PROTO_STAMP): $(PROTO_SRC) $(VENV)/.installed
-	rm -rf $(STUBS) && mkdir -p $(STUBS)
-	cd client && ../$(BIN)/python -m grpc_tools.protoc -Iimaging_proxy_client/stubs=../protos \
-	  --python_out=. --grpc_python_out=. --mypy_out=. --mypy_grpc_out=. \
-	  $(patsubst protos/%,imaging_proxy_client/stubs/%,$(PROTO_SRC))
+	rm -rf $(STUBS)
+	cd client && ../$(BIN)/python -c 'import setup; setup.generate_stubs(setup.HERE)'
 	touch $@
 
 protos: $(PROTO_STAMP)

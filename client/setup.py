@@ -1,8 +1,8 @@
 """Build hook: the wheel gets the gRPC stubs generated from the repository's protos/.
 
 grpcio-tools is a build requirement only; the stubs are written straight into the build folder,
-so a checkout's own `make protos` output never ships. An editable install skips this (`make
-protos` generates the stubs, with type stubs, in place). The sdist carries a copy of protos/.
+so a checkout's own `make protos` output never ships. An editable install skips this: `make
+protos` calls the same `generate_stubs` on the checkout. The sdist carries a copy of protos/.
 """
 
 from __future__ import annotations
@@ -52,4 +52,5 @@ class SdistWithProtos(sdist):
         shutil.copytree(PROTOS, Path(base_dir) / "protos", dirs_exist_ok=True)
 
 
-setup(cmdclass={"build_py": BuildPyWithStubs, "sdist": SdistWithProtos})
+if __name__ == "__main__":  # as setuptools runs it; `make protos` imports generate_stubs
+    setup(cmdclass={"build_py": BuildPyWithStubs, "sdist": SdistWithProtos})
